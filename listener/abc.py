@@ -1,0 +1,256 @@
+"""The small interfaces the pipeline is built from; implementations live in plural packages.
+
+``SecretSource`` (``secrets/``), ``TokenProvider`` (``auth/``), ``MailSource`` (``ews/``, later a
+Microsoft Graph source), ``Handler`` (``handlers/``) and ``StateStore`` (``store/``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from pydantic import SecretStr
+
+from listener.model import Message
+
+__all__ = [
+    "AccessToken",
+    "ChangePage",
+    "DeadLetter",
+    "FetchFailure",
+    "Handler",
+    "ItemRef",
+    "LedgerEntry",
+    "MailSource",
+    "PendingEntry",
+    "SecretSource",
+    "StateStore",
+    "TokenProvider",
+]
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class SecretSource(Protocol):
+    """Where one secret lives. ``read`` is called when the secret is needed, never at import."""
+
+    def read(self) -> SecretStr:
+        """The current value; raises ``SecretError`` with a message that never holds it."""
+        ...
+
+    def describe(self) -> str:
+        """A masked, human description such as ``env:SALES_SECRET`` or ``file:/run/secrets/x``."""
+        ...
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """An OAuth 2.0 access token; the token itself never appears in ``repr``."""
+
+    token: str = field(repr=False)
+    expires_at: datetime  # timezone-aware, UTC
+    token_type: str = "Bearer"  # noqa: S105 - the scheme name, not a secret
+    scopes: tuple[str, ...] = ()
+
+
+class TokenProvider(Protocol):
+    """Hands out access tokens for one credential, cached and renewed before expiry."""
+
+    name: str
+
+    def get_token(self, *, force_refresh: bool = False) -> AccessToken:
+        """A token valid for at least the renewal margin; ``force_refresh`` skips the cache."""
+        ...
+
+    def invalidate(self, token: str) -> None:
+        """Forget ``token`` (the server answered 401 with it); the next call fetches a new one."""
+        ...
+
+
+# --- mail source -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """An item in a mail source: its id and, when known, its change key."""
+
+    item_id: str
+    change_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """One page of changes in a folder since a sync state."""
+
+    created: tuple[ItemRef, ...]  # new in the folder (delivered, moved or copied in)
+    sync_state: str  # the position after this page; persist it with the page's outcome
+    last_page: bool  # False: call ``changes`` again with ``sync_state`` for more
+
+
+@dataclass(frozen=True)
+class FetchFailure:
+    """An item ``fetch`` could not turn into a ``Message``."""
+
+    ref: ItemRef
+    error: str
+    gone: bool = False  # the item no longer exists (deleted or moved away)
+    transient: bool = False
+
+
+class MailSource(Protocol):
+    """One watched folder of one mailbox, as seen by the pipeline.
+
+    The seam between the pipeline and a mail protocol: EWS implements it first; a Microsoft Graph
+    source (delta queries) can implement it without touching the pipeline.
+    """
+
+    mailbox: str
+    folder: str
+
+    def changes(self, sync_state: str | None, max_changes: int) -> ChangePage:
+        """Items created since ``sync_state`` (None: from the beginning of the folder)."""
+        ...
+
+    def current_state(self) -> str:
+        """A sync state at the folder's present end, for ``start_from = "new"``."""
+        ...
+
+    def unread(self) -> Sequence[ItemRef]:
+        """Items in the folder not yet read (for ``start_from = "unread"``)."""
+        ...
+
+    def fetch(self, refs: Sequence[ItemRef]) -> list[Message | FetchFailure]:
+        """The messages for ``refs``, in order, bound to a content loader."""
+        ...
+
+    def mark_read(self, refs: Sequence[ItemRef]) -> list[str | None]:
+        """Mark read in bulk; per ref None on success or the error text."""
+        ...
+
+    def move(self, refs: Sequence[ItemRef], folder_path: str) -> list[str | None]:
+        """Move in bulk to a folder path (created if missing); per ref None or the error text."""
+        ...
+
+    def categorize(self, refs: Sequence[ItemRef], category: str) -> list[str | None]:
+        """Add a category in bulk; per ref None or the error text."""
+        ...
+
+    def delete(self, refs: Sequence[ItemRef]) -> list[str | None]:
+        """Move to Deleted Items in bulk; per ref None or the error text."""
+        ...
+
+    def close(self) -> None:
+        """Release what this source holds (sessions are shared and closed by their owner)."""
+        ...
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+class Handler(Protocol):
+    """Does the work for one message: returns on success, raises on failure.
+
+    Raise ``listener.errors.PermanentError`` when trying again cannot help; any other exception is
+    transient and the message is retried with back-off.
+    """
+
+    name: str
+
+    def __call__(self, message: Message) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """A successful hand-over of one message to one handler."""
+
+    idempotency_key: str
+    handler: str
+    mailbox: str
+    item_id: str
+    internet_message_id: str | None
+    handed_at: datetime
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    """A message waiting for a retry of the handlers that have not yet succeeded."""
+
+    mailbox: str  # the mailbox's configured name
+    item_id: str
+    change_key: str | None
+    idempotency_key: str
+    handlers: tuple[str, ...]  # still to do
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str
+    first_seen_at: datetime
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that will not be retried automatically; ``replay`` hands it over again."""
+
+    id: int | None  # assigned by the store
+    mailbox: str
+    item_id: str
+    change_key: str | None
+    idempotency_key: str
+    handlers: tuple[str, ...]
+    error: str
+    permanent: bool  # True: a PermanentError; False: transient failures ran out of attempts
+    attempts: int
+    subject: str
+    created_at: datetime
+
+
+class StateStore(Protocol):
+    """Durable state: sync states, the ledger, pending retries and dead letters."""
+
+    def get_sync_state(self, mailbox: str, folder: str) -> str | None: ...
+
+    def done(self, keys: Sequence[str]) -> set[tuple[str, str]]:
+        """The (idempotency_key, handler) pairs already in the ledger among ``keys``."""
+        ...
+
+    def due_pending(self, mailbox: str, now: datetime, limit: int) -> list[PendingEntry]: ...
+
+    def pending_count(self, mailbox: str | None = None) -> int: ...
+
+    def commit(
+        self,
+        mailbox: str,
+        folder: str,
+        *,
+        sync_state: str | None,
+        successes: Sequence[LedgerEntry] = (),
+        pending: Sequence[PendingEntry] = (),
+        resolved: Sequence[str] = (),
+        dead: Sequence[DeadLetter] = (),
+    ) -> None:
+        """Record one page's outcome in ONE transaction.
+
+        Adds ``successes`` to the ledger, upserts ``pending`` (keyed by mailbox + item id), deletes
+        the pending entries whose item ids are in ``resolved``, adds ``dead`` letters, and, when
+        ``sync_state`` is not None, moves the folder's sync state to it.
+        """
+        ...
+
+    def dead_letters(self, mailbox: str | None = None) -> list[DeadLetter]: ...
+
+    def dead_letter(self, letter_id: int) -> DeadLetter | None: ...
+
+    def remove_dead_letters(self, ids: Sequence[int]) -> int: ...
+
+    def close(self) -> None: ...

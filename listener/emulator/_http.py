@@ -1,0 +1,185 @@
+"""A threaded HTTP/1.1 server base shared by the token server and the EWS emulator.
+
+Why the standard library's ``ThreadingHTTPServer`` and not an async framework: the emulator must do
+things a framework hides on purpose (drop a connection mid-response, hold a chunked stream open,
+refuse connections while "down" and come back on the same port), its clients are blocking
+``requests``/``httpx`` code, and one thread per keep-alive connection is plenty for hundreds of
+requests per second on two cores. TLS handshakes run in the connection's own thread, so a slow
+client never stalls ``accept()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["LoopbackServer", "QuietHandler"]
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A keep-alive request handler that does not print to stderr."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "Microsoft-IIS/10.0"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def send_body(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Send a complete response with Content-Length."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def read_body(self, limit: int) -> bytes | None:
+        """The request body, or None (after answering 413) when it is larger than ``limit``."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > limit:
+            self.send_body(413, b"", "text/plain", {"Connection": "close"})
+            self.close_connection = True
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def drop_connection(self) -> None:
+        """Close the TCP connection now, without a response (a network failure, as seen)."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+        self.connection.close()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: Callable[..., BaseHTTPRequestHandler],
+        ssl_context: ssl.SSLContext | None,
+        owner: LoopbackServer,
+    ) -> None:
+        self.ssl_context = ssl_context
+        self.owner = owner
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        conn: socket.socket = request
+        if self.ssl_context is not None:
+            try:
+                conn.settimeout(10)
+                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+                conn.settimeout(None)
+            except (OSError, ssl.SSLError):
+                return
+        with self.connections_lock:
+            self.connections.add(conn)
+        try:
+            self.RequestHandlerClass(conn, client_address, self)
+        finally:
+            with self.connections_lock:
+                self.connections.discard(conn)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up (or connections we drop on purpose) are not errors worth a trace.
+        return
+
+    def drop_all(self) -> None:
+        with self.connections_lock:
+            connections = list(self.connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class LoopbackServer:
+    """Runs a handler class on 127.0.0.1 in a background thread; can stop and restart on its port.
+
+    ``handler_class`` instances reach this object as ``self.server.owner``.
+    """
+
+    def __init__(
+        self,
+        handler_class: Callable[..., BaseHTTPRequestHandler],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._handler_class = handler_class
+        self.host = host
+        self.port = port
+        self._ssl_context = ssl_context
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._ssl_context is not None else "http"
+
+    @property
+    def url(self) -> str:
+        """Base URL without a trailing slash, e.g. ``https://127.0.0.1:8443``."""
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> LoopbackServer:
+        """Listen (on the same port as before when restarted) and serve in a daemon thread."""
+        if self._server is not None:
+            return self
+        server = _Server((self.host, self.port), self._handler_class, self._ssl_context, self)
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{type(self).__name__}:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and close every open connection; ``start()`` brings it back."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        server.drop_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def drop_connections(self) -> None:
+        """Cut every open connection (clients see a reset or an incomplete response)."""
+        if self._server is not None:
+            self._server.drop_all()
+
+    def __enter__(self) -> LoopbackServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
