@@ -95,7 +95,7 @@ class _Server(ThreadingHTTPServer):
         with self.connections_lock:
             self.connections.add(conn)
         try:
-            self.RequestHandlerClass(conn, client_address, self)
+            self.RequestHandlerClass(conn, client_address, self)  # type: ignore[arg-type]
         finally:
             with self.connections_lock:
                 self.connections.discard(conn)
