@@ -1,0 +1,1 @@
+"""Built-in handlers and the factory that builds them from configuration."""
