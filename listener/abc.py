@@ -134,8 +134,8 @@ class MailSource(Protocol):
         """Mark read in bulk; per ref None on success or the error text."""
         ...
 
-    def move(self, refs: Sequence[ItemRef], folder_path: str) -> list[str | None]:
-        """Move in bulk to a folder path (created if missing); per ref None or the error text."""
+    def move(self, refs: Sequence[ItemRef], folder_path: str) -> list[ItemRef | str]:
+        """Move in bulk to a folder path (created if missing); per ref its new ref or the error."""
         ...
 
     def categorize(self, refs: Sequence[ItemRef], category: str) -> list[str | None]:

@@ -1,0 +1,150 @@
+"""How exchangelib reaches the server: our tokens, our CA bundles, our retry decisions.
+
+Everything here exists because of an exchangelib behaviour (5.6.0):
+
+- ``OAuth2Credentials`` cannot take an external token: ``Protocol.close_session()`` wipes the token
+  of ``BackendApplicationClient`` credentials. ``OAuth2AuthorizationCodeCredentials`` keeps it, and
+  without a client secret requests-oauthlib raises ``TokenExpiredError`` when the token's lifetime
+  runs out, which makes exchangelib call ``refresh(session)``: that is where we ask our
+  ``TokenProvider``.
+- A server-side 401 never calls ``refresh()``; the source catches ``UnauthorizedError``, invalidates
+  the token and retries once (see ``source.py``).
+- ``BaseProtocol.HTTP_ADAPTER_CLS`` is one class for the whole process, and ``requests`` lets
+  ``REQUESTS_CA_BUNDLE`` override a session's ``verify``; so the adapter looks the CA bundle up by
+  URL itself, which survives that environment variable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import requests.adapters
+from exchangelib import Identity, OAuth2AuthorizationCodeCredentials
+from exchangelib.errors import ErrorInternalServerTransientError, ErrorServerBusy
+from exchangelib.protocol import BaseProtocol, FailFast
+from exchangelib.util import _get_retry_after
+
+from listener.abc import AccessToken, TokenProvider
+
+__all__ = ["ListenerRetryPolicy", "TokenBridge", "register_ca_bundle"]
+
+# Reported lifetime is this much shorter than the real one, so requests-oauthlib asks for a new
+# token (through ``refresh``) before Exchange would reject the old one.
+_LIFETIME_MARGIN = 120.0
+
+_ca_lock = threading.Lock()
+_ca_by_prefix: dict[str, str] = {}
+
+
+def register_ca_bundle(url_prefix: str, ca_bundle: str) -> None:
+    """Trust ``ca_bundle`` (a PEM file) for every EWS request to a URL under ``url_prefix``."""
+    with _ca_lock:
+        _ca_by_prefix[url_prefix.lower()] = ca_bundle
+    BaseProtocol.HTTP_ADAPTER_CLS = _CaBundleAdapter
+
+
+def _ca_for(url: str) -> str | None:
+    lowered = url.lower()
+    with _ca_lock:
+        for prefix, bundle in _ca_by_prefix.items():
+            if lowered.startswith(prefix):
+                return bundle
+    return None
+
+
+class _CaBundleAdapter(requests.adapters.HTTPAdapter):
+    """Verifies TLS with the CA bundle configured for the URL, whatever the environment says."""
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        bundle = _ca_for(url)
+        super().cert_verify(conn=conn, url=url, verify=bundle or verify, cert=cert)  # type: ignore[no-untyped-call]
+
+    def get_connection_with_tls_context(
+        self, request: Any, verify: Any, proxies: Any = None, cert: Any = None
+    ) -> Any:
+        # requests >= 2.32.3 picks the connection pool (and its SSL context) here.
+        bundle = _ca_for(request.url or "")
+        return super().get_connection_with_tls_context(
+            request=request, verify=bundle or verify, proxies=proxies, cert=cert
+        )
+
+
+class ListenerRetryPolicy(FailFast):  # type: ignore[misc]
+    """Fail fast, so the listener decides about retries and back-off itself.
+
+    exchangelib's ``FaultTolerance`` keeps one back-off deadline per ``Configuration`` and sleeps
+    inside the request, holding the poll thread; with one configuration per credential, a
+    throttled mailbox would stall its siblings in the middle of their polls. We raise instead: the
+    source turns ``ErrorServerBusy`` into a ``SourceError`` carrying the server's back-off
+    (``BackOffMilliseconds`` or ``Retry-After``), and the service pauses that credential.
+    """
+
+    def raise_response_errors(self, response: Any) -> None:
+        try:
+            super().raise_response_errors(response)
+        except (ErrorInternalServerTransientError, ErrorServerBusy) as e:
+            retry_after = _get_retry_after(response)
+            if retry_after:
+                raise ErrorServerBusy(e.args[0], back_off=retry_after) from e
+            raise
+
+
+class TokenBridge(OAuth2AuthorizationCodeCredentials):  # type: ignore[misc]
+    """exchangelib credentials whose access tokens come from a :class:`TokenProvider`."""
+
+    def __init__(self, provider: TokenProvider, client_id: str, identity: str | None) -> None:
+        super().__init__(
+            client_id=client_id,
+            client_secret=None,
+            identity=Identity(primary_smtp_address=identity) if identity else None,
+        )
+        self._provider = provider
+        self._token: AccessToken | None = None
+
+    # exchangelib hashes credentials to find its cached Protocol; one bridge per
+    # (credential, endpoint) means one Protocol, whatever the token of the moment.
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def _as_dict(self, token: AccessToken) -> dict[str, Any]:
+        lifetime = (token.expires_at - datetime.now(UTC)).total_seconds() - _LIFETIME_MARGIN
+        return {
+            "access_token": token.token,
+            "token_type": token.token_type,
+            "expires_in": max(int(lifetime), 1),
+            "expires_at": time.time() + max(lifetime, 1.0),
+        }
+
+    def _load(self, *, force: bool) -> None:
+        token = self._provider.get_token(force_refresh=force)
+        self._token = token
+        self.access_token = self._as_dict(token)
+
+    def session_params(self) -> dict[str, Any]:
+        # Called by exchangelib whenever it creates a session: hand it a token that is valid now.
+        with self.lock:
+            self._load(force=False)
+            return {"token": self.access_token}
+
+    def refresh(self, session: Any) -> None:
+        # requests-oauthlib found the token expired (TokenExpiredError): take the provider's current
+        # one, which it renews ahead of expiry.
+        self._load(force=False)
+
+    def server_rejected(self) -> None:
+        """The server answered 401 with our token: forget it and fetch a new one."""
+        with self.lock:
+            if self._token is not None:
+                self._provider.invalidate(self._token.token)
+            self._load(force=True)
+
+    def __repr__(self) -> str:
+        return f"TokenBridge({self.client_id!r}, provider={self._provider.name!r})"
+
+    __str__ = __repr__

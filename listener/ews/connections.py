@@ -1,0 +1,179 @@
+"""Shared EWS plumbing: one ``Configuration`` per (credential, endpoint), one gate per credential.
+
+The gate is the per-credential concurrency cap (exchangelib's session pool waits forever when it is
+exhausted, and Exchange Online refuses more than 27 concurrent requests per user) and the
+per-credential throttling pause: after ``ErrorServerBusy`` every mailbox of that credential waits
+out the server's ``BackOffMilliseconds`` before its next request.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from exchangelib import DELEGATE, IMPERSONATION, OAUTH2, Account, Configuration, Version
+from exchangelib.protocol import Protocol
+from exchangelib.version import Build
+
+from listener.abc import TokenProvider
+from listener.errors import SourceError
+from listener.ews._transport import ListenerRetryPolicy, TokenBridge, register_ca_bundle
+from listener.ews.source import EwsMailSource
+
+__all__ = ["CredentialGate", "EwsConnections", "MailboxTarget"]
+
+_VERSIONS = {
+    "exchange2013": Build(15, 0, 0, 0),
+    "exchange2013_sp1": Build(15, 0, 847, 0),
+    "exchange2016": Build(15, 1, 0, 0),
+    "exchange2019": Build(15, 2, 0, 0),
+}
+
+
+@dataclass(frozen=True)
+class MailboxTarget:
+    """What the EWS source needs to know about one configured mailbox."""
+
+    name: str
+    address: str
+    credential: str
+    client_id: str
+    endpoint: str
+    folder: str
+    ca_bundle: str | None = None
+    version: str | None = None
+    impersonation: bool = True
+
+
+class CredentialGate:
+    """Caps concurrent requests of one credential and holds them during a server back-off."""
+
+    def __init__(self, name: str, max_connections: int, *, max_inline_wait: float = 30.0) -> None:
+        self.name = name
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._lock = threading.Lock()
+        self._paused_until = 0.0
+        self.max_inline_wait = max_inline_wait
+        self.on_back_off: Callable[[str, float], None] | None = None
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request of this credential for ``seconds`` (the server asked for it)."""
+        with self._lock:
+            until = time.monotonic() + seconds
+            self._paused_until = max(self._paused_until, until)
+        if self.on_back_off is not None:
+            self.on_back_off(self.name, seconds)
+
+    def remaining_pause(self) -> float:
+        with self._lock:
+            return max(0.0, self._paused_until - time.monotonic())
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        wait = self.remaining_pause()
+        if wait > self.max_inline_wait:
+            raise SourceError(
+                f"credential {self.name!r} is throttled for another {wait:.0f} s",
+                code="ErrorServerBusy",
+                transient=True,
+                back_off=wait,
+            )
+        if wait > 0:
+            time.sleep(wait)
+        with self._slots:
+            try:
+                yield
+            except SourceError as e:
+                if e.back_off:
+                    self.pause(e.back_off)
+                raise
+            except Exception as e:
+                back_off = getattr(e, "back_off", None)
+                if type(e).__name__ == "ErrorServerBusy" and back_off:
+                    self.pause(float(back_off))
+                raise
+
+
+class EwsConnections:
+    """Builds EWS mail sources and owns what they share; ``close()`` releases every session."""
+
+    def __init__(
+        self,
+        providers: Callable[[str], TokenProvider],
+        *,
+        max_connections: Callable[[str], int],
+        request_timeout: float = 120.0,
+    ) -> None:
+        self._providers = providers
+        self._max_connections = max_connections
+        self._request_timeout = request_timeout
+        self._lock = threading.Lock()
+        self._configs: dict[tuple[str, str], tuple[Configuration, TokenBridge]] = {}
+        self.gates: dict[str, CredentialGate] = {}
+
+    def gate(self, credential: str) -> CredentialGate:
+        with self._lock:
+            if credential not in self.gates:
+                self.gates[credential] = CredentialGate(
+                    credential, self._max_connections(credential)
+                )
+            return self.gates[credential]
+
+    def _configuration(self, target: MailboxTarget) -> tuple[Configuration, TokenBridge]:
+        key = (target.credential, target.endpoint.lower())
+        with self._lock:
+            found = self._configs.get(key)
+            if found is not None:
+                return found
+            if target.ca_bundle:
+                register_ca_bundle(target.endpoint.rsplit("/EWS/", 1)[0], target.ca_bundle)
+            bridge = TokenBridge(
+                self._providers(target.credential), target.client_id, identity=target.address
+            )
+            version = None
+            if target.version:
+                build = _VERSIONS.get(target.version.lower())
+                if build is not None:
+                    version = Version(build=build, api_version=target.version)
+            config = Configuration(
+                service_endpoint=target.endpoint,
+                credentials=bridge,
+                auth_type=OAUTH2,
+                version=version,
+                retry_policy=ListenerRetryPolicy(),
+                max_connections=self._max_connections(target.credential),
+            )
+            self._configs[key] = (config, bridge)
+            return config, bridge
+
+    def source(self, target: MailboxTarget) -> EwsMailSource:
+        """A mail source for one mailbox folder (cheap; the account is created on first use)."""
+        config, bridge = self._configuration(target)
+
+        def account() -> Account:
+            return Account(
+                primary_smtp_address=target.address,
+                config=config,
+                autodiscover=False,
+                access_type=IMPERSONATION if target.impersonation else DELEGATE,
+            )
+
+        return EwsMailSource(
+            name=target.name,
+            address=target.address,
+            folder=target.folder,
+            account_factory=account,
+            bridge=bridge,
+            gate=self.gate(target.credential),
+        )
+
+    def close(self) -> None:
+        """Close every pooled HTTP session of every configuration."""
+        with self._lock:
+            configs = list(self._configs.values())
+            self._configs.clear()
+        for config, _ in configs:
+            # exchangelib caches one Protocol per configuration; this returns that one.
+            Protocol(config=config).close()

@@ -1,0 +1,367 @@
+"""The EWS implementation of :class:`listener.abc.MailSource`.
+
+One ``EwsMailSource`` watches one folder of one mailbox. Sources of the same credential and endpoint
+share one exchangelib ``Configuration`` (and so one ``Protocol`` with its session pool): a new
+configuration per poll would make exchangelib cache a new ``Protocol`` every time and grow without
+bound (DESIGN.md, "exchangelib facts").
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import requests
+from exchangelib import Account
+from exchangelib import Message as EwsMessage
+from exchangelib import errors as ews_errors
+from exchangelib.attachments import AttachmentId
+from exchangelib.folders import Folder, FolderCollection
+from exchangelib.items import ALWAYS_OVERWRITE, ID_ONLY, MOVE_TO_DELETED_ITEMS, SAVE_ONLY
+from exchangelib.queryset import Q
+from exchangelib.services import GetAttachment, SyncFolderItems
+
+from listener.abc import ChangePage, FetchFailure, ItemRef
+from listener.errors import ListenerError, SourceError
+from listener.ews._convert import FETCH_FIELDS, to_message
+from listener.ews._folders import FolderResolver
+from listener.ews._transport import TokenBridge
+from listener.model import Attachment, Message
+
+__all__ = ["EwsMailSource", "translate_error"]
+
+T = TypeVar("T")
+
+# Errors that say the mailbox or the app's rights are wrong: retrying soon will not help.
+_PERMANENT = (
+    ews_errors.ErrorNonExistentMailbox,
+    ews_errors.ErrorImpersonateUserDenied,
+    ews_errors.ErrorImpersonationDenied,
+    ews_errors.ErrorAccessDenied,
+    ews_errors.ErrorInvalidExchangeImpersonationHeaderData,
+    ews_errors.ErrorFolderNotFound,
+    ews_errors.ErrorMailboxConfiguration,
+    ews_errors.ErrorInvalidSmtpAddress,
+)
+# Errors that mean an item vanished between two requests (a person moved or deleted it).
+_GONE = (ews_errors.ErrorItemNotFound, ews_errors.ErrorInvalidIdMalformed)
+_SYNC_STATE_ERROR = "ErrorInvalidSyncStateData"
+
+
+def translate_error(error: BaseException) -> SourceError:
+    """Map an exchangelib or HTTP failure to a :class:`SourceError` the poller can reason about."""
+    code = type(error).__name__
+    message = f"{code}: {error}"
+    if isinstance(error, ews_errors.ErrorServerBusy):
+        return SourceError(message, code="ErrorServerBusy", transient=True, back_off=error.back_off)
+    if isinstance(error, ews_errors.ErrorExceededConnectionCount):
+        return SourceError(message, code=code, transient=True, back_off=5.0)
+    if isinstance(error, ews_errors.ErrorInvalidSyncStateData):
+        return SourceError(message, code=_SYNC_STATE_ERROR, transient=False)
+    if isinstance(error, _PERMANENT):
+        return SourceError(message, code=code, transient=False)
+    if isinstance(error, ews_errors.UnauthorizedError):
+        return SourceError(
+            f"{code}: Exchange rejected the access token (HTTP 401) even after a fresh one; "
+            "check the app's full_access_as_app permission and EWSAllowedAppIDs",
+            code="Unauthorized",
+            transient=False,
+        )
+    if isinstance(error, SourceError):
+        return error
+    # Connection errors, timeouts, 5xx, malformed responses, token outages: try again later.
+    return SourceError(message, code=code, transient=True)
+
+
+class EwsMailSource:
+    """One folder of one mailbox over EWS; implements ``MailSource`` and ``ContentLoader``."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        address: str,
+        folder: str,
+        account_factory: Callable[[], Account],
+        bridge: TokenBridge,
+        gate: Callable[[], Any],
+    ) -> None:
+        self.name = name
+        self.mailbox = address
+        self.folder = folder
+        self._account_factory = account_factory
+        self._account: Account | None = None
+        self._bridge = bridge
+        self._gate = gate
+        self._folders: FolderResolver | None = None
+        self._watched: Folder | None = None
+        self._lock = threading.Lock()
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    @property
+    def account(self) -> Account:
+        if self._account is None:
+            self._account = self._account_factory()
+        return self._account
+
+    @property
+    def folders(self) -> FolderResolver:
+        if self._folders is None:
+            self._folders = FolderResolver(self.account)
+        return self._folders
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run one EWS exchange under the credential's gate; recover once from a server-side 401."""
+        for attempt in (1, 2):
+            try:
+                with self._gate():
+                    return fn()
+            except ews_errors.UnauthorizedError:
+                # Exchange rejected a token we believed valid (revoked, or clock skew): exchangelib
+                # does not call refresh() for that, so fetch a new token and drop the sessions
+                # that carry the old one.
+                if attempt == 2:
+                    raise
+                self._bridge.server_rejected()
+                self.account.protocol.close()
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except SourceError:
+            raise
+        except (ews_errors.EWSError, requests.RequestException, OSError) as e:
+            raise translate_error(e) from e
+        except Exception as e:
+            # TokenError and friends from the token provider: transient for the mailbox.
+            if isinstance(e, ListenerError):
+                raise SourceError(str(e), code=type(e).__name__, transient=True) from e
+            raise
+
+    def watched_folder(self) -> Folder:
+        if self._watched is None:
+            with self._translated():
+                self._watched = self._call(lambda: self.folders.resolve(self.folder))
+        return self._watched
+
+    # --- MailSource ---------------------------------------------------------------------------
+
+    def changes(self, sync_state: str | None, max_changes: int) -> ChangePage:
+        folder = self.watched_folder()
+        with self._translated():
+
+            def page() -> ChangePage:
+                svc = SyncFolderItems(account=self.account)
+                created: list[ItemRef] = []
+                for change_type, item in svc.call(
+                    folder=folder,
+                    shape=ID_ONLY,
+                    additional_fields=set(),
+                    sync_state=sync_state,
+                    ignore=None,
+                    max_changes_returned=max_changes,
+                    sync_scope=None,
+                ):
+                    if change_type == SyncFolderItems.CREATE:
+                        created.append(ItemRef(item.id, item.changekey))
+                return ChangePage(
+                    created=tuple(created),
+                    sync_state=svc.sync_state,
+                    last_page=bool(svc.includes_last_item_in_range) or svc.sync_state == sync_state,
+                )
+
+            return self._call(page)
+
+    def current_state(self) -> str:
+        state: str | None = None
+        while True:
+            page = self.changes(state, 512)
+            state = page.sync_state
+            if page.last_page:
+                return state
+
+    def unread(self) -> Sequence[ItemRef]:
+        folder = self.watched_folder()
+        with self._translated():
+
+            def find() -> list[ItemRef]:
+                query = FolderCollection(account=self.account, folders=[folder]).filter(
+                    Q(is_read=False)
+                )
+                return [ItemRef(i.id, i.changekey) for i in query.only("id", "changekey")]
+
+            return self._call(find)
+
+    def fetch(self, refs: Sequence[ItemRef]) -> list[Message | FetchFailure]:
+        if not refs:
+            return []
+        with self._translated():
+            items = self._call(
+                lambda: list(
+                    self.account.fetch(
+                        ids=[(r.item_id, r.change_key) for r in refs],
+                        only_fields=FETCH_FIELDS,
+                        chunk_size=len(refs),
+                    )
+                )
+            )
+        out: list[Message | FetchFailure] = []
+        for ref, item in zip(refs, items, strict=True):
+            if isinstance(item, BaseException):
+                out.append(
+                    FetchFailure(
+                        ref,
+                        f"{type(item).__name__}: {item}",
+                        gone=isinstance(item, _GONE),
+                        transient=translate_error(item).transient,
+                    )
+                )
+                continue
+            try:
+                message = to_message(item, mailbox=self.mailbox, folder=self.folder)
+            except Exception as e:  # a malformed item must not sink its batch
+                out.append(FetchFailure(ref, f"cannot read the item: {type(e).__name__}: {e}"))
+                continue
+            out.append(message.bind(self))
+        return out
+
+    def _bulk(
+        self, refs: Sequence[ItemRef], run: Callable[[list[tuple[str, str | None]]], list[Any]]
+    ) -> list[Any]:
+        if not refs:
+            return []
+        ids = [(r.item_id, r.change_key) for r in refs]
+        with self._translated():
+            return self._call(lambda: run(ids))
+
+    @staticmethod
+    def _errors(results: list[Any]) -> list[str | None]:
+        return [
+            f"{type(r).__name__}: {r}" if isinstance(r, BaseException) else None for r in results
+        ]
+
+    def mark_read(self, refs: Sequence[ItemRef]) -> list[str | None]:
+        def run(ids: list[tuple[str, str | None]]) -> list[Any]:
+            items = [
+                (EwsMessage(account=self.account, id=i, changekey=ck, is_read=True), ["is_read"])
+                for i, ck in ids
+            ]
+            return list(
+                self.account.bulk_update(
+                    items=items,
+                    conflict_resolution=ALWAYS_OVERWRITE,
+                    message_disposition=SAVE_ONLY,
+                    suppress_read_receipts=True,
+                )
+            )
+
+        return self._errors(self._bulk(refs, run))
+
+    def categorize(self, refs: Sequence[ItemRef], category: str) -> list[str | None]:
+        # SetItemField replaces the whole list, so send what the item has plus the new one: read
+        # the current categories in the same exchange to keep a person's own categories.
+        def run(ids: list[tuple[str, str | None]]) -> list[Any]:
+            current = list(self.account.fetch(ids=ids, only_fields=["categories"]))
+            updates = []
+            results: list[Any] = []
+            for item in current:
+                if isinstance(item, BaseException):
+                    results.append(item)
+                    continue
+                categories = list(item.categories or [])
+                if category not in categories:
+                    categories.append(category)
+                msg = EwsMessage(
+                    account=self.account,
+                    id=item.id,
+                    changekey=item.changekey,
+                    categories=categories,
+                )
+                updates.append((msg, ["categories"]))
+                results.append(None)
+            done = iter(
+                self.account.bulk_update(
+                    items=updates,
+                    conflict_resolution=ALWAYS_OVERWRITE,
+                    message_disposition=SAVE_ONLY,
+                )
+                if updates
+                else []
+            )
+            return [next(done) if r is None else r for r in results]
+
+        return self._errors(self._bulk(refs, run))
+
+    def move(self, refs: Sequence[ItemRef], folder_path: str) -> list[ItemRef | str]:
+        with self._translated():
+            target = self._call(lambda: self.folders.resolve(folder_path, create=True))
+
+        def run(ids: list[tuple[str, str | None]]) -> list[Any]:
+            return list(self.account.bulk_move(ids=ids, to_folder=target))
+
+        out: list[ItemRef | str] = []
+        for result in self._bulk(refs, run):
+            if isinstance(result, BaseException):
+                out.append(f"{type(result).__name__}: {result}")
+            elif isinstance(result, tuple):
+                out.append(ItemRef(result[0], result[1]))
+            else:
+                out.append(ItemRef(result.id, result.changekey))
+        return out
+
+    def delete(self, refs: Sequence[ItemRef]) -> list[str | None]:
+        def run(ids: list[tuple[str, str | None]]) -> list[Any]:
+            return list(
+                self.account.bulk_delete(
+                    ids=ids, delete_type=MOVE_TO_DELETED_ITEMS, suppress_read_receipts=True
+                )
+            )
+
+        return self._errors(self._bulk(refs, run))
+
+    def close(self) -> None:
+        # Sessions belong to the shared Protocol; its owner (EwsConnections) closes them.
+        self._account = None
+
+    # --- ContentLoader ------------------------------------------------------------------------
+
+    def load_mime(self, message: Message) -> bytes:
+        with self._translated():
+            items = self._call(
+                lambda: list(
+                    self.account.fetch(ids=[(message.item_id, None)], only_fields=["mime_content"])
+                )
+            )
+        item = items[0]
+        if isinstance(item, BaseException):
+            raise translate_error(item)
+        return bytes(item.mime_content or b"")
+
+    def load_attachment(self, message: Message, attachment: Attachment) -> bytes:
+        with self._translated():
+            results = self._call(
+                lambda: list(
+                    GetAttachment(account=self.account).call(
+                        items=[AttachmentId(id=attachment.attachment_id)],
+                        include_mime_content=attachment.kind == "item",
+                        body_type=None,
+                        filter_html_content=None,
+                        additional_fields=None,
+                    )
+                )
+            )
+        result = results[0]
+        if isinstance(result, BaseException):
+            raise translate_error(result)
+        if attachment.kind == "item":
+            item = result.item
+            return bytes(getattr(item, "mime_content", None) or b"")
+        return bytes(result.content or b"")
+
+    def ref(self, message: Message) -> ItemRef:
+        return ItemRef(message.item_id, message.change_key)

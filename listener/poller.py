@@ -1,0 +1,494 @@
+"""One poll of one mailbox folder: the six steps of DESIGN.md, and nothing else.
+
+1. hand over the retries that are due (pending queue, GetItem by id)
+2. ask the source for the changes since the stored sync state (≤ batch size a page)
+3. fetch the new items as ``Message`` values
+4. route each to its handlers, skipping what the ledger says is done
+5. post-process the successes in bulk; park transient failures, dead-letter permanent ones
+6. commit ledger + pending + dead letters + the new sync state in ONE transaction, next page
+
+The sync state moves forward only when every message of the page is either in the ledger or
+parked, so a crash anywhere loses nothing; at worst a message is handed over again with the same
+idempotency key.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import structlog
+
+from listener.abc import (
+    DeadLetter,
+    FetchFailure,
+    Handler,
+    ItemRef,
+    LedgerEntry,
+    MailSource,
+    PendingEntry,
+    StateStore,
+)
+from listener.errors import PermanentError
+from listener.model import Message
+
+__all__ = ["FailurePolicy", "PollResult", "Poller", "PollerSettings"]
+
+log = structlog.get_logger("listener.poller")
+
+StartFrom = Literal["new", "unread", "all"]
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """How transient failures are retried and where dead letters go."""
+
+    max_attempts: int = 5
+    backoff: float = 30.0
+    backoff_max: float = 3600.0
+    multiplier: float = 2.0
+    jitter: float = 0.1
+    dead_letter_folder: str | None = None
+
+    def delay(self, attempts: int, rng: random.Random) -> float:
+        base = min(self.backoff * self.multiplier ** max(attempts - 1, 0), self.backoff_max)
+        return base * (1 + rng.uniform(-self.jitter, self.jitter))
+
+
+@dataclass(frozen=True)
+class PollerSettings:
+    """The part of a mailbox's configuration the poller uses."""
+
+    name: str  # the mailbox's configured name: the key of its state
+    credential: str
+    folder: str = "inbox"
+    start_from: StartFrom = "new"
+    after_success: tuple[str, str | None] = ("mark_read", None)
+    failure: FailurePolicy = field(default_factory=FailurePolicy)
+    batch_size: int = 100
+
+
+@dataclass
+class PollResult:
+    """What one poll did; ``error`` is set when the poll stopped early."""
+
+    mailbox: str
+    handed_over: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    already_done: int = 0
+    unrouted: int = 0
+    gone: int = 0
+    pages: int = 0
+    error: str | None = None
+    error_code: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Page:
+    """The outcome of handing over one page (or one batch of retries)."""
+
+    succeeded: list[Message] = field(default_factory=list)
+    ledger: list[LedgerEntry] = field(default_factory=list)
+    pending: list[PendingEntry] = field(default_factory=list)
+    dead: list[tuple[ItemRef, DeadLetter]] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)
+    complete: bool = True
+
+
+Router = Callable[[Message], Sequence[str]]
+Observer = Callable[[str, Mapping[str, Any]], None]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Poller:
+    """Polls one folder of one mailbox; ``poll()`` is safe to call again after any failure."""
+
+    def __init__(
+        self,
+        settings: PollerSettings,
+        source: MailSource,
+        store: StateStore,
+        router: Router,
+        handlers: Mapping[str, Handler],
+        *,
+        stop: threading.Event | None = None,
+        observe: Observer | None = None,
+        clock: Callable[[], datetime] = _now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.store = store
+        self.router = router
+        self.handlers = handlers
+        self._stop = stop or threading.Event()
+        self._observe = observe or (lambda event, data: None)
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def poll(self) -> PollResult:
+        """One poll: due retries, then every page of new changes until the folder is drained."""
+        result = PollResult(self.name)
+        with structlog.contextvars.bound_contextvars(
+            mailbox=self.name, credential=self.settings.credential, poll_id=uuid.uuid4().hex[:12]
+        ):
+            state = self._starting_state(result)
+            self._retry_due(result)  # 1
+            while not self._stop.is_set():
+                page = self.source.changes(state, self.settings.batch_size)  # 2
+                result.pages += 1
+                fetched = self.source.fetch(page.created)  # 3
+                outcome = self._hand_over(fetched, result)  # 4
+                self._post_process(outcome, result)  # 5
+                self._commit(outcome, page.sync_state if outcome.complete else None)  # 6
+                if not outcome.complete or page.last_page:
+                    break
+                state = page.sync_state
+        return result
+
+    def _starting_state(self, result: PollResult) -> str | None:
+        """The stored sync state, or on the very first poll the one ``start_from`` asks for."""
+        state = self.store.get_sync_state(self.name, self.settings.folder)
+        if state is not None or self.settings.start_from == "all":
+            return state
+        # "new" and "unread": begin at the folder's present end; "unread" parks what is unread
+        # now in the pending queue (due at once), in the same commit as the starting state.
+        unread = self.source.unread() if self.settings.start_from == "unread" else ()
+        end = self.source.current_state()
+        now = self._clock()
+        parked = [
+            PendingEntry(self.name, r.item_id, r.change_key, "", (), 0, now, "", now)
+            for r in unread
+        ]
+        self.store.commit(self.name, self.settings.folder, sync_state=end, pending=parked)
+        log.info("mailbox.first_sync", start_from=self.settings.start_from, parked=len(parked))
+        return end
+
+    # --- step 1: retries ------------------------------------------------------------------------
+
+    def _retry_due(self, result: PollResult) -> None:
+        while not self._stop.is_set():
+            due = self.store.due_pending(self.name, self._clock(), self.settings.batch_size)
+            if not due:
+                return
+            entries = {e.item_id: e for e in due}
+            fetched = self.source.fetch([ItemRef(e.item_id, None) for e in due])
+            outcome = self._hand_over(fetched, result, retrying=entries)
+            outcome.resolved.extend(e.item_id for e in due if e.item_id not in outcome.resolved)
+            # entries still failing are re-parked by _hand_over with a later next_attempt_at
+            self._post_process(outcome, result)
+            self._commit(outcome, None)
+            if len(due) < self.settings.batch_size or not outcome.complete:
+                return
+
+    # --- step 4: hand-over ----------------------------------------------------------------------
+
+    def _hand_over(
+        self,
+        fetched: Sequence[Message | FetchFailure],
+        result: PollResult,
+        retrying: Mapping[str, PendingEntry] | None = None,
+    ) -> _Page:
+        page = _Page()
+        retrying = retrying or {}
+        messages = [m for m in fetched if isinstance(m, Message)]
+        done = self.store.done([m.idempotency_key for m in messages]) if messages else set()
+        for item in fetched:
+            if self._stop.is_set():
+                page.complete = False
+                break
+            if isinstance(item, FetchFailure):
+                self._fetch_failed(item, page, result, retrying.get(item.ref.item_id))
+                continue
+            self._deliver(item, done, page, result, retrying.get(item.item_id))
+        return page
+
+    def _deliver(
+        self,
+        message: Message,
+        done: set[tuple[str, str]],
+        page: _Page,
+        result: PollResult,
+        previous: PendingEntry | None,
+    ) -> None:
+        names = list(previous.handlers) if previous and previous.handlers else None
+        if names is None:
+            names = list(dict.fromkeys(self.router(message)))
+        if not names:
+            result.unrouted += 1
+            log.info("message.unrouted", subject=message.subject, key=message.idempotency_key)
+            page.resolved.append(message.item_id)
+            return
+        todo = [n for n in names if (message.idempotency_key, n) not in done]
+        if not todo:
+            result.already_done += 1
+            page.succeeded.append(message)
+            page.resolved.append(message.item_id)
+            return
+        transient: dict[str, str] = {}
+        permanent: dict[str, str] = {}
+        for name in todo:
+            handler = self.handlers[name]
+            started = time.monotonic()
+            try:
+                handler(message)
+            except PermanentError as e:
+                permanent[name] = f"{type(e).__name__}: {e}"
+                log.warning("handler.permanent_failure", handler=name, error=permanent[name])
+                self._observe("failed", {"handler": name, "kind": "permanent"})
+            except Exception as e:
+                transient[name] = f"{type(e).__name__}: {e}"
+                log.warning(
+                    "handler.transient_failure", handler=name, error=transient[name], exc_info=True
+                )
+                self._observe("failed", {"handler": name, "kind": "transient"})
+            else:
+                page.ledger.append(
+                    LedgerEntry(
+                        message.idempotency_key,
+                        name,
+                        self.name,
+                        message.item_id,
+                        message.internet_message_id,
+                        self._clock(),
+                    )
+                )
+                self._observe("handled", {"handler": name, "seconds": time.monotonic() - started})
+        failed = {**transient, **permanent}
+        if not failed:
+            result.handed_over += 1
+            page.succeeded.append(message)
+            page.resolved.append(message.item_id)
+            log.info(
+                "message.handed_over",
+                subject=message.subject,
+                handlers=todo,
+                key=message.idempotency_key,
+            )
+            return
+        attempts = (previous.attempts if previous else 0) + 1
+        error = "; ".join(f"{n}: {e}" for n, e in failed.items())
+        ref = ItemRef(message.item_id, message.change_key)
+        if permanent or attempts >= self.settings.failure.max_attempts:
+            self._dead_letter(
+                page,
+                result,
+                ref,
+                message.idempotency_key,
+                tuple(failed),
+                error,
+                attempts,
+                permanent=bool(permanent),
+                subject=message.subject,
+            )
+            return
+        now = self._clock()
+        delay = self.settings.failure.delay(attempts, self._rng)
+        page.pending.append(
+            PendingEntry(
+                self.name,
+                message.item_id,
+                message.change_key,
+                message.idempotency_key,
+                tuple(failed),
+                attempts,
+                now + timedelta(seconds=delay),
+                error,
+                previous.first_seen_at if previous else now,
+            )
+        )
+        result.failed += 1
+        log.info("message.retry_scheduled", attempts=attempts, delay=round(delay, 1), error=error)
+
+    def _fetch_failed(
+        self,
+        failure: FetchFailure,
+        page: _Page,
+        result: PollResult,
+        previous: PendingEntry | None,
+    ) -> None:
+        ref = failure.ref
+        if failure.gone and previous is None:
+            # Deleted or moved away between the sync and the fetch: nothing left to hand over, and
+            # if it moved into another watched folder, that folder's sync sees it as new.
+            result.gone += 1
+            log.info("message.gone", item_id=ref.item_id, error=failure.error)
+            return
+        attempts = (previous.attempts if previous else 0) + 1
+        if failure.transient and attempts < self.settings.failure.max_attempts:
+            now = self._clock()
+            page.pending.append(
+                PendingEntry(
+                    self.name,
+                    ref.item_id,
+                    ref.change_key,
+                    previous.idempotency_key if previous else "",
+                    previous.handlers if previous else (),
+                    attempts,
+                    now + timedelta(seconds=self.settings.failure.delay(attempts, self._rng)),
+                    failure.error,
+                    previous.first_seen_at if previous else now,
+                )
+            )
+            result.failed += 1
+            return
+        reason = failure.error
+        if failure.gone:
+            reason = f"the item left the folder before it could be handed over ({failure.error})"
+        self._dead_letter(
+            page,
+            result,
+            ref,
+            previous.idempotency_key if previous else "",
+            previous.handlers if previous else (),
+            reason,
+            attempts,
+            permanent=not failure.transient,
+            subject="",
+            movable=not failure.gone,
+        )
+
+    def _dead_letter(
+        self,
+        page: _Page,
+        result: PollResult,
+        ref: ItemRef,
+        key: str,
+        handlers: tuple[str, ...],
+        error: str,
+        attempts: int,
+        *,
+        permanent: bool,
+        subject: str,
+        movable: bool = True,
+    ) -> None:
+        letter = DeadLetter(
+            None,
+            self.name,
+            ref.item_id,
+            ref.change_key,
+            key,
+            handlers,
+            error,
+            permanent,
+            attempts,
+            subject,
+            self._clock(),
+        )
+        page.dead.append((ref if movable else ItemRef("", None), letter))
+        page.resolved.append(ref.item_id)
+        result.dead_lettered += 1
+        for name in handlers or ("-",):
+            self._observe("dead_lettered", {"handler": name})
+        log.warning("message.dead_lettered", error=error, attempts=attempts, permanent=permanent)
+
+    # --- step 5: post-processing ----------------------------------------------------------------
+
+    def _post_process(self, page: _Page, result: PollResult) -> None:
+        refs = [ItemRef(m.item_id, m.change_key) for m in page.succeeded]
+        action, argument = self.settings.after_success
+        errors: Sequence[object] = []
+        if refs and action == "mark_read":
+            errors = self.source.mark_read(refs)
+        elif refs and action == "move" and argument:
+            errors = [r if isinstance(r, str) else None for r in self.source.move(refs, argument)]
+        elif refs and action == "categorize" and argument:
+            errors = self.source.categorize(refs, argument)
+        elif refs and action == "delete":
+            errors = self.source.delete(refs)
+        for ref, error in zip(refs, errors, strict=False):
+            if error:
+                # The hand-over stands; only the tidy-up failed. Say so and carry on.
+                log.warning("post_process.failed", action=action, item_id=ref.item_id, error=error)
+        folder = self.settings.failure.dead_letter_folder
+        movable = [(ref, letter) for ref, letter in page.dead if ref.item_id]
+        if folder and movable:
+            moved = self.source.move([ref for ref, _ in movable], folder)
+            updated = {
+                letter.item_id: (
+                    letter
+                    if isinstance(new, str)
+                    else DeadLetter(
+                        None,
+                        letter.mailbox,
+                        new.item_id,
+                        new.change_key,
+                        letter.idempotency_key,
+                        letter.handlers,
+                        letter.error,
+                        letter.permanent,
+                        letter.attempts,
+                        letter.subject,
+                        letter.created_at,
+                    )
+                )
+                for (_, letter), new in zip(movable, moved, strict=True)
+            }
+            page.dead = [(ref, updated.get(letter.item_id, letter)) for ref, letter in page.dead]
+
+    # --- step 6: commit -------------------------------------------------------------------------
+
+    def _commit(self, page: _Page, sync_state: str | None) -> None:
+        self.store.commit(
+            self.name,
+            self.settings.folder,
+            sync_state=sync_state,
+            successes=page.ledger,
+            pending=page.pending,
+            resolved=[i for i in page.resolved if i not in {p.item_id for p in page.pending}],
+            dead=[letter for _, letter in page.dead],
+        )
+
+    # --- dead-letter replay ---------------------------------------------------------------------
+
+    def replay(self, letters: Sequence[DeadLetter]) -> PollResult:
+        """Hand dead letters over again (their recorded handlers, or the routes when none)."""
+        result = PollResult(self.name)
+        with structlog.contextvars.bound_contextvars(
+            mailbox=self.name, credential=self.settings.credential, poll_id="replay"
+        ):
+            entries = {
+                d.item_id: PendingEntry(
+                    self.name,
+                    d.item_id,
+                    d.change_key,
+                    d.idempotency_key,
+                    d.handlers,
+                    0,
+                    self._clock(),
+                    d.error,
+                    d.created_at,
+                )
+                for d in letters
+            }
+            fetched = self.source.fetch([ItemRef(d.item_id, None) for d in letters])
+            outcome = self._hand_over(fetched, result, retrying=entries)
+            self._post_process(outcome, result)
+            self._commit(outcome, None)
+            # Every letter handled here now lives on in the ledger, the pending queue or a new
+            # dead letter; a crash before this line only means a replay that finds it done.
+            processed = set(outcome.resolved) | {p.item_id for p in outcome.pending}
+            self.store.remove_dead_letters(
+                [d.id for d in letters if d.id is not None and d.item_id in processed]
+            )
+        return result
