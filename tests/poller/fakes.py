@@ -1,0 +1,152 @@
+"""A small in-memory MailSource: the poller's contract without a mail server."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from listener.abc import ChangePage, FetchFailure, ItemRef
+from listener.errors import SourceError
+from listener.model import Address, Attachment, Message
+
+
+@dataclass
+class FakeItem:
+    item_id: str
+    subject: str
+    sender: str = "alice@example.com"
+    is_read: bool = False
+    categories: list[str] = field(default_factory=list)
+    folder: str = "inbox"
+
+
+class FakeSource:
+    """Folders of items; the sync state is the position in the folder's creation log."""
+
+    def __init__(self, mailbox: str = "box@example.com", folder: str = "inbox") -> None:
+        self.mailbox = mailbox
+        self.folder = folder
+        self.items: dict[str, FakeItem] = {}
+        self.log: list[str] = []  # item ids in the order they arrived in the watched folder
+        self._ids = itertools.count(1)
+        self.fail_changes: SourceError | None = None
+        self.gone: set[str] = set()
+        self.calls: list[str] = []
+
+    def deliver(self, subject: str, *, is_read: bool = False, sender: str = "a@example.com") -> str:
+        item_id = f"ID{next(self._ids)}"
+        self.items[item_id] = FakeItem(item_id, subject, sender=sender, is_read=is_read)
+        self.log.append(item_id)
+        return item_id
+
+    def in_folder(self, folder: str | None = None) -> list[FakeItem]:
+        return [i for i in self.items.values() if i.folder == (folder or self.folder)]
+
+    # --- MailSource ---
+
+    def changes(self, sync_state: str | None, max_changes: int) -> ChangePage:
+        self.calls.append("changes")
+        if self.fail_changes is not None:
+            raise self.fail_changes
+        start = int(sync_state or 0)
+        window = self.log[start : start + max_changes]
+        created = tuple(
+            ItemRef(i, "ck")
+            for i in window
+            if i in self.items and self.items[i].folder == self.folder
+        )
+        end = start + len(window)
+        return ChangePage(created, str(end), end >= len(self.log))
+
+    def current_state(self) -> str:
+        return str(len(self.log))
+
+    def unread(self) -> Sequence[ItemRef]:
+        return [ItemRef(i.item_id, "ck") for i in self.in_folder() if not i.is_read]
+
+    def fetch(self, refs: Sequence[ItemRef]) -> list[Message | FetchFailure]:
+        self.calls.append(f"fetch:{len(refs)}")
+        out: list[Message | FetchFailure] = []
+        for ref in refs:
+            item = self.items.get(ref.item_id)
+            if item is None or ref.item_id in self.gone:
+                out.append(FetchFailure(ref, "ErrorItemNotFound", gone=True))
+                continue
+            out.append(
+                Message(
+                    mailbox=self.mailbox,
+                    folder=self.folder,
+                    item_id=item.item_id,
+                    change_key="ck",
+                    internet_message_id=f"<{item.item_id}@example.com>",
+                    subject=item.subject,
+                    from_=Address(email=item.sender),
+                    is_read=item.is_read,
+                    categories=tuple(item.categories),
+                    attachments=(Attachment(attachment_id="A1", name="a.txt", size=3),),
+                ).bind(self)
+            )
+        return out
+
+    def mark_read(self, refs: Sequence[ItemRef]) -> list[str | None]:
+        self.calls.append(f"mark_read:{len(refs)}")
+        for ref in refs:
+            self.items[ref.item_id].is_read = True
+        return [None] * len(refs)
+
+    def move(self, refs: Sequence[ItemRef], folder_path: str) -> list[ItemRef | str]:
+        self.calls.append(f"move:{len(refs)}")
+        out: list[ItemRef | str] = []
+        for ref in refs:
+            item = self.items.pop(ref.item_id)
+            item.item_id = f"{ref.item_id}-moved"
+            item.folder = folder_path
+            self.items[item.item_id] = item
+            out.append(ItemRef(item.item_id, "ck2"))
+        return out
+
+    def categorize(self, refs: Sequence[ItemRef], category: str) -> list[str | None]:
+        for ref in refs:
+            self.items[ref.item_id].categories.append(category)
+        return [None] * len(refs)
+
+    def delete(self, refs: Sequence[ItemRef]) -> list[str | None]:
+        for ref in refs:
+            self.items[ref.item_id].folder = "deleteditems"
+        return [None] * len(refs)
+
+    def close(self) -> None:
+        return
+
+    # --- ContentLoader ---
+
+    def load_mime(self, message: Message) -> bytes:
+        return f"Subject: {message.subject}\r\n\r\nbody\r\n".encode()
+
+    def load_attachment(self, message: Message, attachment: Attachment) -> bytes:
+        return b"abc"
+
+
+class RecordingHandler:
+    """Records every call; fails as told (per subject) before succeeding."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.received: list[str] = []
+        self.fail_times: dict[str, int] = {}
+        self.permanent: set[str] = set()
+
+    def __call__(self, message: Message) -> None:
+        from listener.errors import PermanentError
+
+        self.received.append(message.idempotency_key)
+        if message.subject in self.permanent:
+            raise PermanentError(f"{message.subject} cannot be handled")
+        left = self.fail_times.get(message.subject, 0)
+        if left:
+            self.fail_times[message.subject] = left - 1
+            raise RuntimeError(f"transient failure for {message.subject}")
+
+    def close(self) -> None:
+        return
