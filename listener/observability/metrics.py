@@ -1,0 +1,210 @@
+"""Prometheus metrics, held by a ``Metrics`` object with its own ``CollectorRegistry``.
+
+Not the global registry: tests build a fresh ``Metrics()`` each and compare exact values, and an
+embedding application keeps its own metrics apart from ours. Labels carry configuration names
+(mailbox, handler, credential), never addresses of secrets or secrets: every label value goes
+through :func:`~listener.observability.redaction.redact` all the same.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import (
+    gc_collector as _gc,
+)
+from prometheus_client import (
+    platform_collector as _platform,
+)
+from prometheus_client import (
+    process_collector as _process,
+)
+
+from listener import __version__
+from listener.observability.redaction import redact
+
+__all__ = ["NAMESPACE", "Metrics", "default_metrics"]
+
+NAMESPACE = "ews_listener"
+
+# Poll durations from a quick empty sync (tens of ms) to a large first page with slow handlers.
+_POLL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def _label(value: object) -> str:
+    return redact(str(value))
+
+
+class Metrics:
+    """Every metric the listener exports; ``Metrics(registry=…)`` for an isolated set."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        version: str = __version__,
+        process_collectors: bool = True,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        if process_collectors:
+            # process_resident_memory_bytes, open fds, GC counts: what an operator checks first.
+            _process.ProcessCollector(registry=r)
+            _platform.PlatformCollector(registry=r)
+            _gc.GCCollector(registry=r)
+
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+            return Counter(name, doc, labels, namespace=NAMESPACE, registry=r)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
+            return Gauge(name, doc, labels, namespace=NAMESPACE, registry=r)
+
+        self.messages_handled = counter(
+            "messages_handled",
+            "Messages handed over successfully to a handler.",
+            ("mailbox", "handler"),
+        )
+        self.messages_failed = counter(
+            "messages_failed",
+            "Hand-overs that failed; kind is transient (retried later) or permanent.",
+            ("mailbox", "handler", "kind"),
+        )
+        self.messages_dead_lettered = counter(
+            "messages_dead_lettered",
+            "Messages given up on and recorded as dead letters.",
+            ("mailbox", "handler"),
+        )
+        self.poll_duration = Histogram(
+            "poll_duration_seconds",
+            "Wall time of one poll of one mailbox, failed polls included.",
+            ("mailbox",),
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=_POLL_BUCKETS,
+        )
+        self.last_successful_poll = gauge(
+            "last_successful_poll_timestamp_seconds",
+            "Unix time of the last poll of the mailbox that completed without error.",
+            ("mailbox",),
+        )
+        self.pending_messages = gauge(
+            "pending_messages",
+            "Messages waiting in the retry queue of the mailbox.",
+            ("mailbox",),
+        )
+        self.token_requests = counter(
+            "token_requests",
+            "Requests sent to the token endpoint of a credential.",
+            ("credential",),
+        )
+        self.token_failures = counter(
+            "token_failures",
+            "Token requests that did not return a token.",
+            ("credential",),
+        )
+        self.ews_requests = counter(
+            "ews_requests",
+            "EWS operations by outcome (ok, fault, throttled, unauthorized, error).",
+            ("operation", "outcome"),
+        )
+        self.throttle_backoff = counter(
+            "throttle_backoff_seconds",
+            "Seconds spent backing off because the server asked (ErrorServerBusy, 503, 429).",
+            ("credential",),
+        )
+        self.polls = counter(
+            "polls",
+            "Polls by outcome (ok or error).",
+            ("mailbox", "outcome"),
+        )
+        self.build_info = gauge(
+            "build_info",
+            "Always 1; the version label says which release runs.",
+            ("version",),
+        )
+        self.build_info.labels(version=version).set(1)
+
+    # -- recording helpers: what the poller, the service, auth and ews call ----------------------
+
+    def handled(self, mailbox: str, handler: str, count: int = 1) -> None:
+        self.messages_handled.labels(_label(mailbox), _label(handler)).inc(count)
+
+    def failed(self, mailbox: str, handler: str, *, permanent: bool) -> None:
+        kind = "permanent" if permanent else "transient"
+        self.messages_failed.labels(_label(mailbox), _label(handler), kind).inc()
+
+    def dead_lettered(self, mailbox: str, handler: str) -> None:
+        self.messages_dead_lettered.labels(_label(mailbox), _label(handler)).inc()
+
+    def poll_finished(
+        self, mailbox: str, *, ok: bool, seconds: float, at: float | None = None
+    ) -> None:
+        """One poll is over: duration, outcome, and the last-success time when it succeeded."""
+        name = _label(mailbox)
+        self.poll_duration.labels(name).observe(max(0.0, seconds))
+        self.polls.labels(name, "ok" if ok else "error").inc()
+        if ok:
+            self.last_successful_poll.labels(name).set(time.time() if at is None else at)
+
+    def set_pending(self, mailbox: str, count: int) -> None:
+        self.pending_messages.labels(_label(mailbox)).set(count)
+
+    def token_requested(self, credential: str, *, ok: bool) -> None:
+        name = _label(credential)
+        self.token_requests.labels(name).inc()
+        if not ok:
+            self.token_failures.labels(name).inc()
+
+    def ews_request(self, operation: str, outcome: str) -> None:
+        self.ews_requests.labels(_label(operation), _label(outcome)).inc()
+
+    def backed_off(self, credential: str, seconds: float) -> None:
+        if seconds > 0:
+            self.throttle_backoff.labels(_label(credential)).inc(seconds)
+
+    def observe(self, event: str, data: Mapping[str, Any]) -> None:
+        """A ``Poller(observe=…)`` callback: ``handled``, ``failed``, ``dead_lettered`` events.
+
+        The mailbox comes from ``data["mailbox"]`` or, as one observer serves every poller, from
+        the ``mailbox`` the poller binds in structlog's contextvars for the length of a poll.
+        """
+        mailbox = data.get("mailbox") or structlog.contextvars.get_contextvars().get("mailbox")
+        self._observe(str(mailbox or ""), event, data)
+
+    def poller_observer(self, mailbox: str) -> Callable[[str, Mapping[str, Any]], None]:
+        """Like :meth:`observe`, for one mailbox named up front."""
+        return lambda event, data: self._observe(mailbox, event, data)
+
+    def _observe(self, mailbox: str, event: str, data: Mapping[str, Any]) -> None:
+        handler = str(data.get("handler", ""))
+        if event == "handled":
+            self.handled(mailbox, handler)
+        elif event == "failed":
+            self.failed(mailbox, handler, permanent=data.get("kind") == "permanent")
+        elif event == "dead_lettered":
+            self.dead_lettered(mailbox, handler)
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format (what ``/metrics`` serves)."""
+        return generate_latest(self.registry)
+
+
+_default: Metrics | None = None
+
+
+def default_metrics() -> Metrics:
+    """The process-wide instance (created on first use, in its own registry)."""
+    global _default  # noqa: PLW0603 - one lazily created instance per process, on purpose
+    if _default is None:
+        _default = Metrics()
+    return _default
