@@ -151,9 +151,11 @@ def check_client_assertion(
             f"registered on application '{client_id}'.",
         )
     sha1, sha256 = certificate_thumbprints(certificate)
-    if ("x5t" in header and header["x5t"] != sha1) or (
-        "x5t#S256" in header and header["x5t#S256"] != sha256
-    ):
+    # msal sends the thumbprints base64url *with* padding (oauth2cli/assertion.py,
+    # _encode_thumbprint), RFC 7515 says without: compare without, as Entra accepts both.
+    sent_sha1 = str(header.get("x5t", sha1)).rstrip("=")
+    sent_sha256 = str(header.get("x5t#S256", sha256)).rstrip("=")
+    if sent_sha1 != sha1 or sent_sha256 != sha256:
         raise AssertionRejected(
             700027,
             "The certificate with identifier used to sign the client assertion is not "

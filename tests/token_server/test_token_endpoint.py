@@ -12,7 +12,7 @@ import httpx
 import jwt
 import pytest
 
-from listener.emulator._jwt import ASSERTION_TYPE, b64url, certificate_thumbprints
+from listener.emulator._jwt import ASSERTION_TYPE, certificate_thumbprints
 from listener.emulator.token_server import TokenServer
 from tests.token_server.conftest import (
     CERT_APP,
@@ -290,4 +290,3 @@ def test_secrets_and_tokens_stay_out_of_repr(server: TokenServer, client: httpx.
     text = repr(server) + repr(server.requests) + repr(server._apps)
     assert SECRET not in text
     assert token not in text
-    assert b64url(b"") == ""
