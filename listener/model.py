@@ -2,8 +2,12 @@
 
 A ``Message`` says everything a workflow usually needs without another request to Exchange. The
 heavy parts (the MIME source and attachment content) are loaded only when a handler asks, through
-a :class:`ContentLoader` the mail source attaches; the loader is not part of the value, its JSON or
-its equality.
+a :class:`ContentLoader` the mail source attaches; the loader is not part of the value, its JSON,
+its equality or its hash, and nothing loaded is cached on the value (a handler that needs the
+bytes twice keeps them itself).
+
+Times are timezone-aware UTC and serialise as ISO 8601 with a ``Z`` suffix; a naive datetime is
+taken to be UTC already.
 """
 
 from __future__ import annotations
@@ -11,10 +15,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import datetime
-from typing import Any, Literal, Protocol
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    WithJsonSchema,
+    model_validator,
+)
 
 __all__ = [
     "Address",
@@ -22,10 +35,35 @@ __all__ = [
     "ContentLoader",
     "Importance",
     "Message",
+    "UtcDatetime",
     "idempotency_key",
+    "message_json_schema",
 ]
 
 Importance = Literal["low", "normal", "high"]
+
+SCHEMA_ID = "urn:ews-listener:event:message"
+
+
+def _to_utc(value: datetime) -> datetime:
+    # A naive value comes from code that already works in UTC (exchangelib's EWSDateTime is
+    # always aware); converting it from local time would shift it by the host's offset.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _iso_z(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+UtcDatetime = Annotated[
+    datetime,
+    AfterValidator(_to_utc),
+    PlainSerializer(_iso_z, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": "Z$"}),
+]
+"""A timezone-aware UTC datetime that serialises as ISO 8601 with ``Z``."""
 
 
 class ContentLoader(Protocol):
@@ -40,11 +78,27 @@ class ContentLoader(Protocol):
         ...
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Value(BaseModel):
+    """A frozen value whose private attributes (loader, back-references) are not part of it."""
+
+    # Serialisation always writes every field: the event schema says so (``required``).
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_serialization_defaults_required=True
+    )
+
+    def __eq__(self, other: object) -> bool:
+        # pydantic compares private attributes too: a bound and an unbound copy of the same
+        # message would differ, and Attachment._message -> Message -> attachments would recurse.
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, BaseModel)
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash((type(self), *self.__dict__.values()))
 
 
-class Address(_Frozen):
+class Address(_Value):
     """A mailbox address with its display name."""
 
     email: str = Field(description="SMTP address, as Exchange reports it.")
@@ -54,7 +108,7 @@ class Address(_Frozen):
         return f"{self.name} <{self.email}>" if self.name else self.email
 
 
-class Attachment(_Frozen):
+class Attachment(_Value):
     """Metadata of one attachment; ``content()`` loads the bytes."""
 
     attachment_id: str = Field(description="Opaque id of the attachment in the mail source.")
@@ -68,17 +122,36 @@ class Attachment(_Frozen):
     )
 
     _message: Message | None = PrivateAttr(default=None)
-    _loader: ContentLoader | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_inline_content(cls, data: Any) -> Any:
+        # ``Message.to_json(attachments_inline_max=…)`` adds ``content_base64``; reading such an
+        # event back (a webhook receiver using this model) must work, but the value never keeps
+        # content: it is loaded on demand.
+        if isinstance(data, dict) and "content_base64" in data:
+            data = {k: v for k, v in data.items() if k != "content_base64"}
+        return data
 
     def content(self) -> bytes:
         """The attachment's bytes (an attached item comes back as RFC 5322)."""
-        if self._loader is None or self._message is None:
-            raise RuntimeError("this attachment is not bound to a mail source")
-        return self._loader.load_attachment(self._message, self)
+        message = self._message
+        if message is None or message._loader is None:
+            raise RuntimeError(f"attachment {self.name!r} is not bound to a mail source")
+        return message._loader.load_attachment(message, self)
 
 
-class Message(_Frozen):
+class Message(_Value):
     """One message in one watched folder: the event every handler receives."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_serialization_defaults_required=True,
+        title="Message",
+        json_schema_extra={"$id": SCHEMA_ID},
+    )
 
     mailbox: str = Field(description="SMTP address of the watched mailbox.")
     folder: str = Field(description="The watched folder, as configured (e.g. 'inbox').")
@@ -94,14 +167,14 @@ class Message(_Frozen):
     to: tuple[Address, ...] = ()
     cc: tuple[Address, ...] = ()
     bcc: tuple[Address, ...] = ()
-    received_at: datetime | None = Field(default=None, description="UTC, ISO 8601.")
-    sent_at: datetime | None = Field(default=None, description="UTC, ISO 8601.")
+    received_at: UtcDatetime | None = Field(default=None, description="UTC, ISO 8601 with Z.")
+    sent_at: UtcDatetime | None = Field(default=None, description="UTC, ISO 8601 with Z.")
     importance: Importance = "normal"
     categories: tuple[str, ...] = ()
     is_read: bool = False
     has_attachments: bool = False
     headers: tuple[tuple[str, str], ...] = Field(
-        default=(), description="Internet headers in order, as (name, value) pairs."
+        default=(), description="Internet headers in order, as [name, value] pairs."
     )
     text_body: str | None = None
     html_body: str | None = None
@@ -111,30 +184,32 @@ class Message(_Frozen):
         description="Stable key of this hand-over: sha256 of mailbox, item id and Message-ID.",
     )
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
     _loader: ContentLoader | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
+        """Fill in the idempotency key and point each attachment back at this message."""
         if not self.idempotency_key:
             key = idempotency_key(self.mailbox, self.item_id, self.internet_message_id)
             object.__setattr__(self, "idempotency_key", key)
+        # An Attachment instance passed to two messages must not load through the wrong one:
+        # give each message its own (cheap, metadata-only) copies when one is already owned.
+        if any(a._message is not None and a._message is not self for a in self.attachments):
+            object.__setattr__(self, "attachments", tuple(a.model_copy() for a in self.attachments))
         for attachment in self.attachments:
             attachment._message = self
-
-    @field_serializer("received_at", "sent_at")
-    def _utc(self, value: datetime | None) -> str | None:
-        return None if value is None else value.isoformat().replace("+00:00", "Z")
 
     def bind(self, loader: ContentLoader) -> Message:
         """Attach the loader that serves ``mime()`` and attachment content; returns self."""
         self._loader = loader
-        for attachment in self.attachments:
-            attachment._loader = loader
         return self
 
+    @property
+    def bound(self) -> bool:
+        """Whether ``mime()`` and attachment content can be loaded."""
+        return self._loader is not None
+
     def mime(self) -> bytes:
-        """The full RFC 5322 source, fetched from the mail source on first use."""
+        """The full RFC 5322 source, fetched from the mail source (not cached)."""
         if self._loader is None:
             raise RuntimeError("this message is not bound to a mail source")
         return self._loader.load_mime(self)
@@ -144,13 +219,25 @@ class Message(_Frozen):
         wanted = name.lower()
         return next((v for k, v in self.headers if k.lower() == wanted), None)
 
-    def to_json(self, *, attachments_inline_max: int = 0) -> str:
-        """The event as JSON; attachments up to ``attachments_inline_max`` bytes carry base64."""
+    def header_values(self, name: str) -> tuple[str, ...]:
+        """Every header called ``name`` (case-insensitive), in order."""
+        wanted = name.lower()
+        return tuple(v for k, v in self.headers if k.lower() == wanted)
+
+    def to_dict(self, *, attachments_inline_max: int = 0) -> dict[str, Any]:
+        """The event as JSON-ready data (see :meth:`to_json`)."""
         data = self.model_dump(mode="json", by_alias=True)
         if attachments_inline_max > 0:
             for out, attachment in zip(data["attachments"], self.attachments, strict=True):
+                # An unknown size is not inlined: loading it to find out could pull a huge file.
                 if attachment.size is not None and attachment.size <= attachments_inline_max:
                     out["content_base64"] = base64.b64encode(attachment.content()).decode()
+        return data
+
+    def to_json(self, *, attachments_inline_max: int = 0) -> str:
+        """The event as compact JSON; attachments up to ``attachments_inline_max`` bytes (by their
+        reported size) carry their content as ``content_base64``."""
+        data = self.to_dict(attachments_inline_max=attachments_inline_max)
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -162,3 +249,17 @@ def idempotency_key(mailbox: str, item_id: str, internet_message_id: str | None)
     """
     raw = "\x1f".join((mailbox.lower(), item_id, internet_message_id or ""))
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def message_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the event as handlers and webhooks receive it."""
+    schema = Message.model_json_schema(by_alias=True, mode="serialization")
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    attachment = schema["$defs"]["Attachment"]
+    attachment["properties"]["content_base64"] = {
+        "type": "string",
+        "contentEncoding": "base64",
+        "title": "Content Base64",
+        "description": "The content, only when the webhook inlines attachments up to a size.",
+    }
+    return schema
