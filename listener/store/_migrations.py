@@ -1,0 +1,84 @@
+"""Versioned schema migrations, applied in order inside the transaction that opens the store.
+
+Each step moves the schema from ``version - 1`` to ``version`` and is recorded in
+``schema_version``; a database at a version newer than ``LATEST`` is refused rather than written
+with assumptions that no longer hold. Adding a step: append a ``Migration`` with explicit DDL
+(``ALTER TABLE ...``) and update ``_schema.py`` to the new shape. Version 1 creates the tables
+from ``_schema.py``; before a later step changes one of those tables, copy its version 1 shape
+into ``_create_v1`` so that a fresh database still passes through every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, func, insert, inspect, select
+
+from listener.store import _schema
+from listener.store._errors import StoreError
+
+__all__ = ["LATEST", "MIGRATIONS", "Migration", "current_version", "migrate"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: ``apply`` brings a database at ``version - 1`` to ``version``."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _create_v1(conn: Connection) -> None:
+    tables = [_schema.sync_state, _schema.ledger, _schema.pending, _schema.dead_letters]
+    _schema.metadata.create_all(conn, tables=tables, checkfirst=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "sync_state, ledger, pending and dead_letters", _create_v1),
+)
+LATEST = MIGRATIONS[-1].version
+
+assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1)), "versions must be 1, 2, ..."
+
+
+def current_version(conn: Connection) -> int:
+    """The schema version recorded in the database; 0 when it has no ``schema_version`` table."""
+    if not inspect(conn).has_table(_schema.schema_version.name):
+        return 0
+    version = conn.execute(select(func.max(_schema.schema_version.c.version))).scalar()
+    return int(version or 0)
+
+
+def migrate(conn: Connection, where: str, *, create: bool = True) -> int:
+    """Bring the database to ``LATEST`` inside the caller's transaction; returns the version.
+
+    The caller holds the database's write lock (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL advisory
+    lock), so two processes starting at once run this one after the other: the second finds the
+    work done.
+    """
+    version = current_version(conn)
+    if version > LATEST:
+        raise StoreError(
+            f"state database {where} has schema version {version}, this ews-listener knows up to "
+            f"{LATEST}: upgrade ews-listener or point state.url elsewhere"
+        )
+    if version == LATEST:
+        return version
+    if not create:
+        raise StoreError(
+            f"state database {where} has schema version {version}, this ews-listener needs "
+            f"{LATEST}: run `ews-listener once` (or `run`) against it first to create or migrate it"
+        )
+    _schema.schema_version.create(conn, checkfirst=True)
+    for step in MIGRATIONS:
+        if step.version > version:
+            step.apply(conn)
+            conn.execute(
+                insert(_schema.schema_version).values(
+                    version=step.version, applied_at=datetime.now(UTC)
+                )
+            )
+    return LATEST

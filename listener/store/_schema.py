@@ -1,0 +1,131 @@
+"""The tables, as SQLAlchemy Core ``Table`` objects, and a UTC timestamp type.
+
+One definition serves SQLite and PostgreSQL. Identifiers and sync states are ``TEXT``: EWS item
+ids are ~150 characters of base64 and sync states several kilobytes, and neither has a documented
+upper bound.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+__all__ = [
+    "UtcDateTime",
+    "dead_letters",
+    "ledger",
+    "metadata",
+    "pending",
+    "schema_version",
+    "sync_state",
+]
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC ``datetime`` in and out, on every backend.
+
+    SQLite has no time zones: SQLAlchemy stores the wall-clock digits and returns naive values, so
+    values are converted to UTC and stored naive there (fixed-width text, which also keeps
+    ``ORDER BY`` and ``<=`` on the column chronological). PostgreSQL's ``timestamptz`` returns
+    values in the session time zone: they are converted back to UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            # A naive time is ambiguous (local? UTC?); refusing it catches the bug where it is made.
+            raise ValueError(f"naive datetime {value.isoformat()} given to the state store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", UtcDateTime, nullable=False),
+)
+
+sync_state = Table(
+    "sync_state",
+    metadata,
+    Column("mailbox", Text, primary_key=True),
+    Column("folder", Text, primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("idempotency_key", Text, primary_key=True),
+    Column("handler", Text, primary_key=True),
+    Column("mailbox", Text, nullable=False),
+    Column("item_id", Text, nullable=False),
+    Column("internet_message_id", Text, nullable=True),
+    Column("handed_at", UtcDateTime, nullable=False),
+    Index("ix_ledger_mailbox", "mailbox"),
+)
+
+pending = Table(
+    "pending",
+    metadata,
+    Column("mailbox", Text, primary_key=True),
+    Column("item_id", Text, primary_key=True),
+    Column("change_key", Text, nullable=True),
+    Column("idempotency_key", Text, nullable=False),
+    Column("handlers", JSON, nullable=False),  # list of handler names still to do
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("first_seen_at", UtcDateTime, nullable=False),
+    Index("ix_pending_due", "mailbox", "next_attempt_at"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    # AUTOINCREMENT on SQLite: ids are never reused after a purge, so an id printed by
+    # `dead-letters list` cannot later name a different letter.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("mailbox", Text, nullable=False),
+    Column("item_id", Text, nullable=False),
+    Column("change_key", Text, nullable=True),
+    Column("idempotency_key", Text, nullable=False),
+    Column("handlers", JSON, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("permanent", Boolean, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_dead_letters_mailbox", "mailbox"),
+    sqlite_autoincrement=True,
+)

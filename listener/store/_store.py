@@ -1,0 +1,352 @@
+"""``SqlStateStore``: the ``StateStore`` protocol on SQLAlchemy 2 Core (SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+
+from listener.abc import DeadLetter, LedgerEntry, PendingEntry
+from listener.store import _migrations
+from listener.store import _schema as tb
+from listener.store._engine import WRITE_OPTION
+from listener.store._errors import StoreError, describe_url, translate_errors
+
+__all__ = ["SqlStateStore"]
+
+T = TypeVar("T")
+
+# Keeps every ``IN (...)`` below SQLite's bound-parameter limit (999 before SQLite 3.32).
+_CHUNK = 500
+# First key of the PostgreSQL advisory lock taken while migrating ("ews" in ASCII); the second key
+# is the schema, so stores in different schemas of one database do not wait for each other.
+_PG_LOCK_NAMESPACE = 0x657773
+_PG_MIGRATION_LOCK = text(
+    "SELECT pg_advisory_xact_lock(:ns, hashtext(coalesce(current_schema(), '')))"
+)
+
+
+def _chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlStateStore:
+    """Sync states, the ledger, pending retries and dead letters in one SQL database.
+
+    Thread-safe. Writes to SQLite are serialised by a lock in this process, so poller threads
+    never meet "database is locked" among themselves; the busy timeout only covers another process.
+    Build it with ``listener.store.open_store``.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        url: URL,
+        *,
+        busy_timeout: float,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._engine = engine
+        self._url = url
+        self._busy_timeout = busy_timeout
+        self._clock = clock
+        self._sqlite = url.get_backend_name() == "sqlite"
+        self._write_lock: AbstractContextManager[Any] = (
+            threading.Lock() if self._sqlite else nullcontext()
+        )
+        # ":memory:" is one connection shared by every thread: reads must queue behind writes too.
+        memory = self._sqlite and url.database in {None, "", ":memory:"}
+        self._read_lock = self._write_lock if memory else nullcontext()
+        self._closed = False
+        self.where = describe_url(url)
+
+    def __repr__(self) -> str:
+        return f"SqlStateStore({self.where!r})"
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
+        return sqlite.insert(table) if self._sqlite else postgresql.insert(table)
+
+    def _errors(self, action: str) -> AbstractContextManager[None]:
+        if self._closed:
+            raise StoreError(f"state store {self.where} is closed")
+        return translate_errors(self._url, busy_timeout=self._busy_timeout, action=action)
+
+    @contextmanager
+    def _read(self, action: str) -> Iterator[Connection]:
+        with self._errors(action), self._read_lock, self._engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self, action: str) -> Iterator[Connection]:
+        """One write transaction: committed when the block ends, rolled back when it raises."""
+        with self._errors(action), self._write_lock, self._engine.connect() as conn:
+            conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    def migrate(self, *, create: bool = True) -> int:
+        """Create or upgrade the schema (``open_store`` calls this); returns its version."""
+        with self._write("migrating the schema") as conn:
+            if not self._sqlite:
+                # Two processes starting at once: the second waits here, then finds the work done.
+                conn.execute(_PG_MIGRATION_LOCK, {"ns": _PG_LOCK_NAMESPACE})
+            return _migrations.migrate(conn, self.where, create=create)
+
+    # --- StateStore -----------------------------------------------------------------------------
+
+    def get_sync_state(self, mailbox: str, folder: str) -> str | None:
+        """The folder's stored sync state, or None before its first commit."""
+        query = select(tb.sync_state.c.state).where(
+            tb.sync_state.c.mailbox == mailbox, tb.sync_state.c.folder == folder
+        )
+        with self._read("reading a sync state") as conn:
+            return conn.execute(query).scalar_one_or_none()
+
+    def done(self, keys: Sequence[str]) -> set[tuple[str, str]]:
+        """The (idempotency_key, handler) pairs already in the ledger among ``keys``."""
+        unique = sorted(set(keys))
+        found: set[tuple[str, str]] = set()
+        with self._read("reading the ledger") as conn:
+            for chunk in _chunks(unique):
+                query = select(tb.ledger.c.idempotency_key, tb.ledger.c.handler).where(
+                    tb.ledger.c.idempotency_key.in_(chunk)
+                )
+                found.update((key, handler) for key, handler in conn.execute(query))
+        return found
+
+    def due_pending(self, mailbox: str, now: datetime, limit: int) -> list[PendingEntry]:
+        """Up to ``limit`` pending entries of ``mailbox`` due at ``now``, the longest-due first."""
+        query = (
+            select(tb.pending)
+            .where(tb.pending.c.mailbox == mailbox, tb.pending.c.next_attempt_at <= now)
+            .order_by(tb.pending.c.next_attempt_at, tb.pending.c.item_id)
+            .limit(limit)
+        )
+        with self._read("reading pending retries") as conn:
+            return [_pending_entry(row) for row in conn.execute(query)]
+
+    def pending_count(self, mailbox: str | None = None) -> int:
+        """How many messages wait for a retry (in ``mailbox``, or in all)."""
+        query = select(func.count()).select_from(tb.pending)
+        if mailbox is not None:
+            query = query.where(tb.pending.c.mailbox == mailbox)
+        with self._read("counting pending retries") as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def commit(
+        self,
+        mailbox: str,
+        folder: str,
+        *,
+        sync_state: str | None,
+        successes: Sequence[LedgerEntry] = (),
+        pending: Sequence[PendingEntry] = (),
+        resolved: Sequence[str] = (),
+        dead: Sequence[DeadLetter] = (),
+    ) -> None:
+        """Record one page's outcome in ONE transaction (see ``listener.abc.StateStore.commit``).
+
+        A ledger entry already present is ignored: a message handed over again after a crash
+        must not make the commit fail. Pending entries are upserted by (mailbox, item id), then
+        ``resolved`` item ids of ``mailbox`` are deleted from pending.
+        """
+        # Duplicates in one call collapse (the last wins); rows go in key order so that two
+        # PostgreSQL transactions touching the same keys lock them in the same order.
+        ledger_rows = sorted(
+            {(e.idempotency_key, e.handler): _ledger_row(e) for e in successes}.items()
+        )
+        pending_rows = sorted({(p.mailbox, p.item_id): _pending_row(p) for p in pending}.items())
+        gone = sorted(set(resolved))
+        with self._write("committing a page") as conn:
+            if ledger_rows:
+                stmt = self._insert(tb.ledger).on_conflict_do_nothing(
+                    index_elements=[tb.ledger.c.idempotency_key, tb.ledger.c.handler]
+                )
+                conn.execute(stmt, [row for _, row in ledger_rows])
+            if pending_rows:
+                upsert = self._insert(tb.pending)
+                upsert = upsert.on_conflict_do_update(
+                    index_elements=[tb.pending.c.mailbox, tb.pending.c.item_id],
+                    set_={
+                        c.name: upsert.excluded[c.name]
+                        for c in tb.pending.columns
+                        if not c.primary_key
+                    },
+                )
+                conn.execute(upsert, [row for _, row in pending_rows])
+            for chunk in _chunks(gone):
+                conn.execute(
+                    delete(tb.pending).where(
+                        tb.pending.c.mailbox == mailbox, tb.pending.c.item_id.in_(chunk)
+                    )
+                )
+            if dead:
+                conn.execute(insert(tb.dead_letters), [_dead_row(d) for d in dead])
+            if sync_state is not None:
+                self._set_sync_state(conn, mailbox, folder, sync_state)
+
+    def _set_sync_state(self, conn: Connection, mailbox: str, folder: str, state: str) -> None:
+        upsert = self._insert(tb.sync_state).values(
+            mailbox=mailbox, folder=folder, state=state, updated_at=self._clock()
+        )
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[tb.sync_state.c.mailbox, tb.sync_state.c.folder],
+            set_={"state": upsert.excluded.state, "updated_at": upsert.excluded.updated_at},
+        )
+        conn.execute(upsert)
+
+    def dead_letters(self, mailbox: str | None = None) -> list[DeadLetter]:
+        """Dead letters (of ``mailbox``, or all), oldest first."""
+        query = select(tb.dead_letters).order_by(tb.dead_letters.c.id)
+        if mailbox is not None:
+            query = query.where(tb.dead_letters.c.mailbox == mailbox)
+        with self._read("reading dead letters") as conn:
+            return [_dead_letter(row) for row in conn.execute(query)]
+
+    def dead_letter(self, letter_id: int) -> DeadLetter | None:
+        """One dead letter by id, or None."""
+        query = select(tb.dead_letters).where(tb.dead_letters.c.id == letter_id)
+        with self._read("reading a dead letter") as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else _dead_letter(row)
+
+    def remove_dead_letters(self, ids: Sequence[int]) -> int:
+        """Delete the dead letters with these ids; returns how many existed."""
+        removed = 0
+        with self._write("removing dead letters") as conn:
+            for chunk in _chunks(sorted(set(ids))):
+                query = delete(tb.dead_letters).where(tb.dead_letters.c.id.in_(chunk))
+                removed += conn.execute(query).rowcount
+        return removed
+
+    def close(self) -> None:
+        """Close every pooled connection; the store cannot be used afterwards. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._engine.dispose()
+
+    # --- for the CLI, health checks and tests ---------------------------------------------------
+
+    def ledger(self, mailbox: str | None = None) -> list[LedgerEntry]:
+        """Ledger entries (of ``mailbox``, or all), in the order they were handed over."""
+        query = select(tb.ledger).order_by(
+            tb.ledger.c.handed_at, tb.ledger.c.idempotency_key, tb.ledger.c.handler
+        )
+        if mailbox is not None:
+            query = query.where(tb.ledger.c.mailbox == mailbox)
+        with self._read("reading the ledger") as conn:
+            return [LedgerEntry(**row._asdict()) for row in conn.execute(query)]
+
+    def ledger_count(self, mailbox: str | None = None) -> int:
+        """How many (message, handler) hand-overs the ledger holds."""
+        query = select(func.count()).select_from(tb.ledger)
+        if mailbox is not None:
+            query = query.where(tb.ledger.c.mailbox == mailbox)
+        with self._read("counting the ledger") as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def pending(self, mailbox: str | None = None) -> list[PendingEntry]:
+        """Pending entries (of ``mailbox``, or all), the soonest due first."""
+        query = select(tb.pending).order_by(
+            tb.pending.c.next_attempt_at, tb.pending.c.mailbox, tb.pending.c.item_id
+        )
+        if mailbox is not None:
+            query = query.where(tb.pending.c.mailbox == mailbox)
+        with self._read("reading pending retries") as conn:
+            return [_pending_entry(row) for row in conn.execute(query)]
+
+    def reset_sync_state(self, mailbox: str, folder: str) -> bool:
+        """Forget the folder's sync state (the next poll starts per ``start_from``); True if any."""
+        with self._write("resetting a sync state") as conn:
+            result = conn.execute(
+                delete(tb.sync_state).where(
+                    tb.sync_state.c.mailbox == mailbox, tb.sync_state.c.folder == folder
+                )
+            )
+            return result.rowcount > 0
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        with self._read("reading the schema version") as conn:
+            return _migrations.current_version(conn)
+
+    def check(self) -> None:
+        """A cheap query for readiness probes; ``StoreError`` when the database is unusable."""
+        with self._read("checking the state database") as conn:
+            conn.execute(select(func.count()).select_from(tb.sync_state).limit(1)).scalar()
+
+
+def _ledger_row(entry: LedgerEntry) -> dict[str, Any]:
+    return {
+        "idempotency_key": entry.idempotency_key,
+        "handler": entry.handler,
+        "mailbox": entry.mailbox,
+        "item_id": entry.item_id,
+        "internet_message_id": entry.internet_message_id,
+        "handed_at": entry.handed_at,
+    }
+
+
+def _pending_row(entry: PendingEntry) -> dict[str, Any]:
+    return {
+        "mailbox": entry.mailbox,
+        "item_id": entry.item_id,
+        "change_key": entry.change_key,
+        "idempotency_key": entry.idempotency_key,
+        "handlers": list(entry.handlers),
+        "attempts": entry.attempts,
+        "next_attempt_at": entry.next_attempt_at,
+        "last_error": entry.last_error,
+        "first_seen_at": entry.first_seen_at,
+    }
+
+
+def _pending_entry(row: Row[Any]) -> PendingEntry:
+    values = row._asdict()
+    values["handlers"] = tuple(values["handlers"])
+    return PendingEntry(**values)
+
+
+def _dead_row(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "mailbox": letter.mailbox,
+        "item_id": letter.item_id,
+        "change_key": letter.change_key,
+        "idempotency_key": letter.idempotency_key,
+        "handlers": list(letter.handlers),
+        "error": letter.error,
+        "permanent": letter.permanent,
+        "attempts": letter.attempts,
+        "subject": letter.subject,
+        "created_at": letter.created_at,
+    }
+
+
+def _dead_letter(row: Row[Any]) -> DeadLetter:
+    values = row._asdict()
+    values["handlers"] = tuple(values["handlers"])
+    values["permanent"] = bool(values["permanent"])
+    return DeadLetter(**values)
