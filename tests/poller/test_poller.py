@@ -203,7 +203,7 @@ def test_after_success_actions(store: object) -> None:
         (("delete", None), lambda s: s.in_folder("deleteditems")),
         (("none", None), lambda s: [i for i in s.items.values() if not i.is_read]),
     ]:
-        source = FakeSource()
+        source = FakeSource(mailbox=f"{action[0]}@example.com")
         poller, _ = make(store, source, after_success=action, start_from="all")
         poller.settings = poller.settings.__class__(
             **{**poller.settings.__dict__, "name": f"box-{action[0]}"}

@@ -1,0 +1,129 @@
+"""Everything one process runs, built from ``Settings`` and closed in a fixed order.
+
+``App`` is what ``run``, ``once``, ``mailbox test`` and ``dead-letters replay`` share: token
+providers, EWS connections, the state store, handlers and one poller per enabled mailbox. Building
+it does no network I/O: a credential that is wrong only fails its own mailboxes when they poll.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from listener.abc import Handler, StateStore
+from listener.auth import TokenProviders
+from listener.ews.connections import EwsConnections, MailboxTarget
+from listener.ews.source import EwsMailSource
+from listener.handlers import build_handlers
+from listener.poller import FailurePolicy, Poller, PollerSettings
+from listener.routing import Router
+from listener.service import MailboxRunner
+from listener.store import open_store
+
+__all__ = ["App"]
+
+log = structlog.get_logger("listener.app")
+
+
+def _action(value: Any) -> tuple[str, str | None]:
+    """``Action(kind, argument)`` of the configuration → the poller's (kind, argument)."""
+    return (value.kind, value.argument)
+
+
+class App:
+    """The listener's moving parts for one configuration."""
+
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        store: StateStore | None = None,
+        handlers: Mapping[str, Handler] | None = None,
+        observe: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        self.providers = TokenProviders(settings.credentials)
+        self.connections = EwsConnections(
+            self.providers.get,
+            max_connections=lambda name: settings.credentials[name].max_connections,
+        )
+        self.store: StateStore = store or open_store(settings.state.url)
+        self.handlers: Mapping[str, Handler] = (
+            handlers if handlers is not None else build_handlers(settings.handlers)
+        )
+        self._observe = observe
+        self.sources: dict[str, EwsMailSource] = {}
+        self.pollers: dict[str, Poller] = {}
+        for name, mailbox in settings.mailboxes.items():
+            if mailbox.enabled:
+                self.pollers[name] = self._poller(name, mailbox)
+
+    def target(self, name: str, mailbox: Any, *, folder: str | None = None) -> MailboxTarget:
+        credential = self.settings.credentials[mailbox.credential]
+        return MailboxTarget(
+            name=name,
+            address=mailbox.address,
+            credential=mailbox.credential,
+            client_id=credential.client_id,
+            endpoint=str(mailbox.endpoint),
+            folder=folder or mailbox.folder,
+            ca_bundle=str(mailbox.ca_bundle) if mailbox.ca_bundle else None,
+            version=mailbox.version,
+        )
+
+    def _poller(self, name: str, mailbox: Any) -> Poller:
+        source = self.connections.source(self.target(name, mailbox))
+        self.sources[name] = source
+        failure = mailbox.on_failure
+        dead_letter = failure.dead_letter
+        policy = FailurePolicy(
+            max_attempts=failure.max_attempts,
+            backoff=failure.backoff,
+            backoff_max=failure.backoff_max,
+            multiplier=failure.backoff_multiplier,
+            dead_letter_folder=dead_letter.argument if dead_letter.kind == "move" else None,
+        )
+        settings = PollerSettings(
+            name=name,
+            credential=mailbox.credential,
+            folder=mailbox.folder,
+            start_from=mailbox.start_from,
+            after_success=_action(mailbox.after_success),
+            failure=policy,
+            batch_size=mailbox.batch_size,
+        )
+        router = Router(mailbox.routes)
+        return Poller(
+            settings,
+            source,
+            self.store,
+            router.handlers_for,
+            self.handlers,
+            stop=self.stop,
+            observe=self._observe,
+        )
+
+    def runners(self, on_result: Any = None) -> list[MailboxRunner]:
+        out = []
+        for name, poller in self.pollers.items():
+            mailbox = self.settings.mailboxes[name]
+            runner = MailboxRunner(poller, float(mailbox.interval))
+            if on_result is not None:
+                runner.on_result = on_result
+            out.append(runner)
+        return out
+
+    def close(self) -> None:
+        """Handlers first (they may flush), then EWS sessions, then the store."""
+        for handler in self.handlers.values():
+            try:
+                handler.close()
+            except Exception:
+                log.warning("handler.close_failed", handler=handler.name, exc_info=True)
+        self.connections.close()
+        self.store.close()
+

@@ -1,0 +1,173 @@
+"""``ews-listener run`` and ``ews-listener once``: the process around the pollers.
+
+Shutdown happens in a fixed order (dramatiq's ``Worker.stop`` habit), each step for a reason:
+
+1. stop scheduling: no poll starts after the signal;
+2. ask running polls to stop between two messages: the handler that is running finishes, and the
+   page is committed without moving the sync state past the messages not yet handed over;
+3. wait for them, at most ``service.shutdown_grace`` seconds;
+4. close handlers, EWS sessions and the state store, in that order (handlers may still write).
+
+A handler that outlives the grace period is abandoned: its message was not committed, so it is
+handed over again, with the same idempotency key, at the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from listener.app import App
+from listener.errors import EXIT_OK, EXIT_TEMPFAIL, EXIT_UNAVAILABLE
+from listener.observability import HealthServer, HealthState, Metrics, poll_recorder, systemd
+from listener.poller import PollResult
+from listener.service import MailboxRunner, Scheduler, poll_all
+
+__all__ = ["run_daemon", "run_once", "summary"]
+
+log = structlog.get_logger("listener.daemon")
+
+
+def _wire(app: App, metrics: Metrics, health: HealthState | None) -> list[MailboxRunner]:
+    record = poll_recorder(health, metrics) if health is not None else None
+
+    def on_result(result: PollResult, seconds: float) -> None:
+        if record is not None:
+            record(result, seconds)
+        else:
+            metrics.poll_finished(result.mailbox, ok=result.ok, seconds=seconds)
+        try:
+            metrics.set_pending(result.mailbox, app.store.pending_count(result.mailbox))
+        except Exception:
+            log.warning("metrics.pending_unavailable", exc_info=True)
+
+    for gate in app.connections.gates.values():
+        gate.on_back_off = metrics.backed_off
+    runners = app.runners(on_result)
+    for runner in runners:
+        if health is not None:
+            health.register_mailbox(runner.name, runner.interval)
+    return runners
+
+
+def run_daemon(
+    settings: Any,
+    *,
+    http_port: int | None = None,
+    fail_fast: bool = False,
+    install_signals: bool = True,
+    stop_event: threading.Event | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop_event``); returns the exit code."""
+    service = settings.service
+    metrics = Metrics()
+    health = HealthState()
+    app = App(settings, observe=metrics.observe)
+    if fail_fast:
+        problem = _first_unavailable(app)
+        if problem:
+            log.error("startup.unavailable", error=problem)
+            app.close()
+            return EXIT_UNAVAILABLE
+    runners = _wire(app, metrics, health)
+    for gate in app.connections.gates.values():
+        gate.on_back_off = metrics.backed_off
+    scheduler = Scheduler(max_workers=service.max_workers, jitter=service.jitter)
+    for runner in runners:
+        scheduler.add(runner, cron=settings.mailboxes[runner.name].cron)
+
+    stop = stop_event or threading.Event()
+    if install_signals:
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("shutdown.requested", signal=signal.Signals(signum).name)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    server = None
+    port = http_port if http_port is not None else service.http_port
+    if port is not None:
+        server = HealthServer(health, metrics, service.http_host, port).start()
+        log.info("http.listening", url=server.url, endpoints=server.endpoints())
+
+    scheduler.start()
+    watchdog = (
+        systemd.Watchdog(lambda: time.monotonic() - scheduler.heartbeat < 60)
+        if service.watchdog
+        else None
+    )
+    if watchdog is not None:
+        watchdog.start()
+    systemd.ready(f"watching {len(runners)} mailbox(es)")
+    log.info("daemon.started", mailboxes=[r.name for r in runners], pid=os.getpid())
+
+    while not stop.wait(1.0):
+        health.beat()
+    # --- ordered shutdown (see the module docstring) ---
+    systemd.stopping("finishing in-flight hand-overs")
+    scheduler.stop_scheduling()  # 1
+    app.stop.set()  # 2
+    finished = scheduler.wait_idle(service.shutdown_grace)  # 3
+    scheduler.shutdown()
+    if watchdog is not None:
+        watchdog.stop()
+    if server is not None:
+        server.stop()
+    if not finished:
+        log.error(
+            "shutdown.grace_exceeded",
+            grace=service.shutdown_grace,
+            still_running=scheduler.running(),
+        )
+        # A handler is stuck; its message is not committed and will be handed over again.
+        # Executor threads are not daemons, so leave without waiting for them.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_OK)
+    app.close()  # 4
+    log.info("daemon.stopped")
+    return EXIT_OK
+
+
+def _first_unavailable(app: App) -> str | None:
+    """With ``--fail-fast``: the first credential that cannot get a token, as text."""
+    for name in {m.credential for m in app.settings.mailboxes.values() if m.enabled}:
+        try:
+            app.providers.get(name).get_token()
+        except Exception as e:
+            return f"credential {name!r}: {e}"
+    return None
+
+
+def run_once(settings: Any, *, mailboxes: Sequence[str] | None = None) -> dict[str, PollResult]:
+    """Poll every enabled mailbox (or the named ones) once, concurrently."""
+    metrics = Metrics()
+    app = App(settings, observe=metrics.observe)
+    try:
+        runners = _wire(app, metrics, None)
+        if mailboxes:
+            unknown = sorted(set(mailboxes) - {r.name for r in runners})
+            if unknown:
+                raise KeyError(f"no enabled mailbox called {', '.join(unknown)}")
+            runners = [r for r in runners if r.name in mailboxes]
+        return dict(poll_all(runners, max_workers=settings.service.max_workers))
+    finally:
+        app.close()
+
+
+def summary(results: dict[str, PollResult]) -> tuple[int, dict[str, Any]]:
+    """The exit code and machine-readable summary of ``once``."""
+    out = {name: asdict(result) | {"ok": result.ok} for name, result in sorted(results.items())}
+    code = EXIT_OK if all(r.ok for r in results.values()) else EXIT_TEMPFAIL
+    return code, {"ok": code == EXIT_OK, "mailboxes": out}

@@ -1,0 +1,214 @@
+"""End-to-end fixtures: the token server and EWS emulator in this process, the daemon in another.
+
+Nothing is mocked: the daemon is the real ``ews-listener`` command, talking HTTPS to the emulator
+through the real exchangelib and token providers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from listener.emulator.server import EwsEmulator
+from listener.emulator.token_server import TokenServer
+
+from listener.emulator.ca import EmulatorCA
+from tests.e2e import receipts
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA_DIR = os.environ.get("EWS_SCHEMA_DIR") or (
+    str(REPO.parent / "shared" / "ews-schema")
+    if (REPO.parent / "shared" / "ews-schema").is_dir()
+    else None
+)
+TENANT = "contoso.onmicrosoft.com"
+APPS = {
+    "sales": ("11111111-aaaa-4bbb-8ccc-000000000001", "sales-secret/+=&x"),
+    "support": ("11111111-aaaa-4bbb-8ccc-000000000002", "support-secret%2F:y"),
+}
+
+
+@dataclass
+class World:
+    """The emulated tenant: token server, EWS endpoint, and where the test writes its files."""
+
+    ca: EmulatorCA
+    tokens: TokenServer
+    ews: EwsEmulator
+    root: Path
+    receipts: Path = field(init=False)
+    state: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.receipts = self.root / "receipts.jsonl"
+        self.state = self.root / "state.db"
+
+    def deliver(self, mailbox: str, subject: str, *, folder: str = "inbox", **kw: object) -> str:
+        msg = EmailMessage()
+        msg["From"] = str(kw.get("sender", "Customer <customer@example.net>"))
+        msg["To"] = mailbox
+        msg["Subject"] = subject
+        msg["Message-ID"] = f"<{time.monotonic_ns()}.{abs(hash(subject))}@example.net>"
+        msg.set_content(str(kw.get("body", f"Body of {subject}")))
+        return self.ews.deliver(mailbox, msg.as_bytes(), folder=folder)
+
+    def receipts_log(self) -> list[dict[str, object]]:
+        return receipts.read(self.receipts)
+
+    def config(
+        self,
+        mailboxes: dict[str, dict[str, object]],
+        *,
+        extra: str = "",
+        name: str = "config.toml",
+    ) -> Path:
+        """Write a configuration with both credentials, the receipt handler and ``mailboxes``."""
+        lines = []
+        for cred, (client_id, _secret) in APPS.items():
+            lines += [
+                f"[credentials.{cred}]",
+                f'client_id = "{client_id}"',
+                f'token_endpoint = "{self.tokens.token_endpoint(TENANT)}"',
+                'scopes = "https://outlook.office365.com/.default"',
+                'auth_method = "body"' if cred == "sales" else 'auth_method = "basic"',
+                f'ca_bundle = "{self.ca.ca_file}"',
+                f'secret = {{ source = "env", name = "E2E_SECRET_{cred.upper()}" }}',
+                "",
+            ]
+        for mb_name, given in mailboxes.items():
+            lines.append(f"[mailboxes.{mb_name}]")
+            options = {
+                "endpoint": self.ews.url,
+                "ca_bundle": str(self.ca.ca_file),
+                "interval": 1,
+                "routes": [{"handlers": ["receipts"]}],
+                **given,
+            }
+            for key, value in options.items():
+                lines.append(f"{key} = {_toml(value)}")
+            lines.append("")
+        lines += [
+            "[handlers.receipts]",
+            'type = "python"',
+            'target = "tests.e2e.receipts:record"',
+            "",
+            "[state]",
+            f'url = "sqlite:///{self.state}"',
+            "",
+            "[service]",
+            "jitter = 0",
+            "shutdown_grace = 20",
+            extra,
+        ]
+        path = self.root / name
+        path.write_text("\n".join(lines))
+        return path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            E2E_SECRET_SALES=APPS["sales"][1],
+            E2E_SECRET_SUPPORT=APPS["support"][1],
+            E2E_RECEIPTS=str(self.receipts),
+            PYTHONPATH=str(REPO),
+        )
+        env.update(extra)
+        return env
+
+    def cli(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run ``ews-listener ARGS`` to completion."""
+        return subprocess.run(
+            [sys.executable, "-m", "listener", *args],
+            cwd=REPO,
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def daemon(self, config: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+        """Start ``ews-listener run`` in the background."""
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "listener",
+                "--log-format",
+                "json",
+                "run",
+                "--config",
+                str(config),
+                *args,
+            ],
+            cwd=REPO,
+            env=self.env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    raise TypeError(value)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    ca = EmulatorCA(tmp_path / "ca")
+    tokens = TokenServer(ca=ca, token_lifetime=3600)
+    tokens.start()
+    tokens.add_tenant(TENANT)
+    for client_id, secret in APPS.values():
+        tokens.register_app(TENANT, client_id, secret=secret)
+    ews = EwsEmulator(tokens, ca, schema_dir=SCHEMA_DIR)
+    ews.start()
+    try:
+        yield World(ca, tokens, ews, tmp_path)
+    finally:
+        ews.stop()
+        tokens.stop()
+    if SCHEMA_DIR:
+        invalid = [r for r in ews.request_log if r.schema_valid is False]
+        assert not invalid, f"requests the schema rejects: {invalid[:3]}"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> str:
+    """Signal the daemon, wait for it, and return what it printed."""
+    process.send_signal(sig)
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+        raise AssertionError(f"daemon did not stop within {timeout} s:\n{out[-3000:]}") from None
+    return out
