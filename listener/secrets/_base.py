@@ -27,11 +27,11 @@ def check_url(value: str, *, what: str = "URL") -> str:
     """``value`` when it is an https URL, or http to a loopback host; ValueError with the fix."""
     parts = urlsplit(value)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValueError(f"{what} must be an https URL like 'https://host/path', got {value!r}")
+        raise ValueError(f"{what} must be an https URL like 'https://host/path'")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ValueError(
             f"{what} must use https (plain http is accepted only for loopback hosts such as "
-            f"127.0.0.1 or localhost), got {value!r}"
+            f"127.0.0.1 or localhost)"
         )
     return value
 

@@ -94,9 +94,7 @@ class AzureKeyVaultSecret(CachedSecret):
     def _https(cls, value: str) -> str:
         check_url(value, what="vault_url")
         if urlsplit(value).scheme != "https":
-            raise ValueError(
-                f"vault_url must be an https URL (Key Vault requires TLS), got {value!r}"
-            )
+            raise ValueError("vault_url must be an https URL (Key Vault requires TLS)")
         return value.rstrip("/")
 
     @field_validator("authority_host")

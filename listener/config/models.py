@@ -1,0 +1,414 @@
+"""The configuration models: credentials, mailboxes, handlers, state and service.
+
+Validation here is per value; ``listener.config.loading`` validates section by section so that
+every problem is reported at once, with the file, location and environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from listener.handlers.config import HandlerConfig
+from listener.routing import Route
+from listener.secrets import SecretSpec
+from listener.secrets._base import check_url
+
+__all__ = [
+    "DEFAULT_EWS_ENDPOINT",
+    "ENV_CONFIG",
+    "ENV_PREFIX",
+    "NAME_PATTERN",
+    "Action",
+    "CertificateConfig",
+    "CredentialConfig",
+    "FailureConfig",
+    "MailboxConfig",
+    "ServiceConfig",
+    "Settings",
+    "StateConfig",
+    "default_state_url",
+    "reference_problems",
+]
+
+ENV_PREFIX = "EWS_LISTENER_"
+ENV_CONFIG = "EWS_LISTENER_CONFIG"
+DEFAULT_EWS_ENDPOINT = "https://outlook.office365.com/EWS/Exchange.asmx"
+
+# Lower-case only: environment variables are matched case-insensitively, so a table named "Sales"
+# could never be overridden by EWS_LISTENER_CREDENTIALS__SALES__….
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+# Microsoft identity platform token endpoints: https://{host}/{tenant}/oauth2/v2.0/token. Any host
+# of that shape (sovereign clouds, the emulator) gets msal when msal can send the credential.
+_MS_TOKEN_PATH = re.compile(r"^/(?P<tenant>[^/]+)/oauth2/v2\.0/token/?$")
+_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")
+_AUTH_ALIASES = {"client_secret_basic": "basic", "client_secret_post": "body"}
+_EWS_VERSIONS = {
+    v.lower(): v for v in ("Exchange2013", "Exchange2013_SP1", "Exchange2016", "Exchange2019")
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- credentials -------------------------------------------------------------------------------
+
+
+class CertificateConfig(_Model):
+    """A certificate credential (``private_key_jwt``): PEM private key and certificate files."""
+
+    private_key: Path
+    certificate: Path
+    password: SecretSpec | None = None
+
+
+class CredentialConfig(_Model):
+    """One OAuth 2.0 client-credentials registration, shared by every mailbox that names it."""
+
+    client_id: str = Field(min_length=1)
+    secret: SecretSpec | None = None
+    certificate: CertificateConfig | None = None
+    token_endpoint: str
+    scopes: tuple[str, ...]
+    auth_method: Literal["basic", "body"] = "basic"
+    basic_encoding: Literal["form", "raw"] = "form"
+    timeout: float = Field(default=10.0, gt=0)
+    ca_bundle: Path | None = None
+    max_connections: int = Field(default=4, ge=1, le=27)
+    provider: Literal["auto", "msal", "oauth2"] = "auto"
+
+    @field_validator("client_id")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @field_validator("token_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        return check_url(value, what="token_endpoint")
+
+    @field_validator("scopes", mode="before")
+    @classmethod
+    def _scopes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split()
+        elif isinstance(value, list | tuple):
+            for scope in value:
+                if isinstance(scope, str) and (not scope.strip() or scope != scope.strip()):
+                    raise ValueError(
+                        f"each scope must be a non-empty word without spaces: {scope!r}"
+                    )
+        if isinstance(value, list | tuple) and not value:
+            raise ValueError(
+                "must name at least one scope, e.g. 'https://outlook.office365.com/.default'"
+            )
+        return value
+
+    @field_validator("auth_method", mode="before")
+    @classmethod
+    def _method_alias(cls, value: Any) -> Any:
+        return _AUTH_ALIASES.get(value, value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> CredentialConfig:
+        if (self.secret is None) == (self.certificate is None):
+            raise ValueError("give exactly one of 'secret' (a secret source) or 'certificate'")
+        if self.provider == "msal":
+            if self.microsoft_tenant is None:
+                raise ValueError(
+                    "provider 'msal' needs a Microsoft identity platform endpoint "
+                    "'https://HOST/TENANT/oauth2/v2.0/token'"
+                )
+            if self.secret is not None and self.auth_method == "basic":
+                raise ValueError(
+                    "msal sends the client secret in the request body: use auth_method = 'body' "
+                    "with provider 'msal', or provider = 'oauth2' for HTTP Basic"
+                )
+        if self.provider == "oauth2" and self.certificate is not None:
+            raise ValueError("certificate credentials use msal: set provider = 'auto' or 'msal'")
+        if self.certificate is not None and self.microsoft_tenant is None:
+            raise ValueError(
+                "certificate credentials need a Microsoft identity platform endpoint "
+                "'https://HOST/TENANT/oauth2/v2.0/token'"
+            )
+        return self
+
+    @property
+    def microsoft_tenant(self) -> str | None:
+        """The tenant segment when the endpoint has the Microsoft identity platform's shape."""
+        match = _MS_TOKEN_PATH.match(urlsplit(self.token_endpoint).path)
+        return match.group("tenant") if match else None
+
+    @property
+    def authority(self) -> str | None:
+        """msal's authority ``https://host/{tenant}`` for a Microsoft-shaped endpoint."""
+        tenant = self.microsoft_tenant
+        if tenant is None:
+            return None
+        parts = urlsplit(self.token_endpoint)
+        return f"{parts.scheme}://{parts.netloc}/{tenant}"
+
+    @property
+    def resolved_provider(self) -> Literal["msal", "oauth2"]:
+        """Which client fetches tokens: msal when it can send this credential, else RFC 6749."""
+        if self.provider != "auto":
+            return self.provider
+        if self.microsoft_tenant is not None and (
+            self.certificate is not None or self.auth_method == "body"
+        ):
+            return "msal"
+        return "oauth2"
+
+
+# --- mailboxes ---------------------------------------------------------------------------------
+
+
+class Action(_Model):
+    """After-success or dead-letter action: ``mark_read``, ``none``, ``delete``, ``move:…``, …"""
+
+    kind: Literal["mark_read", "none", "delete", "move", "categorize"]
+    argument: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, allowed: Iterable[str]) -> Action:
+        """``"move:Inbox/Done"`` → ``Action("move", "Inbox/Done")``; ValueError lists the forms."""
+        allowed = tuple(allowed)
+        kind, sep, argument = text.strip().partition(":")
+        with_argument = {"move", "categorize"}
+        forms = ", ".join(f"'{k}:…'" if k in with_argument else f"'{k}'" for k in allowed)
+        if kind not in allowed:
+            raise ValueError(f"expected one of {forms}")
+        if kind in with_argument and not argument.strip(" /"):
+            what = "a folder path" if kind == "move" else "a category name"
+            raise ValueError(f"'{kind}:' needs {what}, e.g. '{kind}:Processed'")
+        if kind not in with_argument and sep:
+            raise ValueError(f"'{kind}' takes no argument")
+        return cls(kind=kind, argument=argument.strip().strip("/") if sep else None)
+
+    def __str__(self) -> str:
+        return self.kind if self.argument is None else f"{self.kind}:{self.argument}"
+
+
+_AFTER_SUCCESS = ("mark_read", "none", "delete", "move", "categorize")
+_DEAD_LETTER = ("none", "move")
+
+
+class FailureConfig(_Model):
+    """Retries with exponential back-off, then a dead letter (optionally moved to a folder)."""
+
+    max_attempts: int = Field(default=5, ge=1)
+    backoff: float = Field(default=30.0, gt=0)
+    backoff_max: float = Field(default=3600.0, gt=0)
+    backoff_multiplier: float = Field(default=2.0, ge=1)
+    dead_letter: Action = Action(kind="none")
+
+    @field_validator("dead_letter", mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        return Action.parse(value, _DEAD_LETTER) if isinstance(value, str) else value
+
+
+class MailboxConfig(_Model):
+    """One watched folder of one mailbox."""
+
+    address: str
+    credential: str
+    endpoint: str = DEFAULT_EWS_ENDPOINT
+    folder: str = Field(default="inbox", min_length=1)
+    interval: float = Field(default=60.0, gt=0)
+    cron: str | None = None
+    start_from: Literal["new", "unread", "all"] = "new"
+    routes: tuple[Route, ...] = Field(min_length=1)
+    after_success: Action = Action(kind="mark_read")
+    on_failure: FailureConfig = FailureConfig()
+    batch_size: int = Field(default=100, ge=1, le=512)
+    enabled: bool = True
+    ca_bundle: Path | None = None
+    version: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not _ADDRESS.match(value.strip()):
+            raise ValueError("must be an email address like 'sales@contoso.com'")
+        return value.strip()
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        return check_url(value, what="endpoint")
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        parts = value.strip().strip("/").split("/")
+        if not all(part.strip() for part in parts):
+            raise ValueError("must be a folder name or a path like 'Inbox/Orders'")
+        return "/".join(part.strip() for part in parts)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - only when used
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"must be a 5-field crontab like '*/5 * * * *' (minute hour day month weekday): "
+                f"{exc}"
+            ) from None
+        return value
+
+    @field_validator("after_success", mode="before")
+    @classmethod
+    def _after(cls, value: Any) -> Any:
+        return Action.parse(value, _AFTER_SUCCESS) if isinstance(value, str) else value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.lower() not in _EWS_VERSIONS:
+            raise ValueError(f"expected one of {', '.join(_EWS_VERSIONS.values())}")
+        return _EWS_VERSIONS[value.lower()]
+
+    @model_validator(mode="after")
+    def _interval_or_cron(self) -> MailboxConfig:
+        if self.cron is not None and "interval" in self.model_fields_set:
+            raise ValueError("give 'interval' or 'cron', not both")
+        return self
+
+
+# --- state and service -------------------------------------------------------------------------
+
+
+def default_state_url(env: Mapping[str, str] | None = None) -> str:
+    """SQLite under systemd's ``$STATE_DIRECTORY`` when set (``StateDirectory=``), else ./var."""
+    env = os.environ if env is None else env
+    directory = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if directory:
+        return f"sqlite:///{Path(directory) / 'state.db'}"
+    return "sqlite:///./var/state.db"
+
+
+class StateConfig(_Model):
+    """Where the durable state lives (SQLAlchemy URL: SQLite or PostgreSQL)."""
+
+    url: str = Field(default_factory=default_state_url, min_length=1)
+    echo: bool = False
+
+
+class ServiceConfig(_Model):
+    """How the process runs: HTTP health/metrics, logs, shutdown, scheduling."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int | None = Field(default=None, ge=0, le=65535)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    shutdown_grace: float = Field(default=30.0, ge=0)
+    jitter: float = Field(default=5.0, ge=0)
+    max_workers: int = Field(default=8, ge=1)
+    fail_fast: bool = False
+    watchdog: bool = True
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with ``load_settings``, which reports every problem."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+    )
+
+    credentials: dict[str, CredentialConfig] = Field(default_factory=dict)
+    mailboxes: dict[str, MailboxConfig] = Field(default_factory=dict)
+    handlers: dict[str, HandlerConfig] = Field(default_factory=dict)
+    state: StateConfig = Field(default_factory=StateConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        problems = reference_problems(self.credentials, self.handlers, self.mailboxes)
+        if problems:
+            raise ValueError("; ".join(f"{'.'.join(loc)}: {msg}" for loc, msg in problems))
+        return self
+
+
+def reference_problems(
+    credentials: Iterable[str],
+    handlers: Iterable[str],
+    mailboxes: Mapping[str, Any],
+) -> list[tuple[tuple[str, ...], str]]:
+    """Cross-references as (location, message): named credentials and handlers exist, no folder
+    is watched twice. Works on raw tables too, so it runs even when other values are invalid."""
+    credentials, handlers = sorted(credentials), sorted(handlers)
+    problems: list[tuple[tuple[str, ...], str]] = []
+    seen: dict[tuple[str, str, str], str] = {}
+    for name, entry in mailboxes.items():
+        mailbox = entry.model_dump(by_alias=True) if isinstance(entry, MailboxConfig) else entry
+        if not isinstance(mailbox, Mapping):
+            continue
+        credential = mailbox.get("credential")
+        if isinstance(credential, str) and credential not in credentials:
+            problems.append(
+                (
+                    ("mailboxes", name, "credential"),
+                    f"no credential named {credential!r} (defined: "
+                    f"{', '.join(credentials) or 'none'}); add [credentials.{credential}] or fix "
+                    "the name",
+                )
+            )
+        routes = mailbox.get("routes")
+        for index, route in enumerate(routes if isinstance(routes, list | tuple) else ()):
+            names = route.get("handlers") if isinstance(route, Mapping) else None
+            for handler in names if isinstance(names, list | tuple) else ():
+                if isinstance(handler, str) and handler not in handlers:
+                    problems.append(
+                        (
+                            ("mailboxes", name, "routes", str(index), "handlers"),
+                            f"no handler named {handler!r} (defined: "
+                            f"{', '.join(handlers) or 'none'}); add [handlers.{handler}] or fix "
+                            "the name",
+                        )
+                    )
+        address, folder = mailbox.get("address"), mailbox.get("folder", "inbox")
+        endpoint = mailbox.get("endpoint", DEFAULT_EWS_ENDPOINT)
+        if not (isinstance(address, str) and isinstance(folder, str) and isinstance(endpoint, str)):
+            continue
+        key = (address.strip().lower(), folder.strip(" /").lower(), endpoint.rstrip("/"))
+        if key in seen:
+            problems.append(
+                (
+                    ("mailboxes", name),
+                    f"mailboxes {seen[key]!r} and {name!r} both watch {address} folder "
+                    f"{folder!r} at {endpoint}; keep one of them",
+                )
+            )
+        else:
+            seen[key] = name
+    return problems
