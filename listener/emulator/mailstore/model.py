@@ -1,0 +1,213 @@
+"""The emulator's mail records: mailboxes, folders, items, attachments and change events.
+
+Ids are opaque base64 like Exchange's, and carry nothing a client could use; the store maps them
+back with dictionaries. Change keys encode the item's version, so they change on every update.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+from dataclasses import dataclass, field
+from datetime import datetime
+
+__all__ = [
+    "Address",
+    "Attachment",
+    "Event",
+    "Flag",
+    "Folder",
+    "Item",
+    "Mailbox",
+    "item_element",
+    "new_id",
+]
+
+
+def new_id(kind: bytes, serial: int) -> str:
+    """An opaque, unique EWS-looking id (base64 of a kind tag, a serial and 12 random bytes)."""
+    return base64.b64encode(
+        b"\x00\x00EMU" + kind + struct.pack(">Q", serial) + os.urandom(12)
+    ).decode()
+
+
+def change_key(serial: int, version: int) -> str:
+    """A change key for (record, version): a new one on every update."""
+    return base64.b64encode(b"CQAAABYA" + struct.pack(">QI", serial, version)).decode()
+
+
+@dataclass(frozen=True)
+class Address:
+    """A mailbox address with its display name."""
+
+    email: str
+    name: str = ""
+
+
+@dataclass
+class Flag:
+    """The follow-up flag of an item (``t:Flag``)."""
+
+    status: str = "NotFlagged"  # NotFlagged | Flagged | Complete
+    start: datetime | None = None
+    due: datetime | None = None
+    complete: datetime | None = None
+
+
+@dataclass
+class Attachment:
+    """A file attachment (``content``) or an item attachment (``item``)."""
+
+    attachment_id: str
+    name: str
+    content_type: str
+    content: bytes | None = None
+    item: Item | None = None
+    content_id: str | None = None
+    is_inline: bool = False
+    last_modified: datetime | None = None
+
+    @property
+    def size(self) -> int:
+        if self.content is not None:
+            return len(self.content)
+        return self.item.size if self.item is not None else 0
+
+
+@dataclass
+class Item:
+    """One item in a folder; an item attachment's embedded item has ``folder`` None."""
+
+    serial: int
+    item_id: str
+    folder: Folder | None
+    item_class: str = "IPM.Note"
+    subject: str = ""
+    text_body: str | None = None
+    html_body: str | None = None
+    mime: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    sender: Address | None = None
+    from_: Address | None = None
+    to: list[Address] = field(default_factory=list)
+    cc: list[Address] = field(default_factory=list)
+    bcc: list[Address] = field(default_factory=list)
+    reply_to: list[Address] = field(default_factory=list)
+    internet_message_id: str | None = None
+    in_reply_to: str | None = None
+    references: str | None = None
+    conversation_topic: str | None = None
+    sent_at: datetime | None = None
+    received_at: datetime | None = None
+    created_at: datetime | None = None
+    modified_at: datetime | None = None
+    is_read: bool = False
+    is_draft: bool = False
+    importance: str = "Normal"
+    sensitivity: str = "Normal"
+    categories: list[str] = field(default_factory=list)
+    flag: Flag = field(default_factory=Flag)
+    attachments: list[Attachment] = field(default_factory=list)
+    read_receipt_requested: bool = False
+    delivery_receipt_requested: bool = False
+    version: int = 0
+
+    @property
+    def change_key(self) -> str:
+        return change_key(self.serial, self.version)
+
+    @property
+    def size(self) -> int:
+        return len(self.mime) or len(self.text_body or "") + len(self.html_body or "")
+
+    @property
+    def has_attachments(self) -> bool:
+        # Exchange reports HasAttachments false for inline-only images (signatures, logos).
+        return any(not a.is_inline for a in self.attachments)
+
+    @property
+    def element(self) -> str:
+        return item_element(self.item_class)
+
+
+def item_element(item_class: str) -> str:
+    """The ``t:`` element an item of this class is returned as (per types.xsd ``ItemType``)."""
+    lowered = item_class.lower()
+    if lowered.startswith("ipm.schedule.meeting.request"):
+        return "MeetingRequest"
+    if lowered.startswith("ipm.schedule.meeting.canceled"):
+        return "MeetingCancellation"
+    if lowered.startswith("ipm.schedule.meeting.resp"):
+        return "MeetingResponse"
+    # IPM.Note*, REPORT.IPM.Note.NDR / .IPNRN (read receipts), IPM.Post.* … come back as messages.
+    return "Message"
+
+
+@dataclass
+class Folder:
+    """A mail folder; ``log`` is its change log for SyncFolderItems (see ``MailStore.sync``)."""
+
+    serial: int
+    folder_id: str
+    name: str
+    mailbox: Mailbox
+    parent: Folder | None = None
+    distinguished: str | None = None
+    folder_class: str = "IPF.Note"
+    children: list[Folder] = field(default_factory=list)
+    items: dict[str, Item] = field(default_factory=dict)
+    version: int = 0
+    # (change sequence number, item id, op) with op in add | remove | update | read; csn ascending.
+    log: list[tuple[int, str, str]] = field(default_factory=list)
+    log_csns: list[int] = field(default_factory=list)
+
+    @property
+    def change_key(self) -> str:
+        return change_key(self.serial, self.version)
+
+    @property
+    def path(self) -> str:
+        """Display-name path below the message folder root, e.g. ``Inbox/Processed``."""
+        parts: list[str] = []
+        folder: Folder | None = self
+        while folder is not None and folder.distinguished not in ("msgfolderroot", "root"):
+            parts.append(folder.name)
+            folder = folder.parent
+        return "/".join(reversed(parts))
+
+    @property
+    def unread_count(self) -> int:
+        return sum(1 for item in self.items.values() if not item.is_read)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a mailbox's append-only event log (what Subscribe/GetEvents report)."""
+
+    seq: int
+    kind: str  # NewMail | Created | Modified | Moved | Copied | Deleted
+    timestamp: datetime
+    item_id: str | None
+    folder_id: str | None
+    old_item_id: str | None = None
+    old_folder_id: str | None = None
+    is_folder: bool = False
+
+    @property
+    def watermark(self) -> str:
+        """An opaque watermark that sorts with ``seq``."""
+        return base64.b64encode(b"WM" + struct.pack(">Q", self.seq)).decode()
+
+
+@dataclass
+class Mailbox:
+    """One mailbox: its folders by id, distinguished folders, change sequence and event log."""
+
+    address: str
+    display_name: str
+    number: int
+    folders: dict[str, Folder] = field(default_factory=dict)
+    distinguished: dict[str, Folder] = field(default_factory=dict)
+    csn: int = 0
+    events: list[Event] = field(default_factory=list)

@@ -1,0 +1,492 @@
+"""The emulator's in-memory mail store: mailboxes, folders, items, sync logs and event logs.
+
+One re-entrant lock guards everything; ``changed`` is a ``Condition`` on that lock, notified after
+every appended event, so notification operations can wait for new events without polling
+(``wait_events``). Lookups are dictionaries and the per-folder change logs are append-only and
+bisected, so 10k+ items per folder cost no quadratic work.
+
+SyncFolderItems positions are change sequence numbers (CSN): every change in a mailbox takes the
+next CSN, and each folder logs ``(csn, item id, op)``. A client's sync state is a CSN; ``sync``
+replays the folder log after it (see its docstring for the paging rule).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from listener.emulator.mailstore.mime import parse_mime
+from listener.emulator.mailstore.model import (
+    Address,
+    Attachment,
+    Event,
+    Flag,
+    Folder,
+    Item,
+    Mailbox,
+    item_element,
+    new_id,
+)
+
+__all__ = [
+    "DISTINGUISHED_FOLDERS",
+    "Address",
+    "Attachment",
+    "Event",
+    "Flag",
+    "Folder",
+    "Item",
+    "ItemView",
+    "MailStore",
+    "Mailbox",
+    "StoreError",
+    "SyncChange",
+    "item_element",
+]
+
+#: (distinguished id, display name, parent distinguished id, folder class)
+DISTINGUISHED_FOLDERS: tuple[tuple[str, str, str | None, str], ...] = (
+    ("root", "Root", None, "IPF"),
+    ("msgfolderroot", "Top of Information Store", "root", "IPF.Note"),
+    ("inbox", "Inbox", "msgfolderroot", "IPF.Note"),
+    ("deleteditems", "Deleted Items", "msgfolderroot", "IPF.Note"),
+    ("sentitems", "Sent Items", "msgfolderroot", "IPF.Note"),
+    ("drafts", "Drafts", "msgfolderroot", "IPF.Note"),
+    ("outbox", "Outbox", "msgfolderroot", "IPF.Note"),
+    ("junkemail", "Junk Email", "msgfolderroot", "IPF.Note"),
+    ("archivemsgfolderroot", "Archive", "msgfolderroot", "IPF.Note"),
+    ("calendar", "Calendar", "msgfolderroot", "IPF.Appointment"),
+    ("contacts", "Contacts", "msgfolderroot", "IPF.Contact"),
+    ("tasks", "Tasks", "msgfolderroot", "IPF.Task"),
+    ("notes", "Notes", "msgfolderroot", "IPF.StickyNote"),
+    ("journal", "Journal", "msgfolderroot", "IPF.Journal"),
+    ("conversationhistory", "Conversation History", "msgfolderroot", "IPF.Note"),
+    ("recoverableitemsroot", "Recoverable Items", "root", "IPF"),
+    ("recoverableitemsdeletions", "Deletions", "recoverableitemsroot", "IPF"),
+    ("recoverableitemspurges", "Purges", "recoverableitemsroot", "IPF"),
+)
+
+
+class StoreError(Exception):
+    """A store operation cannot be done; ``code`` is the EWS response code to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ItemView:
+    """A snapshot of one item for tests and the admin API."""
+
+    item_id: str
+    change_key: str
+    subject: str
+    is_read: bool
+    categories: tuple[str, ...]
+    folder: str
+    internet_message_id: str | None
+    item_class: str
+
+
+@dataclass(frozen=True)
+class SyncChange:
+    """One SyncFolderItems change: ``kind`` Create | Update | Delete | ReadFlagChange."""
+
+    kind: str
+    item_id: str
+    item: Item | None = None
+    is_read: bool = False
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class MailStore:
+    """All mailboxes of one emulator. Every public method is thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self._mailboxes: dict[str, Mailbox] = {}
+        self._items: dict[str, Item] = {}
+        self._serial = 0
+
+    # --- mailboxes and folders -----------------------------------------------------------------
+
+    def next_serial(self) -> int:
+        with self.lock:
+            self._serial += 1
+            return self._serial
+
+    def reset(self) -> None:
+        """Forget every mailbox and item (ids and sync states from before never match again)."""
+        with self.lock:
+            self._mailboxes.clear()
+            self._items.clear()
+            self.changed.notify_all()
+
+    def add_mailbox(self, address: str, display_name: str | None = None) -> Mailbox:
+        """Create a mailbox with the distinguished folders (idempotent)."""
+        key = address.lower()
+        with self.lock:
+            if key in self._mailboxes:
+                return self._mailboxes[key]
+            mailbox = Mailbox(
+                address=address,
+                display_name=display_name or address.split("@", maxsplit=1)[0],
+                number=len(self._mailboxes) + 1,
+            )
+            for distinguished, name, parent, folder_class in DISTINGUISHED_FOLDERS:
+                self._new_folder(
+                    mailbox,
+                    name,
+                    mailbox.distinguished[parent] if parent else None,
+                    distinguished=distinguished,
+                    folder_class=folder_class,
+                )
+            self._mailboxes[key] = mailbox
+            return mailbox
+
+    def mailbox(self, address: str) -> Mailbox | None:
+        with self.lock:
+            return self._mailboxes.get(address.lower())
+
+    def mailboxes(self) -> list[Mailbox]:
+        with self.lock:
+            return list(self._mailboxes.values())
+
+    def _new_folder(
+        self,
+        mailbox: Mailbox,
+        name: str,
+        parent: Folder | None,
+        *,
+        distinguished: str | None = None,
+        folder_class: str = "IPF.Note",
+    ) -> Folder:
+        serial = self.next_serial()
+        folder = Folder(
+            serial=serial,
+            folder_id=new_id(b"F", serial),
+            name=name,
+            mailbox=mailbox,
+            parent=parent,
+            distinguished=distinguished,
+            folder_class=folder_class,
+        )
+        mailbox.folders[folder.folder_id] = folder
+        if distinguished:
+            mailbox.distinguished[distinguished] = folder
+        if parent is not None:
+            parent.children.append(folder)
+            parent.version += 1
+        return folder
+
+    def create_folder(
+        self, mailbox: Mailbox, parent: Folder, name: str, folder_class: str = "IPF.Note"
+    ) -> Folder:
+        """A new user folder; ``ErrorFolderExists`` when the parent has one of that name."""
+        with self.lock:
+            if any(child.name.lower() == name.lower() for child in parent.children):
+                raise StoreError(
+                    "ErrorFolderExists", "A folder with the specified name already exists."
+                )
+            folder = self._new_folder(mailbox, name, parent, folder_class=folder_class)
+            self._event(mailbox, "Created", None, folder.folder_id, is_folder=True)
+            return folder
+
+    def folder(self, mailbox: Mailbox, folder_id: str) -> Folder | None:
+        """A folder by id or distinguished id."""
+        with self.lock:
+            return mailbox.folders.get(folder_id) or mailbox.distinguished.get(folder_id)
+
+    def folder_by_path(self, mailbox: Mailbox, path: str, *, create: bool = False) -> Folder:
+        """Resolve ``inbox/Processed`` or ``Inbox/Processed`` (first segment: distinguished id or
+        a folder under the message root); ``create`` makes the missing user folders."""
+        with self.lock:
+            parts = [p for p in path.strip("/").split("/") if p]
+            if not parts:
+                return mailbox.distinguished["msgfolderroot"]
+            current = mailbox.distinguished.get(parts[0].lower())
+            rest = parts[1:]
+            if current is None:
+                current = mailbox.distinguished["msgfolderroot"]
+                rest = parts
+            for name in rest:
+                found = next((c for c in current.children if c.name.lower() == name.lower()), None)
+                if found is None:
+                    if not create:
+                        raise StoreError("ErrorFolderNotFound", f"no folder {path!r}")
+                    found = self.create_folder(mailbox, current, name)
+                current = found
+            return current
+
+    # --- items ---------------------------------------------------------------------------------
+
+    def new_attachment_id(self) -> str:
+        return new_id(b"A", self.next_serial())
+
+    def item(self, mailbox: Mailbox, item_id: str) -> Item | None:
+        """An item of ``mailbox`` by id (None when unknown, moved away or deleted)."""
+        with self.lock:
+            item = self._items.get(item_id)
+            if item is None or item.folder is None or item.folder.mailbox is not mailbox:
+                return None
+            return item
+
+    def attachment(self, mailbox: Mailbox, attachment_id: str) -> Attachment | None:
+        with self.lock:
+            for folder in mailbox.folders.values():
+                for item in folder.items.values():
+                    found = _find_attachment(item, attachment_id)
+                    if found is not None:
+                        return found
+            return None
+
+    def parse(
+        self,
+        raw: bytes,
+        *,
+        item_class: str = "IPM.Note",
+        received_at: datetime | None = None,
+    ) -> Item:
+        """An unfiled item from MIME bytes; ``file`` puts it in a folder."""
+        serial = self.next_serial()
+        return parse_mime(
+            raw,
+            serial=serial,
+            item_id=new_id(b"I", serial),
+            attachment_id=self.new_attachment_id,
+            item_class=item_class,
+            received_at=received_at,
+        )
+
+    def new_item(self, **fields: object) -> Item:
+        """An unfiled item built from fields (CreateItem without MimeContent)."""
+        serial = self.next_serial()
+        now = _now()
+        item = Item(serial=serial, item_id=new_id(b"I", serial), folder=None)
+        item.created_at = item.modified_at = item.received_at = now
+        for name, value in fields.items():
+            setattr(item, name, value)
+        return item
+
+    def file(self, folder: Folder, item: Item, *, new_mail: bool = True) -> Item:
+        """Put an unfiled item into ``folder`` and log it (NewMail + Created events)."""
+        with self.lock:
+            item.folder = folder
+            folder.items[item.item_id] = item
+            self._items[item.item_id] = item
+            self._log(folder, item.item_id, "add")
+            if new_mail:
+                self._event(folder.mailbox, "NewMail", item.item_id, folder.folder_id)
+            self._event(folder.mailbox, "Created", item.item_id, folder.folder_id)
+            return item
+
+    def update(
+        self, item: Item, change: Callable[[Item], None], *, read_only: bool = False
+    ) -> None:
+        """Apply ``change`` under the lock, bump the change key and log it.
+
+        ``read_only``: only the read flag changed (SyncFolderItems reports ReadFlagChange).
+        """
+        with self.lock:
+            change(item)
+            item.version += 1
+            item.modified_at = _now()
+            assert item.folder is not None
+            self._log(item.folder, item.item_id, "read" if read_only else "update")
+            self._event(item.folder.mailbox, "Modified", item.item_id, item.folder.folder_id)
+
+    def move(self, item: Item, destination: Folder, *, kind: str = "Moved") -> Item:
+        """Move ``item``: it gets a new id in ``destination`` (as in Exchange)."""
+        with self.lock:
+            source = item.folder
+            assert source is not None
+            self._unfile(item)
+            serial = self.next_serial()
+            item.serial = serial
+            old_id, item.item_id = item.item_id, new_id(b"I", serial)
+            item.version = 0
+            item.folder = destination
+            destination.items[item.item_id] = item
+            self._items[item.item_id] = item
+            self._log(destination, item.item_id, "add")
+            self._event(
+                destination.mailbox,
+                kind,
+                item.item_id,
+                destination.folder_id,
+                old_item_id=old_id,
+                old_folder_id=source.folder_id,
+            )
+            return item
+
+    def copy(self, item: Item, destination: Folder) -> Item:
+        """A copy of ``item`` with a new id in ``destination``."""
+        with self.lock:
+            serial = self.next_serial()
+            clone = Item(**{**vars(item), "serial": serial, "item_id": new_id(b"I", serial)})
+            clone.categories = list(item.categories)
+            clone.flag = Flag(**vars(item.flag))
+            clone.attachments = [
+                Attachment(**{**vars(a), "attachment_id": self.new_attachment_id()})
+                for a in item.attachments
+            ]
+            clone.version = 0
+            clone.folder = destination
+            destination.items[clone.item_id] = clone
+            self._items[clone.item_id] = clone
+            self._log(destination, clone.item_id, "add")
+            assert item.folder is not None
+            self._event(
+                destination.mailbox,
+                "Copied",
+                clone.item_id,
+                destination.folder_id,
+                old_item_id=item.item_id,
+                old_folder_id=item.folder.folder_id,
+            )
+            return clone
+
+    def delete(self, item: Item) -> None:
+        """Remove ``item`` for good (HardDelete)."""
+        with self.lock:
+            folder = item.folder
+            assert folder is not None
+            self._unfile(item)
+            self._event(folder.mailbox, "Deleted", item.item_id, folder.folder_id)
+
+    def _unfile(self, item: Item) -> None:
+        folder = item.folder
+        assert folder is not None
+        del folder.items[item.item_id]
+        self._items.pop(item.item_id, None)
+        self._log(folder, item.item_id, "remove")
+        item.folder = None
+
+    def views(self, folder: Folder) -> list[ItemView]:
+        """Snapshots of the items of ``folder``, oldest first."""
+        with self.lock:
+            return [
+                ItemView(
+                    item_id=i.item_id,
+                    change_key=i.change_key,
+                    subject=i.subject,
+                    is_read=i.is_read,
+                    categories=tuple(i.categories),
+                    folder=folder.path,
+                    internet_message_id=i.internet_message_id,
+                    item_class=i.item_class,
+                )
+                for i in folder.items.values()
+            ]
+
+    # --- sync and events -----------------------------------------------------------------------
+
+    def _log(self, folder: Folder, item_id: str, op: str) -> None:
+        mailbox = folder.mailbox
+        mailbox.csn += 1
+        folder.log.append((mailbox.csn, item_id, op))
+        folder.log_csns.append(mailbox.csn)
+        folder.version += 1
+
+    def sync(
+        self,
+        folder: Folder,
+        since: int,
+        max_changes: int,
+        ignore: Iterable[str] = (),
+    ) -> tuple[list[SyncChange], int, bool]:
+        """Changes in ``folder`` after CSN ``since``: (changes, new CSN, includes last).
+
+        Each item changed after ``since`` is reported once with its net effect (created and
+        deleted in between: nothing). Items are taken in the order of their first change after
+        ``since``; when ``max_changes`` stops the page, the new CSN is just before the first
+        change of the first item not reported, so nothing is skipped (an item reported in this
+        page may be reported again next page as an Update, which clients handle).
+        """
+        ignored = set(ignore)
+        with self.lock:
+            start = bisect.bisect_right(folder.log_csns, since)
+            ops: dict[str, list[tuple[int, str]]] = {}
+            for csn, item_id, op in folder.log[start:]:
+                ops.setdefault(item_id, []).append((csn, op))
+            changes: list[SyncChange] = []
+            for item_id, entries in ops.items():
+                change = self._net_change(folder, item_id, entries)
+                if change is None or item_id in ignored:
+                    continue
+                if len(changes) == max_changes:
+                    return changes, entries[0][0] - 1, False
+                changes.append(change)
+            return changes, folder.mailbox.csn, True
+
+    @staticmethod
+    def _net_change(
+        folder: Folder, item_id: str, entries: list[tuple[int, str]]
+    ) -> SyncChange | None:
+        existed = entries[0][1] != "add"
+        item = folder.items.get(item_id)
+        if item is None:
+            return SyncChange("Delete", item_id) if existed else None
+        if not existed:
+            return SyncChange("Create", item_id, item)
+        if all(op == "read" for _, op in entries):
+            return SyncChange("ReadFlagChange", item_id, item, is_read=item.is_read)
+        return SyncChange("Update", item_id, item)
+
+    def _event(
+        self,
+        mailbox: Mailbox,
+        kind: str,
+        item_id: str | None,
+        folder_id: str | None,
+        *,
+        old_item_id: str | None = None,
+        old_folder_id: str | None = None,
+        is_folder: bool = False,
+    ) -> None:
+        event = Event(
+            seq=len(mailbox.events) + 1,
+            kind=kind,
+            timestamp=_now(),
+            item_id=item_id,
+            folder_id=folder_id,
+            old_item_id=old_item_id,
+            old_folder_id=old_folder_id,
+            is_folder=is_folder,
+        )
+        mailbox.events.append(event)
+        self.changed.notify_all()
+
+    def events_since(self, mailbox: Mailbox, seq: int) -> list[Event]:
+        """The events of ``mailbox`` after sequence number ``seq`` (0: all)."""
+        with self.lock:
+            return mailbox.events[seq:]
+
+    def last_event_seq(self, mailbox: Mailbox) -> int:
+        with self.lock:
+            return len(mailbox.events)
+
+    def wait_events(self, mailbox: Mailbox, seq: int, timeout: float) -> list[Event]:
+        """Block until ``mailbox`` has events after ``seq`` or ``timeout`` passes; returns them."""
+        with self.changed:
+            self.changed.wait_for(lambda: len(mailbox.events) > seq, timeout=timeout)
+            return mailbox.events[seq:]
+
+
+def _find_attachment(item: Item, attachment_id: str) -> Attachment | None:
+    for attachment in item.attachments:
+        if attachment.attachment_id == attachment_id:
+            return attachment
+        if attachment.item is not None:
+            found = _find_attachment(attachment.item, attachment_id)
+            if found is not None:
+                return found
+    return None
