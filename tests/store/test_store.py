@@ -339,3 +339,30 @@ def test_check_passes_and_a_closed_store_says_so(store: SqlStateStore) -> None:
         store.check()
     with pytest.raises(StoreError, match="is closed"):
         store.commit("box", "inbox", sync_state="s")
+
+
+def test_two_stores_on_one_database_wait_for_each_other(store_url: str) -> None:
+    """Two stores (as two processes would) writing one database at once both succeed."""
+    stores = [open_store(store_url, busy_timeout=10) for _ in range(2)]
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def work(store: SqlStateStore, n: int) -> None:
+        barrier.wait()
+        try:
+            for i in range(50):
+                store.commit(f"b{n}", "inbox", sync_state=f"{i}", successes=[entry(f"{n}-{i}")])
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(stores[n % 2], n)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert stores[0].ledger_count() == 200
+    finally:
+        for s in stores:
+            s.close()
