@@ -1,23 +1,181 @@
-"""Configuration models of the built-in handlers (STUB: being written by the handlers owner).
+"""Configuration models of the built-in handlers: the ``[handlers.NAME]`` tables.
 
 ``HandlerConfig`` is a discriminated union on ``type``; ``listener.config`` uses it for the
-``[handlers.NAME]`` tables.
+``[handlers.NAME]`` tables. Every model is frozen and refuses unknown keys, so a typo in the TOML
+is an error that names the key instead of a silently ignored option. Values that may hold
+credentials (webhook headers, command environment) are ``SecretStr``: they never show in ``repr``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-__all__ = ["HandlerConfig", "LogHandlerConfig"]
+from listener.secrets import SecretSpec
+
+__all__ = [
+    "CommandHandlerConfig",
+    "DirectoryHandlerConfig",
+    "HandlerConfig",
+    "LogHandlerConfig",
+    "PythonHandlerConfig",
+    "WebhookHandlerConfig",
+    "is_loopback_host",
+    "redact_url",
+]
+
+ENTRY_POINT_GROUP = "ews_listener.handlers"
+
+_TARGET = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
-class LogHandlerConfig(BaseModel):
-    """Writes one log line per message."""
+def is_loopback_host(host: str | None) -> bool:
+    """True for host names that never leave the machine (plain http is allowed only for them)."""
+    if not host:
+        return False
+    host = host.lower().strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.") or host.endswith(".localhost")
 
+
+def redact_url(url: str) -> str:
+    """``scheme://host:port/path`` without user info or query: webhook URLs often embed a token."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    query = "?…" if parts.query else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{query}"
+
+
+class _HandlerBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PythonHandlerConfig(_HandlerBase):
+    """A Python callable: ``target = "package.module:function"`` or an entry point by name.
+
+    With ``options`` the object found is a factory: it is called once with ``**options`` and
+    must return the handler callable (which may have a ``close()``). Without ``options`` the
+    object itself is the handler.
+    """
+
+    type: Literal["python"]
+    target: str | None = Field(default=None, description="'package.module:attribute'.")
+    entry_point: str | None = Field(
+        default=None, description=f"Name of an entry point in the {ENTRY_POINT_GROUP!r} group."
+    )
+    options: dict[str, Any] | None = Field(
+        default=None, description="When given, the target is a factory called with **options."
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _check_target(cls, value: str | None) -> str | None:
+        if value is not None and not _TARGET.match(value):
+            raise ValueError(f"must look like 'package.module:function', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PythonHandlerConfig:
+        if (self.target is None) == (self.entry_point is None):
+            raise ValueError("give exactly one of 'target' or 'entry_point'")
+        return self
+
+
+class WebhookHandlerConfig(_HandlerBase):
+    """POST the JSON event to ``url``, signed with HMAC-SHA256 when a ``secret`` is given."""
+
+    type: Literal["webhook"]
+    url: str = Field(repr=False, description="https URL (plain http only for loopback hosts).")
+    secret: SecretSpec | None = Field(
+        default=None, description="Key of the X-Ews-Listener-Signature HMAC."
+    )
+    timeout: float = Field(default=10.0, gt=0, description="Seconds for the whole request.")
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="Extra headers.")
+    attachments_inline_max: int = Field(
+        default=0, ge=0, description="Inline attachments up to this many bytes as base64."
+    )
+    ca_bundle: Path | None = Field(default=None, description="PEM file of CAs to trust.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"must be an https URL like 'https://host/path', got {value!r}")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError(
+                "must use https (plain http is accepted only for loopback hosts such as "
+                f"127.0.0.1), got {redact_url(value)!r}"
+            )
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, header in value.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"invalid HTTP header name {name!r}")
+            if any(c in header.get_secret_value() for c in "\r\n\x00"):
+                raise ValueError(f"header {name!r}: the value must not contain CR, LF or NUL")
+        return value
+
+
+class CommandHandlerConfig(_HandlerBase):
+    """Run ``argv`` with the JSON event on stdin; exit 0 success, 75 retry, else permanent."""
+
+    type: Literal["command"]
+    argv: tuple[str, ...] = Field(min_length=1, description="Program and arguments (no shell).")
+    timeout: float = Field(default=60.0, gt=0, description="Seconds before the group is killed.")
+    kill_grace: float = Field(
+        default=5.0, ge=0, description="Seconds between SIGTERM and SIGKILL after a timeout."
+    )
+    env: dict[str, SecretStr] = Field(default_factory=dict, description="Extra environment.")
+    inherit_env: bool = Field(
+        default=True, description="Start from the listener's environment (false: only 'env')."
+    )
+    cwd: Path | None = None
+    pass_mime: bool = Field(
+        default=True, description="Fetch the MIME into a file named by EWS_LISTENER_MIME_FILE."
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name in value:
+            if not name or "=" in name or "\x00" in name:
+                raise ValueError(f"invalid environment variable name {name!r}")
+        return value
+
+
+class DirectoryHandlerConfig(_HandlerBase):
+    """Write ``<key>.eml`` and ``<key>.json`` (last, so it marks completeness) into ``path``."""
+
+    type: Literal["directory"]
+    path: Path
+    attachments: bool = Field(
+        default=False, description="Also write attachments into '<key>.attachments/'."
+    )
+
+
+class LogHandlerConfig(_HandlerBase):
+    """Write one log line per message (mailbox, subject, from, key)."""
+
     type: Literal["log"]
+    level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-HandlerConfig = Annotated[LogHandlerConfig, Field(discriminator="type")]
+HandlerConfig = Annotated[
+    PythonHandlerConfig
+    | WebhookHandlerConfig
+    | CommandHandlerConfig
+    | DirectoryHandlerConfig
+    | LogHandlerConfig,
+    Field(discriminator="type"),
+]
+"""One ``[handlers.NAME]`` table, told apart by its ``type``."""
