@@ -14,6 +14,7 @@ from listener.observability.health import (
     HealthServer,
     HealthState,
     check_health,
+    health_url,
     poll_recorder,
 )
 from listener.observability.logging import configure_logging, get_logger
@@ -35,6 +36,7 @@ __all__ = [
     "configure_logging",
     "default_metrics",
     "get_logger",
+    "health_url",
     "is_secret_key",
     "poll_recorder",
     "redact",

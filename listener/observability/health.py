@@ -23,6 +23,7 @@ no request does I/O beyond reading in-memory state.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -45,6 +46,7 @@ __all__ = [
     "HealthState",
     "PollOutcome",
     "check_health",
+    "health_url",
     "poll_recorder",
 ]
 
@@ -272,6 +274,8 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], owner: HealthServer) -> None:
         self.owner = owner
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
 
@@ -315,10 +319,7 @@ class HealthServer:
 
     @property
     def url(self) -> str:
-        host = self._address[0]
-        host = "127.0.0.1" if host in ("", "0.0.0.0") else host
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}"
+        return health_url(self._address[0], self.port)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -334,6 +335,17 @@ class HealthServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def health_url(host: str, port: int, path: str = "") -> str:
+    """The URL a local client uses for a server bound to ``host:port`` (wildcards → loopback)."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}{path}"
 
 
 def check_health(url: str, timeout: float = 5.0) -> tuple[bool, str]:

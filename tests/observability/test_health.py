@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from listener.observability.health import HealthServer, HealthState, check_health, poll_recorder
+from listener.observability.health import (
+    HealthServer,
+    HealthState,
+    check_health,
+    health_url,
+    poll_recorder,
+)
 from listener.observability.metrics import Metrics
 
 T0 = 1_800_000_000.0  # registration time of every mailbox in the table
@@ -222,3 +228,29 @@ def test_check_health_unreachable() -> None:
     assert not ok
     assert "cannot connect" in message
     assert check_health("ftp://x", timeout=1)[0] is False
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("0.0.0.0", "http://127.0.0.1:9464/readyz"),
+        ("", "http://127.0.0.1:9464/readyz"),
+        ("::", "http://[::1]:9464/readyz"),
+        ("10.1.2.3", "http://10.1.2.3:9464/readyz"),
+    ],
+)
+def test_health_url(host: str, url: str) -> None:
+    """Wildcard bind addresses map to loopback; IPv6 hosts get brackets."""
+    assert health_url(host, 9464, "/readyz") == url
+
+
+def test_serves_on_ipv6_loopback() -> None:
+    """An IPv6 host binds an AF_INET6 socket."""
+    try:
+        server = HealthServer(HealthState(), host="::1").start()
+    except OSError as e:  # no IPv6 in this sandbox
+        pytest.skip(f"IPv6 loopback unavailable: {e}")
+    try:
+        assert _get(f"{server.url}/healthz")[0] == 200
+    finally:
+        server.stop()

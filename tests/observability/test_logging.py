@@ -174,3 +174,25 @@ def test_unknown_level_is_an_error() -> None:
     """A misspelt level names itself in the error."""
     with pytest.raises(ValueError, match="verbose"):
         configure_logging(level="verbose", stream=io.StringIO())
+
+
+def test_real_library_debug_output_is_redacted(configured: Configure) -> None:
+    """urllib3's own DEBUG line for a real request has the client secret in the URL masked."""
+    import urllib3
+
+    from listener.observability.health import HealthServer, HealthState
+
+    buffer = configured(fmt="json", level="debug", library_level="debug")
+    with HealthServer(HealthState()) as server:
+        pool = urllib3.PoolManager()
+        response = pool.request(
+            "GET",
+            f"{server.url}/token?grant_type=client_credentials&client_secret=live-secret-42",
+            headers={"Authorization": f"Bearer {JWT}"},
+        )
+        pool.clear()
+    assert response.status == 404
+    output = buffer.getvalue()
+    assert "urllib3.connectionpool" in output, "urllib3 logged nothing: the test proves nothing"
+    assert "client_secret=***" in output
+    assert "live-secret-42" not in output
