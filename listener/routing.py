@@ -120,10 +120,10 @@ class Route(BaseModel):
         default=False, alias="continue", description="Also try the following routes."
     )
 
-    _from: tuple[re.Pattern[str], ...] = PrivateAttr(default=())
-    _to: tuple[re.Pattern[str], ...] = PrivateAttr(default=())
-    _cc: tuple[re.Pattern[str], ...] = PrivateAttr(default=())
-    _recipient: tuple[re.Pattern[str], ...] = PrivateAttr(default=())
+    _from: tuple[tuple[re.Pattern[str], bool], ...] = PrivateAttr(default=())
+    _to: tuple[tuple[re.Pattern[str], bool], ...] = PrivateAttr(default=())
+    _cc: tuple[tuple[re.Pattern[str], bool], ...] = PrivateAttr(default=())
+    _recipient: tuple[tuple[re.Pattern[str], bool], ...] = PrivateAttr(default=())
     _subject: tuple[re.Pattern[str], ...] = PrivateAttr(default=())
     _attachment: tuple[re.Pattern[str], ...] = PrivateAttr(default=())
 
@@ -144,10 +144,10 @@ class Route(BaseModel):
 
     def model_post_init(self, context: Any, /) -> None:
         """Compile every pattern once, so a bad regex fails at load, naming the pattern."""
-        self._from = tuple(_compile_glob(p) for p in self.from_ or ())
-        self._to = tuple(_compile_glob(p) for p in self.to or ())
-        self._cc = tuple(_compile_glob(p) for p in self.cc or ())
-        self._recipient = tuple(_compile_glob(p) for p in self.recipient or ())
+        self._from = tuple(_compile_address(p) for p in self.from_ or ())
+        self._to = tuple(_compile_address(p) for p in self.to or ())
+        self._cc = tuple(_compile_address(p) for p in self.cc or ())
+        self._recipient = tuple(_compile_address(p) for p in self.recipient or ())
         self._attachment = tuple(_compile_glob(p) for p in self.attachment_name or ())
         self._subject = tuple(re.compile(p) for p in self.subject or ())
 
@@ -177,21 +177,30 @@ class Route(BaseModel):
         )
 
     def matches(self, message: Message) -> bool:
-        """Whether every condition this route gives matches ``message``."""
+        """Whether every condition this route gives matches ``message`` (checked cheapest first,
+        stopping at the first that fails)."""
+        if self.importance is not None and message.importance not in self.importance:
+            return False
+        if self.has_attachments is not None and self.has_attachments != _has_attachments(message):
+            return False
         sender = message.from_ or message.sender
-        checks = (
-            self.from_ is None or _any_address(self._from, (sender,) if sender else ()),
-            self.to is None or _any_address(self._to, message.to),
-            self.cc is None or _any_address(self._cc, message.cc),
-            self.recipient is None or _any_address(self._recipient, (*message.to, *message.cc)),
-            self.subject is None or any(p.search(message.subject) for p in self._subject),
-            self.header is None or any(h.matches(message) for h in self.header),
-            self.has_attachments is None or self.has_attachments == _has_attachments(message),
-            self.attachment_name is None
-            or any(p.match(a.name) for p in self._attachment for a in message.attachments),
-            self.importance is None or message.importance in self.importance,
-        )
-        return all(checks)
+        if self.from_ is not None and not _any_address(self._from, (sender,) if sender else ()):
+            return False
+        if self.to is not None and not _any_address(self._to, message.to):
+            return False
+        if self.cc is not None and not _any_address(self._cc, message.cc):
+            return False
+        if self.recipient is not None and not _any_address(
+            self._recipient, (*message.to, *message.cc)
+        ):
+            return False
+        if self.attachment_name is not None and not any(
+            p.match(a.name) for p in self._attachment for a in message.attachments
+        ):
+            return False
+        if self.subject is not None and not any(p.search(message.subject) for p in self._subject):
+            return False
+        return self.header is None or any(h.matches(message) for h in self.header)
 
 
 def _has_attachments(message: Message) -> bool:
@@ -199,12 +208,19 @@ def _has_attachments(message: Message) -> bool:
     return message.has_attachments or any(not a.is_inline for a in message.attachments)
 
 
-def _any_address(patterns: Sequence[re.Pattern[str]], addresses: Iterable[Address]) -> bool:
+def _compile_address(pattern: str) -> tuple[re.Pattern[str], bool]:
+    """A glob and whether it is for whole addresses (it has an ``@``) or for domains."""
+    return _compile_glob(pattern), "@" in pattern
+
+
+def _any_address(
+    patterns: Sequence[tuple[re.Pattern[str], bool]], addresses: Iterable[Address]
+) -> bool:
     for address in addresses:
         email = address.email.strip()
         domain = email.rpartition("@")[2]
-        for pattern, has_at in ((p, "@" in p.pattern) for p in patterns):
-            if pattern.match(email if has_at else domain):
+        for pattern, whole in patterns:
+            if pattern.match(email if whole else domain):
                 return True
     return False
 

@@ -95,7 +95,9 @@ class WebhookHandlerConfig(_HandlerBase):
     secret: SecretSpec | None = Field(
         default=None, description="Key of the X-Ews-Listener-Signature HMAC."
     )
-    timeout: float = Field(default=10.0, gt=0, description="Seconds for the whole request.")
+    timeout: float = Field(
+        default=10.0, gt=0, description="Seconds for each of connect, send and each read."
+    )
     headers: dict[str, SecretStr] = Field(default_factory=dict, description="Extra headers.")
     attachments_inline_max: int = Field(
         default=0, ge=0, description="Inline attachments up to this many bytes as base64."
