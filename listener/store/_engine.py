@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,28 @@ def _prepare_sqlite_file(url: URL, *, create: bool) -> URL:
     return url.set(database=str(path))
 
 
+def _enable_wal(cursor: sqlite3.Cursor, busy_timeout: float) -> None:
+    """Switch the file to WAL (persistent: a no-op read once done), retrying while it is busy.
+
+    Switching needs an exclusive lock, and SQLite answers "database is locked" at once, without
+    its busy handler, when several connections open a fresh file together (seen with four stores
+    opening one new database at the same moment); so wait here, up to the busy timeout.
+    """
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 def _sqlite_engine(url: URL, options: EngineOptions, *, create: bool) -> Engine:
     memory = _is_memory(url)
     pool: dict[str, Any]
@@ -125,7 +148,7 @@ def _sqlite_engine(url: URL, options: EngineOptions, *, create: bool) -> Engine:
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
             cursor.execute("PRAGMA foreign_keys = ON")
             if not memory:
-                cursor.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(cursor, options.busy_timeout)
             cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()
