@@ -247,6 +247,7 @@ class Poller:
             return
         transient: dict[str, str] = {}
         permanent: dict[str, str] = {}
+        retry_after = 0.0
         for name in todo:
             handler = self.handlers[name]
             started = time.monotonic()
@@ -258,6 +259,8 @@ class Poller:
                 self._observe("failed", {"handler": name, "kind": "permanent"})
             except Exception as e:
                 transient[name] = f"{type(e).__name__}: {e}"
+                # A webhook's Retry-After (429/503) is a floor for the next attempt.
+                retry_after = max(retry_after, float(getattr(e, "retry_after", None) or 0.0))
                 log.warning(
                     "handler.transient_failure", handler=name, error=transient[name], exc_info=True
                 )
@@ -279,7 +282,8 @@ class Poller:
             result.handed_over += 1
             page.succeeded.append(message)
             page.resolved.append(message.item_id)
-            log.info(
+            # debug: the `log` handler is the one readable line per message; metrics count them
+            log.debug(
                 "message.handed_over",
                 subject=message.subject,
                 handlers=todo,
@@ -303,7 +307,7 @@ class Poller:
             )
             return
         now = self._clock()
-        delay = self.settings.failure.delay(attempts, self._rng)
+        delay = max(self.settings.failure.delay(attempts, self._rng), retry_after)
         page.pending.append(
             PendingEntry(
                 self.name,
