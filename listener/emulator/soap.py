@@ -211,8 +211,13 @@ def error_message(
     text: str,
     *,
     values: Mapping[str, str] | None = None,
+    container: str | None = None,
 ) -> etree._Element:
-    """A ``m:…ResponseMessage`` with ``ResponseClass="Error"`` (MessageText, ResponseCode, …)."""
+    """A ``m:…ResponseMessage`` with ``ResponseClass="Error"`` (MessageText, ResponseCode, …).
+
+    ``container`` adds the empty ``m:Items``/``m:Folders``/``m:Attachments`` element that
+    ``messages.xsd`` requires in item, folder and attachment info response messages.
+    """
     message = etree.Element(m(tag), attrib={"ResponseClass": "Error"})
     sub(message, m("MessageText"), text)
     sub(message, m("ResponseCode"), code)
@@ -221,4 +226,6 @@ def error_message(
         xml = sub(message, m("MessageXml"))
         for name, value in values.items():
             sub(xml, t("Value"), value, {"Name": name})
+    if container:
+        sub(message, m(container))
     return message

@@ -20,7 +20,6 @@ from exchangelib import (
     OAUTH2,
     Account,
     Configuration,
-    FaultTolerance,
     Identity,
     OAuth2AuthorizationCodeCredentials,
     Version,
@@ -147,7 +146,6 @@ def make_account(
             credentials=credentials,
             auth_type=OAUTH2,
             version=Version(build=EXCHANGE_2016) if pinned else None,
-            retry_policy=FaultTolerance(max_wait=5),
             max_connections=4,
         )
         account = Account(address, access_type=IMPERSONATION, config=config, autodiscover=False)
@@ -157,3 +155,68 @@ def make_account(
     yield make
     for account in accounts:
         account.protocol.close()
+
+
+SoapPost = Callable[..., Any]
+
+
+@pytest.fixture
+def soap(emu: EwsEmulator, token_server: TokenServer, ca: EmulatorCA) -> Iterator[SoapPost]:
+    """POST a raw SOAP body (the Body child's XML) to the emulator; returns the httpx response."""
+    import httpx
+
+    client = httpx.Client(verify=ca.client_context(), trust_env=False, timeout=30)
+
+    def post(
+        body: str,
+        *,
+        mailbox: str | None = ALICE,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        anchor: bool = True,
+    ) -> httpx.Response:
+        impersonation = (
+            "<t:ExchangeImpersonation><t:ConnectingSID>"
+            f"<t:PrimarySmtpAddress>{mailbox}</t:PrimarySmtpAddress>"
+            "</t:ConnectingSID></t:ExchangeImpersonation>"
+            if mailbox
+            else ""
+        )
+        envelope = (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" '
+            'xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" '
+            'xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types">'
+            '<s:Header><t:RequestServerVersion Version="Exchange2016"/>'
+            f"{impersonation}</s:Header><s:Body>{body}</s:Body></s:Envelope>"
+        )
+        sent = {
+            "Content-Type": "text/xml; charset=utf-8",
+            "Authorization": f"Bearer {token or token_server.issue_token(TENANT, CLIENT_ID)}",
+        }
+        if anchor and mailbox:
+            sent["X-AnchorMailbox"] = mailbox
+        sent.update(headers or {})
+        return client.post(emu.url, content=envelope.encode(), headers=sent)
+
+    yield post
+    client.close()
+
+
+def simple_mime(
+    subject: str = "hello",
+    *,
+    sender: str = "Carol Sender <carol@example.com>",
+    to: str = ALICE,
+    body: str = "body text",
+    message_id: str | None = None,
+    extra_headers: str = "",
+) -> bytes:
+    """A minimal RFC 5322 text message."""
+    mid = message_id or f"<{abs(hash((subject, body, time.perf_counter())))}@example.com>"
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: {mid}\r\n"
+        f"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n{extra_headers}"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"{body}\r\n"
+    ).encode()

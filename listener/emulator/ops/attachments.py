@@ -35,6 +35,7 @@ def get_attachment(ctx: OpContext, request: etree._Element) -> OpResult:
                     "GetAttachmentResponseMessage",
                     "ErrorInvalidIdMalformed",
                     "Id is malformed.",
+                    container="Attachments",
                 )
             )
             continue

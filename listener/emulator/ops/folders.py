@@ -24,7 +24,9 @@ def get_folder(ctx: OpContext, request: etree._Element) -> OpResult:
                 folder = resolve_folder(ctx, element)
                 rendered = folder_element(folder)
         except StoreError as exc:
-            messages.append(error_message("GetFolderResponseMessage", exc.code, str(exc)))
+            messages.append(
+                error_message("GetFolderResponseMessage", exc.code, str(exc), container="Folders")
+            )
             continue
         message = success("GetFolderResponseMessage")
         sub(message, m("Folders")).append(rendered)
@@ -96,7 +98,11 @@ def create_folder(ctx: OpContext, request: etree._Element) -> OpResult:
             folder_class = (spec.findtext(t("FolderClass")) or "IPF.Note").strip()
             folder = ctx.store.create_folder(parent.mailbox, parent, name, folder_class)
         except StoreError as exc:
-            messages.append(error_message("CreateFolderResponseMessage", exc.code, str(exc)))
+            messages.append(
+                error_message(
+                    "CreateFolderResponseMessage", exc.code, str(exc), container="Folders"
+                )
+            )
             continue
         message = success("CreateFolderResponseMessage")
         sub(message, m("Folders")).append(folder_element(folder, full=False))

@@ -99,7 +99,12 @@ def get_item(ctx: OpContext, request: etree._Element) -> OpResult:
             item = ctx.store.item(ctx.mailbox, element.get("Id") or "")
             if item is None:
                 messages.append(
-                    error_message("GetItemResponseMessage", "ErrorItemNotFound", ITEM_NOT_FOUND)
+                    error_message(
+                        "GetItemResponseMessage",
+                        "ErrorItemNotFound",
+                        ITEM_NOT_FOUND,
+                        container="Items",
+                    )
                 )
                 continue
             message = success("GetItemResponseMessage")

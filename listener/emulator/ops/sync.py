@@ -18,7 +18,15 @@ import struct
 
 from lxml import etree
 
-from listener.emulator.ops import OpContext, OpResult, Reply, operation, response, success
+from listener.emulator.ops import (
+    OpContext,
+    OpFault,
+    OpResult,
+    Reply,
+    operation,
+    response,
+    success,
+)
 from listener.emulator.ops._common import resolve_folder
 from listener.emulator.ops._render import item_element, parse_shape
 from listener.emulator.soap import error_message, m, sub, t
@@ -74,11 +82,12 @@ def sync_folder_items(ctx: OpContext, request: etree._Element) -> OpResult:
     except ValueError:
         max_changes = 0
     if not 1 <= max_changes <= MAX_CHANGES:
-        message = _error(
-            "ErrorInvalidArgument" if max_text else "ErrorSchemaValidation",
-            f"MaxChangesReturned must be between 1 and {MAX_CHANGES}.",
+        # messages.xsd restricts MaxChangesReturned to 1-512, so Exchange's schema check refuses
+        # it; answer the same way when schema validation is off.
+        raise OpFault(
+            "ErrorSchemaValidation",
+            f"The request failed schema validation: MaxChangesReturned must be 1-{MAX_CHANGES}.",
         )
-        return Reply(response("SyncFolderItems", [message]))
     ignore_list = request.find(m("Ignore"))
     ignore = [e.get("Id") or "" for e in ignore_list] if ignore_list is not None else []
     try:

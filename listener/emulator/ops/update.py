@@ -159,7 +159,9 @@ def update_item(ctx: OpContext, request: etree._Element) -> OpResult:
 
                 ctx.store.update(item, apply, read_only=read_only)
         except StoreError as exc:
-            messages.append(error_message("UpdateItemResponseMessage", exc.code, str(exc)))
+            messages.append(
+                error_message("UpdateItemResponseMessage", exc.code, str(exc), container="Items")
+            )
             continue
         message = success("UpdateItemResponseMessage")
         _id_only(sub(message, m("Items")), item)
@@ -194,7 +196,7 @@ def _move_or_copy(ctx: OpContext, request: etree._Element, name: str) -> OpResul
                 else:
                     result = ctx.store.copy(item, destination)
         except StoreError as exc:
-            messages.append(error_message(tag, exc.code, str(exc)))
+            messages.append(error_message(tag, exc.code, str(exc), container="Items"))
             continue
         message = success(tag)
         items = sub(message, m("Items"))
@@ -299,7 +301,9 @@ def create_item(ctx: OpContext, request: etree._Element) -> OpResult:
             if disposition in ("SendOnly", "SendAndSaveCopy"):
                 _send_locally(ctx, item)
         except StoreError as exc:
-            messages.append(error_message("CreateItemResponseMessage", exc.code, str(exc)))
+            messages.append(
+                error_message("CreateItemResponseMessage", exc.code, str(exc), container="Items")
+            )
             continue
         message = success("CreateItemResponseMessage")
         items = sub(message, m("Items"))
