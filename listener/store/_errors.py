@@ -94,5 +94,10 @@ def translate_errors(url: URL, *, busy_timeout: float = 0.0, action: str = "") -
                 f"is running and the URL (host, port, user, database) is right"
             ) from None
         raise StoreError(f"state database {where}{during}: {text}") from None
+    except sa_exc.TimeoutError:
+        raise StoreError(
+            f"state database {where}: no pooled connection became free within the pool timeout "
+            f"(more threads than pool_size + max_overflow, or a transaction left open)"
+        ) from None
     except sqlite3.Error as error:  # raised by PRAGMAs run in the connect hook
         raise StoreError(f"state database {where}: {error}") from error

@@ -14,12 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import structlog
 from sqlalchemy import Connection, func, insert, inspect, select
 
 from listener.store import _schema
 from listener.store._errors import StoreError
 
 __all__ = ["LATEST", "MIGRATIONS", "Migration", "current_version", "migrate"]
+
+log = structlog.get_logger("listener.store")
 
 
 @dataclass(frozen=True)
@@ -81,4 +84,5 @@ def migrate(conn: Connection, where: str, *, create: bool = True) -> int:
                     version=step.version, applied_at=datetime.now(UTC)
                 )
             )
+            log.info("store.migrated", database=where, version=step.version, step=step.description)
     return LATEST

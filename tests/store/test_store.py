@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 
 from listener.abc import DeadLetter, LedgerEntry, PendingEntry
 from listener.store import SCHEMA_VERSION, SqlStateStore, StoreError, open_store
@@ -214,7 +215,9 @@ def test_reset_sync_state(store: SqlStateStore) -> None:
 
 def test_migrations_from_empty_create_every_table(store_url: str) -> None:
     """Opening an empty database creates the current schema once; reopening changes nothing."""
-    open_store(store_url).close()
+    with capture_logs() as logs:
+        open_store(store_url).close()
+    assert [e["version"] for e in logs if e["event"] == "store.migrated"] == [SCHEMA_VERSION]
     store = open_store(store_url)
     try:
         assert store.schema_version() == SCHEMA_VERSION
