@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any, Literal, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from listener.observability.redaction import MASK, is_secret_key, redact, redact_value
+from listener.observability.redaction import (
+    MASK,
+    is_secret_key,
+    is_secret_pair,
+    redact,
+    redact_value,
+)
 
 __all__ = [
     "LIBRARY_LOGGERS",
@@ -55,15 +62,29 @@ _PLAIN = (int, float, bool, type(None))
 
 
 def _redact_field(value: Any) -> Any:
+    """Like ``redact_value``, and objects of any other type, however deep, by their repr."""
     if isinstance(value, _PLAIN):
         return value
-    if isinstance(value, str | dict | list | tuple | set | frozenset | bytes):
+    if isinstance(value, str | bytes | bytearray):
         return redact_value(value)
-    # Any other object is rendered through its repr by both renderers: check that text, and
-    # replace the object only when redaction changed something (a datetime stays a datetime).
+    if isinstance(value, Mapping):
+        return {k: _mask_or_redact(k, v) for k, v in value.items()}
+    if isinstance(value, tuple) and is_secret_pair(value):
+        return (value[0], MASK)
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_redact_field(v) for v in value]
+        return items if isinstance(value, list) else type(value)(items)
+    # Both renderers write any other object through its repr: check that text, and replace the
+    # object only when redaction changed something (a datetime stays a datetime).
     text = repr(value)
     red = redact(text)
     return value if red == text else red
+
+
+def _mask_or_redact(key: Any, value: Any) -> Any:
+    if is_secret_key(key) and value is not None and value != "":
+        return MASK
+    return _redact_field(value)
 
 
 # Fields every line has; never masked by name (``event`` may legitimately be "token.refreshed").
@@ -73,11 +94,7 @@ _KEEP = frozenset({"event", "level", "logger", "timestamp", "exception", "stack"
 def redact_event(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """structlog processor: redact every field, nested values and the rendered exception."""
     return {
-        key: (
-            MASK
-            if key not in _KEEP and is_secret_key(key) and value not in (None, "")
-            else _redact_field(value)
-        )
+        key: _redact_field(value) if key in _KEEP else _mask_or_redact(key, value)
         for key, value in event_dict.items()
     }
 

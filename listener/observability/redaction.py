@@ -26,6 +26,7 @@ __all__ = [
     "MASK",
     "forget_secrets",
     "is_secret_key",
+    "is_secret_pair",
     "redact",
     "redact_value",
     "register_secret",
@@ -214,6 +215,16 @@ def is_secret_key(key: object) -> bool:
     return any(part in norm for part in _SECRET_PARTS) or norm.endswith(_SECRET_SUFFIXES)
 
 
+def is_secret_pair(obj: tuple[Any, ...]) -> bool:
+    """A ``(name, value)`` header or form pair whose name is secret (as httpx keeps them)."""
+    return (
+        len(obj) == 2
+        and is_secret_key(obj[0])
+        and isinstance(obj[1], str | bytes)
+        and len(obj[1]) > 0
+    )
+
+
 def redact_value(obj: Any) -> Any:
     """A copy of ``obj`` with strings redacted and values under secret-looking keys masked.
 
@@ -230,6 +241,8 @@ def redact_value(obj: Any) -> Any:
     if isinstance(obj, list):
         return [redact_value(v) for v in obj]
     if isinstance(obj, tuple):
+        if is_secret_pair(obj):
+            return (obj[0], MASK)
         return tuple(redact_value(v) for v in obj)
     if isinstance(obj, set | frozenset):
         return type(obj)(redact_value(v) for v in obj)

@@ -164,9 +164,10 @@ def test_unknown_objects_are_redacted_through_their_repr(configured: Configure) 
             return f"<Request headers={{'Authorization': 'Bearer {JWT}'}}>"
 
     buffer = configured(fmt="json")
-    get_logger("listener.x").info("sent", request=Request(), count=3)
+    get_logger("listener.x").info("sent", request=Request(), count=3, deep={"r": [Request()]})
     record = json.loads(_lines(buffer)[0])
     assert JWT[:16] not in record["request"]
+    assert JWT[:16] not in record["deep"]["r"][0]
     assert record["count"] == 3
 
 

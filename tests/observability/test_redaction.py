@@ -131,6 +131,13 @@ def test_redact_value_recurses() -> None:
     assert value["client_secret"] == "anything at all", "the input is not modified"
 
 
+def test_header_pairs_are_masked() -> None:
+    """(name, value) pairs, as httpx and requests keep headers, are masked by name."""
+    headers = [("Accept", "*/*"), ("Authorization", "Basic dXNlcjpw"), ("X-Api-Key", b"k-123")]
+    expected = [("Accept", "*/*"), ("Authorization", MASK), ("X-Api-Key", MASK)]
+    assert redact_value(headers) == expected
+
+
 def test_redact_is_fast_enough_for_every_log_line() -> None:
     """10,000 typical log strings redact in well under a second."""
     register_secret("a-registered-client-secret")
