@@ -128,6 +128,7 @@ def test_runtime_contract(stages: list[Stage]) -> None:
     assert "STATE_DIRECTORY=/var/lib/ews-listener" in env
     assert "PYTHONDONTWRITEBYTECODE=1" in env
     assert "TMPDIR=/tmp" in env
+    assert "EWS_LISTENER_CONFIG=/etc/ews-listener/config.toml" in env
     assert json.loads(final.all("VOLUME")[-1]) == ["/var/lib/ews-listener"]
     health = final.all("HEALTHCHECK")[-1]
     options, _, command = health.partition("CMD ")
@@ -215,6 +216,7 @@ def test_compose_runs_emulator_and_listener_from_one_image() -> None:
             v.split(":")[0] for v in listener["volumes"]
         }
         assert shared == {"demo"}
+        assert listener["environment"]["EWS_LISTENER_CONFIG"] == "/shared/listener.toml"
         assert listener["read_only"] is True
         assert "/tmp" in listener["tmpfs"]
         assert set(data["volumes"]) >= {"demo", "state"}
@@ -227,6 +229,7 @@ def test_compose_runs_emulator_and_listener_from_one_image() -> None:
         "- --feed",
         "demo:/shared:ro",
         "read_only: true",
+        "EWS_LISTENER_CONFIG: /shared/listener.toml",
         'network_mode: "service:emulator"',
     ):
         assert needle in text, needle
