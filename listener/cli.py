@@ -267,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("name", help="the credential's name ([credentials.NAME])")
     validate.set_defaults(func=cmd_credentials_validate)
     credentials.set_defaults(func=lambda args: _usage(credentials, args))
+
+    from listener.cli_service import register  # noqa: PLC0415 - run, once, dead-letters, ...
+
+    register(commands, common)
     return parser
 
 
