@@ -14,6 +14,7 @@ Two msal behaviours shape the HTTP adapter below:
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import jwt
 import msal
 
 from listener.abc import AccessToken
@@ -57,13 +59,14 @@ class _HttpAdapter:
 
     def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         host = urlsplit(url).netloc
+        data = kwargs.get("data")
+        if isinstance(data, dict):
+            # msal passes the client assertion as bytes: requests sends bytes form values as they
+            # are, httpx would send their repr ("b'eyJ…'").
+            data = {k: v.decode() if isinstance(v, bytes) else v for k, v in data.items()}
         try:
             response = self._client.request(
-                method,
-                url,
-                params=kwargs.get("params"),
-                data=kwargs.get("data"),
-                headers=kwargs.get("headers"),
+                method, url, params=kwargs.get("params"), data=data, headers=kwargs.get("headers")
             )
         except httpx.ConnectError as exc:
             text = _short(str(exc))
@@ -84,7 +87,11 @@ class _HttpAdapter:
                 f"{self._where}: the connection to {host} failed: {type(exc).__name__}",
                 transient=True,
             ) from None
-        if response.status_code >= 500 or response.status_code == 429:
+        if (
+            response.status_code >= 500
+            or response.status_code == 429
+            or (method == "POST" and not _json_object(response))
+        ):
             # Raise instead of returning: see the module docstring (msal caches these answers).
             parse_token_response(
                 response.status_code,
@@ -177,18 +184,36 @@ class MsalClient:
                 timeout=self.config.timeout,
             )
         except ValueError as exc:
-            # msal reports a failed OpenID discovery (unknown tenant: AADSTS90002) and bad keys
-            # as ValueError; the text holds the server's JSON answer, never our secret.
-            text = scrub(str(exc), self._known_secrets)
-            code = aadsts_code(text)
-            hint = hint_for(code)
-            raise TokenError(
-                f"{self._where}: msal could not set up the authority {self.authority}: "
-                f"{_short(text)}" + (f" (hint: {hint})" if hint else ""),
-                aadsts=code,
-                error="invalid_authority" if code is None else "invalid_request",
-            ) from None
+            raise self._setup_error(exc) from None
         return self._app
+
+    def _setup_error(self, exc: ValueError) -> TokenError:
+        """msal's ValueError for a failed OpenID discovery, with the server's answer recovered.
+
+        msal replaces the discovery error (whose text holds Entra's JSON, e.g. AADSTS90002 for
+        an unknown tenant) with a generic "Unable to get authority configuration" and keeps the
+        original only as ``__context__``.
+        """
+        original = str(exc.__context__ or "")
+        _, _, body = original.partition("Error: ")
+        error, description = "invalid_authority", ""
+        try:
+            answer = json.loads(body) if body else None
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict):
+            error = str(answer.get("error") or error)
+            description = str(answer.get("error_description") or "")
+        text = scrub(description or str(exc), self._known_secrets)
+        code = aadsts_code(text, answer.get("error_codes") if isinstance(answer, dict) else None)
+        hint = hint_for(code, error)
+        return TokenError(
+            f"{self._where}: msal could not use the authority {self.authority}: {_short(text)}"
+            + (f" (hint: {hint})" if hint else ""),
+            error=error,
+            error_description=description or None,
+            aadsts=code,
+        )
 
     def refresh_secret(self) -> bool:
         config = self.config
@@ -210,13 +235,22 @@ class MsalClient:
             # Our caching layer decides when to renew; msal's own cache would hand back the token
             # we are trying to replace.
             cache = app.token_cache
-            for entry in cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN):
+            for entry in list(cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
                 cache.remove_at(entry)
         try:
             result = app.acquire_token_for_client(scopes=list(self.config.scopes))
         except msal.exceptions.MsalServiceError as exc:
             raise TokenError(
                 f"{self._where}: the token endpoint failed: {_short(str(exc))}", transient=True
+            ) from None
+        except jwt.InvalidKeyError:
+            raise TokenError(
+                f"{self._where}: the certificate's private key cannot sign the client assertion: "
+                "Entra ID needs an RSA key (2048 bits or more)"
+            ) from None
+        except ValueError as exc:  # msal: a bad key or password, or a non-JSON answer
+            raise TokenError(
+                f"{self._where}: msal failed: {_short(scrub(str(exc), self._known_secrets))}"
             ) from None
         if not isinstance(result, dict):
             raise TokenError(f"{self._where}: msal returned no answer", transient=True)
@@ -247,6 +281,13 @@ class MsalClient:
             self._http.close()
             self._http = None
         self._app = None
+
+
+def _json_object(response: httpx.Response) -> bool:
+    try:
+        return isinstance(response.json(), dict)
+    except ValueError:
+        return False
 
 
 def _short(text: str) -> str:
