@@ -136,7 +136,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_credentials_validate(args: argparse.Namespace) -> int:
     """Request a fresh token (never cached) and show what it grants, or why it failed."""
-    from listener.auth import build_provider, decode_claims, hint_for  # noqa: PLC0415 - msal
+    from listener.auth import (  # noqa: PLC0415 - imports msal: only for this command
+        RetryPolicy,
+        build_provider,
+        decode_claims,
+        hint_for,
+    )
 
     settings = load_config(args)
     out, name = _out(args), args.name
@@ -145,7 +150,7 @@ def cmd_credentials_validate(args: argparse.Namespace) -> int:
         print(f"error: no credential named {name!r} (defined: {known})", file=_err(args))
         return EXIT_CONFIG
     credential = settings.credentials[name]
-    provider = build_provider(name, credential)
+    provider = build_provider(name, credential, retry=RetryPolicy(attempts=args.attempts))
     print(
         f"credential {name!r}: requesting a token from {credential.token_endpoint} "
         f"({credential.resolved_provider}, "
@@ -265,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
         "roles/scopes it grants, or the server's error with a hint. Exit 0 or 1.",
     )
     validate.add_argument("name", help="the credential's name ([credentials.NAME])")
+    validate.add_argument(
+        "--attempts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="tries on 5xx and network errors, with back-off (default 3)",
+    )
     validate.set_defaults(func=cmd_credentials_validate)
     credentials.set_defaults(func=lambda args: _usage(credentials, args))
 
