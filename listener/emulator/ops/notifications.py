@@ -1,0 +1,517 @@
+"""Notification operations: Subscribe (pull, streaming), GetEvents, GetStreamingEvents, Unsubscribe.
+
+Events come from the store's append-only per-mailbox event log (``MailStore.events_since``,
+``MailStore.changed``); a subscription is a position in that log plus a folder and event-type
+filter. Watermarks are the log position, encoded like ``Event.watermark``.
+
+Time is measured in a configurable "minute" (``configure(emulator, minute=…)``): pull
+subscription timeouts and ``ConnectionTimeout`` of GetStreamingEvents are given in minutes by the
+protocol, and tests shrink the minute to a fraction of a second instead of waiting.
+
+Shapes follow messages.xsd/types.xsd: ``m:Notification`` in GetEvents, ``m:Notifications`` holding
+``t:Notification`` in GetStreamingEvents (the MS docs sample writes ``m:Notification`` there, which
+the schema rejects; exchangelib reads either), and a streamed response is a sequence of complete
+envelopes ending with ``ConnectionStatus`` ``Closed``
+(ews-samples/from-clients/exchangelib.GetStreamingEventsResponse.ConnectionClosed.xml).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import os
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxml import etree
+
+from listener.emulator.ops import (
+    OpContext,
+    OpResult,
+    Reply,
+    Stream,
+    operation,
+    response,
+    success,
+)
+from listener.emulator.soap import build_envelope, error_message, m, sub, t
+from listener.emulator.store import Event, Folder, Mailbox, MailStore
+
+__all__ = [
+    "EVENT_TYPES",
+    "Subscription",
+    "Subscriptions",
+    "configure",
+    "decode_watermark",
+    "encode_watermark",
+    "subscriptions",
+]
+
+#: The event types a subscription may ask for (types.xsd NotificationEventTypeType).
+EVENT_TYPES = frozenset(
+    {
+        "CopiedEvent",
+        "CreatedEvent",
+        "DeletedEvent",
+        "ModifiedEvent",
+        "MovedEvent",
+        "NewMailEvent",
+        "FreeBusyChangedEvent",
+    }
+)
+_STREAMING_IDLE_MINUTES = 30  # Exchange drops a streaming subscription unused this long.
+_TRUE = ("true", "1")
+
+
+def encode_watermark(seq: int) -> str:
+    """The watermark of event log position ``seq`` (same encoding as ``Event.watermark``)."""
+    return base64.b64encode(b"WM" + struct.pack(">Q", seq)).decode()
+
+
+def decode_watermark(watermark: str) -> int | None:
+    """The log position of a watermark, or None when it is not one of ours."""
+    try:
+        raw = base64.b64decode(watermark.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != 10 or not raw.startswith(b"WM"):
+        return None
+    seq: int = struct.unpack(">Q", raw[2:])[0]
+    return seq
+
+
+@dataclass
+class Subscription:
+    """A pull or streaming subscription: a mailbox, a filter and a position in the event log."""
+
+    subscription_id: str
+    kind: str  # "pull" | "streaming"
+    mailbox: Mailbox
+    folder_ids: frozenset[str] | None  # None: every folder
+    event_types: frozenset[str]
+    position: int
+    timeout_minutes: int
+    last_seen: float
+    connections: int = 0
+    # The watermark of the last GetEvents call and whether its answer had MoreEvents (see there).
+    last_watermark: str | None = None
+    last_more: bool = False
+
+    def wants(self, event: Event, mailbox: Mailbox) -> bool:
+        """Whether ``event`` passes this subscription's event-type and folder filter."""
+        if f"{event.kind}Event" not in self.event_types:
+            return False
+        if self.folder_ids is None:
+            return True
+        parent = _parent_id(event, mailbox)
+        return parent in self.folder_ids or (
+            event.old_folder_id is not None and event.old_folder_id in self.folder_ids
+        )
+
+
+@dataclass
+class Subscriptions:
+    """The subscriptions of one emulator, and the time unit its notification operations use.
+
+    ``minute``: seconds in a protocol minute; ``keepalive``: seconds between keep-alive
+    envelopes of a stream (default: half a minute); ``page_size``: events per GetEvents answer
+    (Exchange returns at most 50 and sets ``MoreEvents``).
+    """
+
+    minute: float = 60.0
+    keepalive: float | None = None
+    page_size: int = 50
+    clock: Callable[[], float] = time.monotonic
+    _by_id: dict[str, Subscription] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def keepalive_interval(self) -> float:
+        return self.keepalive if self.keepalive is not None else self.minute / 2
+
+    def add(self, subscription: Subscription) -> None:
+        with self._lock:
+            self._by_id[subscription.subscription_id] = subscription
+
+    def get(self, store: MailStore, subscription_id: str, kind: str | None) -> Subscription | None:
+        """A live subscription (not expired, its mailbox not reset away), or None."""
+        now = self.clock()
+        with self._lock:
+            found = self._by_id.get(subscription_id)
+            if found is None or (kind is not None and found.kind != kind):
+                return None
+            idle = found.timeout_minutes * self.minute
+            expired = found.connections == 0 and now - found.last_seen > idle
+            gone = store.mailbox(found.mailbox.address) is not found.mailbox
+            if expired or gone:
+                del self._by_id[subscription_id]
+                return None
+            return found
+
+    def remove(self, subscription_id: str) -> bool:
+        with self._lock:
+            return self._by_id.pop(subscription_id, None) is not None
+
+    def all(self) -> list[Subscription]:
+        """Every subscription still registered (expired ones until next looked up)."""
+        with self._lock:
+            return list(self._by_id.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_id.clear()
+
+
+_REGISTRIES: weakref.WeakKeyDictionary[Any, Subscriptions] = weakref.WeakKeyDictionary()
+_REGISTRIES_LOCK = threading.Lock()
+
+
+def subscriptions(emulator: Any) -> Subscriptions:
+    """The subscription registry of ``emulator`` (created on first use)."""
+    with _REGISTRIES_LOCK:
+        registry = _REGISTRIES.get(emulator)
+        if registry is None:
+            registry = _REGISTRIES[emulator] = Subscriptions()
+        return registry
+
+
+def configure(
+    emulator: Any,
+    *,
+    minute: float | None = None,
+    keepalive: float | None = None,
+    page_size: int | None = None,
+) -> Subscriptions:
+    """Set the notification time unit (seconds per protocol minute), keep-alive and page size."""
+    registry = subscriptions(emulator)
+    if minute is not None:
+        registry.minute = minute
+    if keepalive is not None:
+        registry.keepalive = keepalive
+    if page_size is not None:
+        registry.page_size = page_size
+    return registry
+
+
+# --- element helpers ---------------------------------------------------------------------------
+
+
+def _text(parent: etree._Element, *names: str) -> str | None:
+    for name in names:
+        found = parent.find(name)
+        if found is not None and found.text:
+            return found.text.strip()
+    return None
+
+
+def _parent_id(event: Event, mailbox: Mailbox) -> str | None:
+    if event.is_folder and event.folder_id is not None:
+        folder = mailbox.folders.get(event.folder_id)
+        return folder.parent.folder_id if folder is not None and folder.parent else None
+    return event.folder_id
+
+
+def _folder_ref(tag: str, folder_id: str | None, mailbox: Mailbox) -> etree._Element:
+    element = etree.Element(t(tag))
+    element.set("Id", folder_id or "")
+    folder = mailbox.folders.get(folder_id or "")
+    if folder is not None:
+        element.set("ChangeKey", folder.change_key)
+    return element
+
+
+def _event_element(event: Event, store: MailStore, mailbox: Mailbox) -> etree._Element:
+    element = etree.Element(t(f"{event.kind}Event"))
+    sub(element, t("Watermark"), encode_watermark(event.seq))
+    sub(element, t("TimeStamp"), event.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if event.is_folder:
+        element.append(_folder_ref("FolderId", event.folder_id, mailbox))
+    else:
+        item_ref = sub(element, t("ItemId"), attrib={"Id": event.item_id or ""})
+        item = store.item(mailbox, event.item_id or "")
+        if item is not None:
+            item_ref.set("ChangeKey", item.change_key)
+    element.append(_folder_ref("ParentFolderId", _parent_id(event, mailbox), mailbox))
+    if event.kind in ("Moved", "Copied"):
+        if event.is_folder:
+            element.append(_folder_ref("OldFolderId", event.old_item_id, mailbox))
+        else:
+            sub(element, t("OldItemId"), attrib={"Id": event.old_item_id or ""})
+        element.append(_folder_ref("OldParentFolderId", event.old_folder_id, mailbox))
+    return element
+
+
+def _pending(store: MailStore, sub_: Subscription, limit: int) -> tuple[list[Event], int, bool]:
+    """Up to ``limit`` wanted events after the subscription's position: (events, new position,
+    more left). Unwanted events still move the position (they will never be wanted)."""
+    raw = store.events_since(sub_.mailbox, sub_.position)
+    wanted: list[Event] = []
+    position = sub_.position
+    for event in raw:
+        if sub_.wants(event, sub_.mailbox):
+            if len(wanted) == limit:
+                return wanted, position, True
+            wanted.append(event)
+        position = event.seq
+    return wanted, position, False
+
+
+def _new_subscription_id() -> str:
+    return base64.b64encode(b"\x00\x00EMUS" + os.urandom(20)).decode()
+
+
+# --- Subscribe ---------------------------------------------------------------------------------
+
+
+@operation("Subscribe")
+def subscribe(ctx: OpContext, request: etree._Element) -> OpResult:
+    """Create a pull or streaming subscription (push is not emulated)."""
+    mailbox = ctx.mailbox
+    assert mailbox is not None
+    registry = subscriptions(ctx.emulator)
+    pull = request.find(m("PullSubscriptionRequest"))
+    streaming = request.find(m("StreamingSubscriptionRequest"))
+    spec = pull if pull is not None else streaming
+    if spec is None:
+        return _error(
+            "Subscribe",
+            "ErrorInvalidSubscriptionRequest",
+            "Push subscriptions are not supported by this server.",
+        )
+    try:
+        folders = _subscribed_folders(ctx.store, mailbox, spec)
+    except LookupError as exc:
+        return _error("Subscribe", "ErrorFolderNotFound", str(exc))
+    event_types = frozenset(
+        e.text.strip() for e in spec.iterfind(f"{t('EventTypes')}/{t('EventType')}") if e.text
+    )
+    if not event_types or not event_types <= EVENT_TYPES:
+        return _error("Subscribe", "ErrorInvalidRequest", "The event types are not valid.")
+    position = ctx.store.last_event_seq(mailbox)
+    watermark = _text(spec, m("Watermark"), t("Watermark"))
+    if watermark is not None:
+        decoded = decode_watermark(watermark)
+        if decoded is None or decoded > position:
+            return _error("Subscribe", "ErrorInvalidWatermark", "The watermark is invalid.")
+        position = decoded
+    timeout = 0
+    if pull is not None:
+        timeout = int(_text(pull, t("Timeout")) or "30")
+        if not 1 <= timeout <= 1440:
+            return _error("Subscribe", "ErrorInvalidPullSubscriptionTimeout", "Bad timeout.")
+    subscription = Subscription(
+        subscription_id=_new_subscription_id(),
+        kind="pull" if pull is not None else "streaming",
+        mailbox=mailbox,
+        folder_ids=folders,
+        event_types=event_types,
+        position=position,
+        timeout_minutes=timeout or _STREAMING_IDLE_MINUTES,
+        last_seen=registry.clock(),
+    )
+    registry.add(subscription)
+    message = success("SubscribeResponseMessage")
+    sub(message, m("SubscriptionId"), subscription.subscription_id)
+    if pull is not None:
+        sub(message, m("Watermark"), encode_watermark(position))
+    ctx.notes["subscription"] = subscription.kind
+    return Reply(response("Subscribe", [message]))
+
+
+def _subscribed_folders(
+    store: MailStore, mailbox: Mailbox, spec: etree._Element
+) -> frozenset[str] | None:
+    if (spec.get("SubscribeToAllFolders") or "").lower() in _TRUE:
+        return None
+    container = spec.find(t("FolderIds"))
+    if container is None:
+        return None
+    found: set[str] = set()
+    for ref in container:
+        key = ref.get("Id") or ""
+        folder: Folder | None = store.folder(mailbox, key)
+        if folder is None:
+            raise LookupError(f"The specified folder could not be found in the store: {key}")
+        found.add(folder.folder_id)
+    return frozenset(found)
+
+
+def _error(operation_name: str, code: str, text: str) -> Reply:
+    return Reply(
+        response(operation_name, [error_message(f"{operation_name}ResponseMessage", code, text)])
+    )
+
+
+# --- GetEvents ---------------------------------------------------------------------------------
+
+
+@operation("GetEvents")
+def get_events(ctx: OpContext, request: etree._Element) -> OpResult:
+    """Events of a pull subscription after the watermark, at most ``page_size`` a call."""
+    registry = subscriptions(ctx.emulator)
+    subscription_id = _text(request, m("SubscriptionId")) or ""
+    watermark = _text(request, m("Watermark")) or ""
+    found = registry.get(ctx.store, subscription_id, "pull")
+    if found is None:
+        return _error("GetEvents", "ErrorSubscriptionNotFound", "The subscription was not found.")
+    if found.mailbox is not ctx.mailbox:
+        return _error("GetEvents", "ErrorSubscriptionAccessDenied", "Access is denied.")
+    position = decode_watermark(watermark)
+    if position is None or position > ctx.store.last_event_seq(found.mailbox):
+        return _error("GetEvents", "ErrorInvalidWatermark", "The watermark is invalid.")
+    if not (found.last_more and watermark == found.last_watermark):
+        found.position = position
+    # else: exchangelib's ``Folder.get_events`` pages by repeating the *first* watermark while
+    # MoreEvents is true (folders/base.py, 5.6.0); rewinding to it would loop forever, so a
+    # repeated watermark after MoreEvents continues where the last page stopped. Any other
+    # watermark rewinds, so a client that lost an answer can ask again.
+    found.last_seen = registry.clock()
+    previous = encode_watermark(found.position)
+    events, new_position, more = _pending(ctx.store, found, registry.page_size)
+    found.position = new_position
+    found.last_watermark, found.last_more = watermark, more
+    message = success("GetEventsResponseMessage")
+    notification = sub(message, m("Notification"))
+    _fill_notification(notification, ctx.store, found, events, new_position, previous, more)
+    ctx.notes["events"] = len(events)
+    return Reply(response("GetEvents", [message]))
+
+
+def _fill_notification(
+    notification: etree._Element,
+    store: MailStore,
+    subscription: Subscription,
+    events: Sequence[Event],
+    position: int,
+    previous: str | None,
+    more: bool | None,
+) -> None:
+    sub(notification, t("SubscriptionId"), subscription.subscription_id)
+    if previous is not None:
+        sub(notification, t("PreviousWatermark"), previous)
+    if more is not None:
+        sub(notification, t("MoreEvents"), "true" if more else "false")
+    for event in events:
+        notification.append(_event_element(event, store, subscription.mailbox))
+    if not events:
+        # Nothing new: Exchange answers with a StatusEvent carrying the current watermark.
+        status = sub(notification, t("StatusEvent"))
+        sub(status, t("Watermark"), encode_watermark(position))
+
+
+# --- GetStreamingEvents ------------------------------------------------------------------------
+
+
+@operation("GetStreamingEvents")
+def get_streaming_events(ctx: OpContext, request: etree._Element) -> OpResult:
+    """A chunked stream of envelopes: events or keep-alives, then ``Closed`` after the timeout."""
+    registry = subscriptions(ctx.emulator)
+    ids = [
+        e.text.strip()
+        for e in request.iterfind(f"{m('SubscriptionIds')}/{t('SubscriptionId')}")
+        if e.text
+    ]
+    minutes = int(_text(request, m("ConnectionTimeout")) or "30")
+    live: list[Subscription] = []
+    bad: list[str] = []
+    for subscription_id in ids:
+        found = registry.get(ctx.store, subscription_id, "streaming")
+        if found is None or found.mailbox is not ctx.mailbox:
+            bad.append(subscription_id)
+        else:
+            live.append(found)
+    if bad or not live:
+        message = error_message(
+            "GetStreamingEventsResponseMessage",
+            "ErrorSubscriptionNotFound",
+            "The subscription was not found.",
+        )
+        container = sub(message, m("ErrorSubscriptionIds"))
+        for subscription_id in bad:
+            sub(container, t("SubscriptionId"), subscription_id)
+        return Reply(response("GetStreamingEvents", [message]))
+    ctx.notes["subscriptions"] = len(live)
+    return Stream(_stream(ctx, registry, live, minutes * registry.minute))
+
+
+def _stream(
+    ctx: OpContext,
+    registry: Subscriptions,
+    live: list[Subscription],
+    duration: float,
+) -> Iterator[bytes]:
+    store = ctx.store
+    deadline = registry.clock() + duration
+    for subscription in live:
+        subscription.connections += 1
+    try:
+        first = True
+        last_sent = registry.clock()
+        while not ctx.closing.is_set():
+            now = registry.clock()
+            if now >= deadline:
+                break
+            batches = [(s, *_pending(store, s, registry.page_size)) for s in live]
+            ready = [(s, events, position) for s, events, position, _ in batches if events]
+            for subscription, _, position, _ in batches:
+                subscription.position = max(subscription.position, position)
+                subscription.last_seen = now
+            if ready or first or now - last_sent >= registry.keepalive_interval:
+                yield _streaming_envelope(store, ready, "OK")
+                first = False
+                last_sent = now
+                continue
+            # Wake on a new event, the next keep-alive, the deadline, or (in slices) shutdown.
+            wait = min(deadline - now, registry.keepalive_interval - (now - last_sent), 0.25)
+            positions = {s.mailbox.address: s.position for s in live}
+            with store.changed:
+                store.changed.wait_for(
+                    functools.partial(_has_news, store, live, positions), timeout=max(wait, 0.0)
+                )
+        yield _streaming_envelope(store, [], "Closed")
+    finally:
+        for subscription in live:
+            subscription.connections -= 1
+            subscription.last_seen = registry.clock()
+
+
+def _has_news(store: MailStore, live: Sequence[Subscription], positions: dict[str, int]) -> bool:
+    return any(store.last_event_seq(s.mailbox) > positions[s.mailbox.address] for s in live)
+
+
+def _streaming_envelope(
+    store: MailStore,
+    ready: Sequence[tuple[Subscription, list[Event], int]],
+    status: str,
+) -> bytes:
+    message = success("GetStreamingEventsResponseMessage")
+    if ready:
+        container = sub(message, m("Notifications"))
+        for subscription, events, position in ready:
+            notification = sub(container, t("Notification"))
+            _fill_notification(notification, store, subscription, events, position, None, None)
+    sub(message, m("ConnectionStatus"), status)
+    return build_envelope(response("GetStreamingEvents", [message]))
+
+
+# --- Unsubscribe -------------------------------------------------------------------------------
+
+
+@operation("Unsubscribe")
+def unsubscribe(ctx: OpContext, request: etree._Element) -> OpResult:
+    """End a pull or streaming subscription."""
+    registry = subscriptions(ctx.emulator)
+    subscription_id = _text(request, m("SubscriptionId")) or ""
+    found = registry.get(ctx.store, subscription_id, None)
+    if found is None:
+        return _error("Unsubscribe", "ErrorSubscriptionNotFound", "The subscription was not found.")
+    if found.mailbox is not ctx.mailbox:
+        return _error("Unsubscribe", "ErrorSubscriptionAccessDenied", "Access is denied.")
+    registry.remove(subscription_id)
+    return Reply(response("Unsubscribe", [success("UnsubscribeResponseMessage")]))

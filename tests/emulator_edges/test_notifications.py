@@ -1,0 +1,161 @@
+"""Pull and streaming subscriptions through exchangelib, and the raw streamed envelopes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from exchangelib.errors import ErrorSubscriptionNotFound
+from exchangelib.properties import CreatedEvent, MovedEvent, NewMailEvent, StatusEvent
+from exchangelib.protocol import FailFast
+from lxml import etree
+
+from listener.emulator.feed import SampleFactory
+from listener.emulator.ops import notifications
+from listener.emulator.schema import SchemaValidator
+from listener.emulator.server import EwsEmulator
+from listener.emulator.soap import MNS, SOAPNS
+from listener.emulator.token_server import TokenServer
+
+from .conftest import MAILBOX, OTHER, SCHEMA_DIR, AccountFactory, soap_post
+
+FACTORY = SampleFactory(7)
+
+
+def _deliver(emulator: EwsEmulator, mailbox: str = MAILBOX, folder: str = "inbox") -> str:
+    return emulator.deliver(mailbox, FACTORY.message(mailbox), folder)
+
+
+def test_pull_subscription_reports_new_mail(emulator: EwsEmulator, account: AccountFactory) -> None:
+    """subscribe_to_pull + get_events: NewMail and Created for a delivered message."""
+    inbox = account(FailFast()).inbox
+    subscription_id, watermark = inbox.subscribe_to_pull()
+    item_id = _deliver(emulator)
+    notes = list(inbox.get_events(subscription_id, watermark))
+    events = [e for n in notes for e in n.events]
+    assert [type(e) for e in events] == [NewMailEvent, CreatedEvent]
+    assert events[0].item_id.id == item_id
+    assert events[0].parent_folder_id.id == inbox.id
+    assert notes[-1].more_events is False
+
+
+def test_get_events_without_news_is_a_status_event(
+    emulator: EwsEmulator, account: AccountFactory
+) -> None:
+    """No new events: a StatusEvent carrying the current watermark."""
+    inbox = account(FailFast()).inbox
+    subscription_id, watermark = inbox.subscribe_to_pull()
+    (note,) = inbox.get_events(subscription_id, watermark)
+    assert [type(e) for e in note.events] == [StatusEvent]
+    assert note.events[0].watermark == watermark
+
+
+def test_get_events_pages_with_more_events(emulator: EwsEmulator, account: AccountFactory) -> None:
+    """More events than a page: MoreEvents is true and exchangelib fetches the rest."""
+    notifications.configure(emulator, page_size=3)
+    inbox = account(FailFast()).inbox
+    subscription_id, watermark = inbox.subscribe_to_pull(event_types=["NewMailEvent"])
+    ids = [_deliver(emulator) for _ in range(7)]
+    notes = list(inbox.get_events(subscription_id, watermark))
+    assert [n.more_events for n in notes] == [True, True, False]
+    assert [e.item_id.id for n in notes for e in n.events] == ids
+
+
+def test_folder_filter(emulator: EwsEmulator, account: AccountFactory) -> None:
+    """A subscription to the inbox does not see mail filed elsewhere; moves out are seen."""
+    emulator.create_folder(MAILBOX, "inbox/Processed")
+    acc = account(FailFast())
+    subscription_id, watermark = acc.inbox.subscribe_to_pull()
+    _deliver(emulator, folder="inbox/Processed")
+    item_id = _deliver(emulator)
+    acc.inbox.get(id=item_id).move(acc.inbox / "Processed")
+    events = [e for n in acc.inbox.get_events(subscription_id, watermark) for e in n.events]
+    assert [type(e) for e in events] == [NewMailEvent, CreatedEvent, MovedEvent]
+    assert events[2].old_item_id.id == item_id
+
+
+def test_unknown_and_unsubscribed_subscriptions(
+    emulator: EwsEmulator, account: AccountFactory
+) -> None:
+    """Unknown, unsubscribed or expired subscriptions: ErrorSubscriptionNotFound."""
+    inbox = account(FailFast()).inbox
+    subscription_id, watermark = inbox.subscribe_to_pull(timeout=1)
+    assert inbox.unsubscribe(subscription_id) is True
+    with pytest.raises(ErrorSubscriptionNotFound):
+        list(inbox.get_events(subscription_id, watermark))
+    registry = notifications.configure(emulator, minute=0.05)
+    expiring, watermark = inbox.subscribe_to_pull(timeout=1)
+    threading.Event().wait(0.1)  # two protocol minutes of 0.05 s: the subscription times out
+    with pytest.raises(ErrorSubscriptionNotFound):
+        list(inbox.get_events(expiring, watermark))
+    assert registry.all() == []
+
+
+def test_subscription_of_another_mailbox_is_refused(
+    emulator: EwsEmulator, account: AccountFactory
+) -> None:
+    """A subscription id is only good for the mailbox that made it."""
+    subscription_id, watermark = account(FailFast()).inbox.subscribe_to_pull()
+    other = account(FailFast(), OTHER).inbox
+    with pytest.raises(Exception, match=r"Access is denied"):
+        list(other.get_events(subscription_id, watermark))
+
+
+def test_streaming_subscription_delivers_then_closes(
+    emulator: EwsEmulator, account: AccountFactory
+) -> None:
+    """get_streaming_events yields the events of a delivery and ends after ConnectionTimeout."""
+    inbox = account(FailFast()).inbox
+    subscription_id = inbox.subscribe_to_streaming(event_types=["NewMailEvent"])
+    timer = threading.Timer(0.1, _deliver, args=(emulator,))
+    started = time.monotonic()
+    timer.start()
+    notes = list(inbox.get_streaming_events(subscription_id, connection_timeout=1))
+    elapsed = time.monotonic() - started
+    events = [e for n in notes for e in n.events]
+    assert [type(e) for e in events] == [NewMailEvent]
+    assert 0.35 <= elapsed < 3  # one protocol minute is 0.4 s in these tests
+    assert inbox.unsubscribe(subscription_id) is True
+
+
+def test_streaming_with_unknown_subscription(
+    emulator: EwsEmulator, account: AccountFactory
+) -> None:
+    """Streaming an unknown subscription id: ErrorSubscriptionNotFound."""
+    inbox = account(FailFast()).inbox
+    with pytest.raises(ErrorSubscriptionNotFound):
+        list(inbox.get_streaming_events("AAAAbogus", connection_timeout=1))
+
+
+def test_streamed_envelopes_are_complete_and_schema_valid(
+    emulator: EwsEmulator, account: AccountFactory, token_server: TokenServer
+) -> None:
+    """The raw stream: chunked, complete envelopes, OK first, Closed last, each body valid."""
+    subscription_id = account(FailFast()).inbox.subscribe_to_streaming()
+    _deliver(emulator)
+    body = (
+        "<m:GetStreamingEvents><m:SubscriptionIds>"
+        f"<t:SubscriptionId>{subscription_id}</t:SubscriptionId>"
+        "</m:SubscriptionIds><m:ConnectionTimeout>1</m:ConnectionTimeout></m:GetStreamingEvents>"
+    )
+    assert emulator.ca is not None
+    with httpx.Client(verify=emulator.ca.client_context()) as client:
+        response = soap_post(client, emulator, token_server, body)
+    assert response.headers["transfer-encoding"] == "chunked"
+    documents = [
+        "<?xml" + part for part in response.content.decode().split("<?xml") if part.strip()
+    ]
+    statuses = []
+    validator = SchemaValidator(SCHEMA_DIR) if SCHEMA_DIR else None
+    for document in documents:
+        root = etree.fromstring(document.encode())
+        body_child = root.find(f"{{{SOAPNS}}}Body")[0]
+        statuses.append(body_child.findtext(f".//{{{MNS}}}ConnectionStatus"))
+        if validator is not None:
+            assert validator.validate(body_child) is None
+    assert statuses[0] == "OK"
+    assert statuses[-1] == "Closed"
+    assert len(documents) >= 3  # events, at least one keep-alive (0.1 s), Closed
+    assert b"NewMailEvent" in response.content
