@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
 from exchangelib import DELEGATE, IMPERSONATION, OAUTH2, Account, Configuration, Version
 from exchangelib.protocol import Protocol
 from exchangelib.version import Build

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from listener.store import open_store
 
 from listener.errors import SourceError
 from listener.poller import FailurePolicy, Poller, PollerSettings
+from listener.store import open_store
 from tests.poller.fakes import FakeSource, RecordingHandler
 
 
