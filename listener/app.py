@@ -126,4 +126,3 @@ class App:
                 log.warning("handler.close_failed", handler=handler.name, exc_info=True)
         self.connections.close()
         self.store.close()
-
