@@ -114,6 +114,7 @@ class MailStore:
         self.changed = threading.Condition(self.lock)
         self._mailboxes: dict[str, Mailbox] = {}
         self._items: dict[str, Item] = {}
+        self._attachments: dict[str, Item] = {}  # attachment id -> the filed item holding it
         self._serial = 0
 
     # --- mailboxes and folders -----------------------------------------------------------------
@@ -128,6 +129,7 @@ class MailStore:
         with self.lock:
             self._mailboxes.clear()
             self._items.clear()
+            self._attachments.clear()
             self.changed.notify_all()
 
     def add_mailbox(self, address: str, display_name: str | None = None) -> Mailbox:
@@ -240,13 +242,24 @@ class MailStore:
             return item
 
     def attachment(self, mailbox: Mailbox, attachment_id: str) -> Attachment | None:
+        """An attachment (at any depth) of a filed item of ``mailbox``."""
         with self.lock:
-            for folder in mailbox.folders.values():
-                for item in folder.items.values():
-                    found = _find_attachment(item, attachment_id)
-                    if found is not None:
-                        return found
-            return None
+            item = self._attachments.get(attachment_id)
+            if item is None or item.folder is None or item.folder.mailbox is not mailbox:
+                return None
+            return _find_attachment(item, attachment_id)
+
+    def _index_attachments(self, owner: Item, item: Item) -> None:
+        for attachment in item.attachments:
+            self._attachments[attachment.attachment_id] = owner
+            if attachment.item is not None:
+                self._index_attachments(owner, attachment.item)
+
+    def _unindex_attachments(self, item: Item) -> None:
+        for attachment in item.attachments:
+            self._attachments.pop(attachment.attachment_id, None)
+            if attachment.item is not None:
+                self._unindex_attachments(attachment.item)
 
     def parse(
         self,
@@ -282,6 +295,7 @@ class MailStore:
             item.folder = folder
             folder.items[item.item_id] = item
             self._items[item.item_id] = item
+            self._index_attachments(item, item)
             self._log(folder, item.item_id, "add")
             if new_mail:
                 self._event(folder.mailbox, "NewMail", item.item_id, folder.folder_id)
@@ -342,6 +356,7 @@ class MailStore:
             clone.folder = destination
             destination.items[clone.item_id] = clone
             self._items[clone.item_id] = clone
+            self._index_attachments(clone, clone)
             self._log(destination, clone.item_id, "add")
             assert item.folder is not None
             self._event(
@@ -360,6 +375,7 @@ class MailStore:
             folder = item.folder
             assert folder is not None
             self._unfile(item)
+            self._unindex_attachments(item)
             self._event(folder.mailbox, "Deleted", item.item_id, folder.folder_id)
 
     def _unfile(self, item: Item) -> None:

@@ -94,6 +94,7 @@ def get_item(ctx: OpContext, request: etree._Element) -> OpResult:
     shape = parse_shape(request.find(m("ItemShape")))
     ids = request.find(m("ItemIds"))
     messages: list[etree._Element] = []
+    subjects: list[str] = []
     with ctx.store.lock:
         for element in ids if ids is not None else ():
             item = ctx.store.item(ctx.mailbox, element.get("Id") or "")
@@ -110,4 +111,6 @@ def get_item(ctx: OpContext, request: etree._Element) -> OpResult:
             message = success("GetItemResponseMessage")
             sub(message, m("Items")).append(item_element(item, shape, owner=ctx.mailbox))
             messages.append(message)
+            subjects.append(item.subject)
+    ctx.notes["detail"] = "; ".join(subjects)
     return Reply(response("GetItem", messages))
