@@ -85,6 +85,8 @@ class AzureKeyVaultSecret(CachedSecret):
     authority_host: str | None = None
     ca_bundle: Path | None = None
     timeout: float = Field(default=10.0, gt=0)
+    # azure-core retries connection errors and 5xx with exponential back-off (0.8 s factor).
+    retries: int = Field(default=3, ge=0)
     # The vault checks that its 401 challenge names a resource in the vault's own domain; a local
     # stand-in vault (tests, the emulator) answers for vault.azure.net from 127.0.0.1.
     verify_challenge_resource: bool = True
@@ -112,6 +114,7 @@ class AzureKeyVaultSecret(CachedSecret):
         options: dict[str, Any] = {
             "connection_timeout": self.timeout,
             "read_timeout": self.timeout,
+            "retry_total": self.retries,
         }
         if self.ca_bundle is not None:
             options["connection_verify"] = str(self.ca_bundle)
@@ -196,6 +199,11 @@ class AzureKeyVaultSecret(CachedSecret):
                 f"{where}: Key Vault answered HTTP {exc.status_code}: {_first_line(exc)}"
             ) from None
         except (ServiceRequestError, ServiceResponseError) as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise SecretError(
+                    f"{where}: TLS verification failed: set 'ca_bundle' to the CA that signed the "
+                    "vault's certificate"
+                ) from None
             raise SecretError(f"{where}: cannot reach Key Vault: {_first_line(exc)}") from None
         finally:
             client.close()

@@ -66,6 +66,7 @@ class HashicorpVaultSecret(CachedSecret):
     def _client(self) -> Any:
         # Imported on use: hvac pulls in requests and most setups never need it.
         import hvac  # noqa: PLC0415 - lazy, see above
+        import hvac.exceptions  # noqa: PLC0415 - ditto
 
         # hvac passes ``verify`` on every request; a path there wins over REQUESTS_CA_BUNDLE,
         # which would otherwise replace a session-level ``verify`` (requests' merge rules).
@@ -77,11 +78,17 @@ class HashicorpVaultSecret(CachedSecret):
         if isinstance(auth, VaultTokenAuth):
             client.token = auth.token.read().get_secret_value()
         else:
-            client.auth.approle.login(
-                role_id=auth.role_id,
-                secret_id=auth.secret_id.read().get_secret_value(),
-                mount_point=auth.mount,
-            )
+            try:
+                client.auth.approle.login(
+                    role_id=auth.role_id,
+                    secret_id=auth.secret_id.read().get_secret_value(),
+                    mount_point=auth.mount,
+                )
+            except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
+                raise SecretError(
+                    f"{self.describe()}: the AppRole login was refused: check role_id, secret_id "
+                    f"and the auth mount {auth.mount!r}"
+                ) from None
         return client
 
     def _fetch(self) -> str:
@@ -95,6 +102,8 @@ class HashicorpVaultSecret(CachedSecret):
                 path=self.path, mount_point=self.mount, raise_on_deleted_version=True
             )
         except SecretError as exc:
+            if str(exc).startswith(where):
+                raise
             raise SecretError(f"{where}: the Vault login secret: {exc}") from None
         except hvac.exceptions.Forbidden:
             raise SecretError(
