@@ -4,7 +4,7 @@ exchangelib guesses the server version by sending ``ConvertId`` for the id ``DUM
 ``DUMMY`` and reading ``ServerVersionInfo`` from the header; real Exchange answers the request
 itself with ``ErrorInvalidSmtpAddress`` (ews-samples/from-clients/…ConvertId-error.xml), which
 exchangelib expects and ignores. Operations the emulator does not implement are answered by the
-server (``server._admit``) with the ``ErrorInvalidRequest`` fault.
+server (``_ews_http.EwsHandler._admit``) with the ``ErrorInvalidRequest`` fault.
 """
 
 from __future__ import annotations
