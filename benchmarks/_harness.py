@@ -1,0 +1,508 @@
+"""Shared helpers of the benchmarks: the emulator in its own process, configurations, measurements.
+
+The emulator (token server + EWS endpoint) runs in a child process started with ``spawn`` and is
+driven over a ``multiprocessing`` pipe, so the daemon under test, the naive exchangelib loop and
+the emulator never share a GIL: a figure measured here is the listener's, not the emulator's
+thread scheduling. The daemon itself always runs as a subprocess (``ews-listener once|run``).
+
+This file is also a tiny stand-in CLI (``python benchmarks/_harness.py once|run CONFIG``) used only
+while ``python -m listener once|run`` is not wired; :func:`daemon_argv` picks whichever exists.
+It also holds the benchmark handler, :func:`count`, imported by the daemon as ``_harness:count``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CLIENT_ID",
+    "REPO",
+    "TENANT",
+    "EmulatorProcess",
+    "EmulatorStats",
+    "Endpoints",
+    "ProcessSampler",
+    "count",
+    "daemon_argv",
+    "daemon_env",
+    "make_messages",
+    "print_table",
+    "scrape_metrics",
+    "workdir",
+    "write_config",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = Path(__file__).resolve().parent
+TENANT = "contoso.onmicrosoft.com"
+CLIENT_ID = "22222222-bbbb-4ccc-8ddd-000000000001"
+# A throw-away secret for the emulated tenant only; it reaches the daemon through the environment.
+_SECRET_ENV = "BENCH_CLIENT_SECRET"
+_SECRET = "bench-secret-not-real"
+_COUNT_FILE_ENV = "BENCH_COUNT_FILE"
+
+
+# --- the emulator in a child process ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the emulated tenant answers, and the CA bundle that trusts it."""
+
+    ews_url: str
+    token_endpoint: str
+    ca_file: Path
+
+
+@dataclass(frozen=True)
+class EmulatorStats:
+    """What the emulator saw since the last :meth:`EmulatorProcess.clear_log`."""
+
+    by_operation: Counter[str]
+    by_error: Counter[str]
+    requests: int
+    server_seconds: float  # sum of per-request handling time inside the emulator
+    token_requests: int  # since the emulator started (the token server cannot be reset)
+    cpu_seconds: float  # the emulator process's CPU time since it started
+    mailboxes_seen: int  # distinct mailboxes that were sent a SyncFolderItems
+
+
+def _serve(conn: Connection, directory: str, token_lifetime: float, schema_dir: str | None) -> None:
+    """The child: start both servers, answer commands until ``stop``."""
+    # Imported here so the parent never loads the emulator (nor lxml's schema machinery).
+    from listener.emulator.ca import EmulatorCA
+    from listener.emulator.server import EwsEmulator
+    from listener.emulator.token_server import TokenServer
+
+    ca = EmulatorCA(Path(directory) / "ca")
+    tokens = TokenServer(ca=ca, token_lifetime=token_lifetime)
+    tokens.add_tenant(TENANT)
+    tokens.register_app(TENANT, CLIENT_ID, secret=_SECRET)
+    tokens.start()
+    ews = EwsEmulator(tokens, ca, schema_dir=schema_dir, request_log_size=2_000_000)
+    ews.start()
+    conn.send((ews.url, tokens.token_endpoint(TENANT), str(ca.ca_file)))
+    try:
+        while True:
+            command, args = conn.recv()
+            if command == "stop":
+                conn.send(None)
+                return
+            if command == "add_mailboxes":
+                for address in args:
+                    ews.add_mailbox(address)
+                conn.send(len(args))
+            elif command == "deliver":
+                address, mimes = args
+                conn.send([ews.deliver(address, raw) for raw in mimes])
+            elif command == "unread":
+                conn.send(sum(1 for item in ews.items(args, "inbox") if not item.is_read))
+            elif command == "latency":
+                if ews.faults is None:
+                    conn.send(RuntimeError("the emulator has no fault engine"))
+                    continue
+                # Every EWS request waits this long before it is answered (a WAN round trip).
+                ews.faults.add("latency", probability=1.0, delay=args)
+                conn.send(None)
+            elif command == "clear_log":
+                ews.request_log.clear()
+                conn.send(None)
+            elif command == "stats":
+                log = list(ews.request_log)
+                conn.send(
+                    EmulatorStats(
+                        by_operation=Counter(r.operation or "?" for r in log),
+                        by_error=Counter(r.error_code for r in log if r.error_code),
+                        requests=len(log),
+                        server_seconds=sum(r.duration for r in log),
+                        token_requests=tokens.request_count(),
+                        cpu_seconds=time.process_time(),
+                        mailboxes_seen=len(
+                            {r.mailbox for r in log if r.operation == "SyncFolderItems"}
+                        ),
+                    )
+                )
+            else:
+                conn.send(ValueError(f"unknown command {command!r}"))
+    finally:
+        ews.stop()
+        tokens.stop()
+
+
+class EmulatorProcess:
+    """The token server and the EWS emulator in a ``spawn``-ed child process."""
+
+    def __init__(
+        self, directory: Path, *, token_lifetime: float = 3600, schema_dir: str | None = None
+    ) -> None:
+        self._directory = directory
+        self._token_lifetime = token_lifetime
+        self._schema_dir = schema_dir
+        self._conn: Connection | None = None
+        self._process: Any = None
+        self.endpoints: Endpoints | None = None
+
+    def start(self, timeout: float = 60) -> Endpoints:
+        """Start the child and wait until both servers listen."""
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve,
+            args=(child, str(self._directory), self._token_lifetime, self._schema_dir),
+            name="ews-emulator",
+            daemon=True,
+        )
+        self._process.start()
+        child.close()
+        if not parent.poll(timeout):
+            self._process.kill()
+            raise RuntimeError(f"the emulator did not start within {timeout} s")
+        ews_url, token_endpoint, ca_file = parent.recv()
+        self._conn = parent
+        self.endpoints = Endpoints(ews_url, token_endpoint, Path(ca_file))
+        return self.endpoints
+
+    @property
+    def pid(self) -> int:
+        return int(self._process.pid)
+
+    def _call(self, command: str, args: object = None) -> Any:
+        assert self._conn is not None, "start() first"
+        self._conn.send((command, args))
+        answer = self._conn.recv()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def add_mailboxes(self, addresses: Sequence[str]) -> None:
+        self._call("add_mailboxes", list(addresses))
+
+    def deliver(self, address: str, mimes: Sequence[bytes], *, chunk: int = 500) -> int:
+        """File ``mimes`` in the inbox of ``address`` as new mail; returns how many."""
+        done = 0
+        for start in range(0, len(mimes), chunk):
+            done += len(self._call("deliver", (address, list(mimes[start : start + chunk]))))
+        return done
+
+    def unread(self, address: str) -> int:
+        return int(self._call("unread", address))
+
+    def set_latency(self, seconds: float) -> None:
+        """Delay every EWS answer by ``seconds`` from now on (the emulator's fault engine)."""
+        if seconds > 0:
+            self._call("latency", seconds)
+
+    def clear_log(self) -> None:
+        self._call("clear_log")
+
+    def stats(self) -> EmulatorStats:
+        stats: EmulatorStats = self._call("stats")
+        return stats
+
+    def stop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError, EOFError):
+                self._call("stop")
+            self._conn.close()
+            self._conn = None
+        if self._process is not None:
+            self._process.join(10)
+            if self._process.is_alive():
+                self._process.kill()
+
+    def __enter__(self) -> EmulatorProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- mail, configuration, the daemon's command line ------------------------------------------
+
+
+def make_messages(count: int, to: str, *, tag: str = "m") -> list[bytes]:
+    """``count`` small plain-text messages with unique Message-IDs (a typical order mail)."""
+    stamp = time.time_ns()
+    return [
+        (
+            f"From: Customer {n} <customer{n % 97}@example.net>\r\nTo: {to}\r\n"
+            f"Subject: Order {n}\r\nMessage-ID: <{tag}.{n}.{stamp}@example.net>\r\n"
+            "Date: Mon, 02 Mar 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+            f"Please ship order {n}: 3 x widget, 1 x gadget.\r\n"
+        ).encode()
+        for n in range(count)
+    ]
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def write_config(
+    path: Path,
+    endpoints: Endpoints,
+    addresses: Iterable[str],
+    *,
+    state_url: str,
+    batch_size: int = 100,
+    interval: float = 60,
+    jitter: float = 0,
+    start_from: str = "all",
+    max_workers: int = 8,
+    max_connections: int = 4,
+    log_level: str = "warning",
+) -> Path:
+    """A configuration: one credential, one mailbox per address, the counting handler."""
+    lines = [
+        "[credentials.bench]",
+        f"client_id = {_toml(CLIENT_ID)}",
+        f"token_endpoint = {_toml(endpoints.token_endpoint)}",
+        'scopes = "https://outlook.office365.com/.default"',
+        'auth_method = "body"',
+        f"ca_bundle = {_toml(str(endpoints.ca_file))}",
+        f"max_connections = {max_connections}",
+        f'secret = {{ source = "env", name = "{_SECRET_ENV}" }}',
+        "",
+    ]
+    for n, address in enumerate(addresses):
+        options: dict[str, object] = {
+            "address": address,
+            "credential": "bench",
+            "endpoint": endpoints.ews_url,
+            "ca_bundle": str(endpoints.ca_file),
+            "interval": interval,
+            "start_from": start_from,
+            "batch_size": batch_size,
+            "routes": [{"handlers": ["count"]}],
+        }
+        lines.append(f"[mailboxes.box{n}]")
+        lines += [f"{key} = {_toml(value)}" for key, value in options.items()]
+        lines.append("")
+    lines += [
+        "[handlers.count]",
+        'type = "python"',
+        'target = "_harness:count"',
+        "",
+        "[state]",
+        f"url = {_toml(state_url)}",
+        "",
+        "[service]",
+        f"jitter = {_toml(jitter)}",
+        f"max_workers = {max_workers}",
+        f"log_level = {_toml(log_level)}",
+        'log_format = "json"',
+        "shutdown_grace = 10",
+        "watchdog = false",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _cli_has(command: str) -> bool:
+    """Whether ``python -m listener COMMAND`` exists yet (the CLI is wired step by step)."""
+    try:
+        from listener.cli import build_parser
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            build_parser().parse_args([command, "--help"])
+    except SystemExit as e:
+        return e.code == 0
+    except Exception:
+        return False
+    return True
+
+
+def daemon_argv(command: str, config: Path, *extra: str) -> list[str]:
+    """``ews-listener COMMAND --config CONFIG`` (or this file's stand-in until it is wired)."""
+    if _cli_has(command):
+        return [sys.executable, "-m", "listener", command, "--config", str(config), *extra]
+    return [sys.executable, str(Path(__file__).resolve()), command, str(config), *extra]
+
+
+def daemon_env(count_file: Path | None = None) -> dict[str, str]:
+    """The daemon's environment: the secret, the import path of the handler, its count file."""
+    env = dict(os.environ)
+    env[_SECRET_ENV] = _SECRET
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), str(BENCH_DIR), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    if count_file is not None:
+        env[_COUNT_FILE_ENV] = str(count_file)
+    return env
+
+
+@contextlib.contextmanager
+def workdir(keep: bool = False) -> Iterator[Path]:
+    """A scratch directory for CA files, configurations and state databases."""
+    path = Path(tempfile.mkdtemp(prefix="ews-bench-"))
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- the benchmark handler (runs inside the daemon) ------------------------------------------
+
+_handled = 0
+_handled_lock = threading.Lock()
+
+
+def _write_count() -> None:
+    target = os.environ.get(_COUNT_FILE_ENV)
+    if target:
+        Path(target).write_text(str(_handled))
+
+
+def count(message: Any) -> None:
+    """The trivial handler: count the message (written to ``$BENCH_COUNT_FILE`` at exit)."""
+    global _handled  # noqa: PLW0603 - one counter per daemon process is the point
+    with _handled_lock:
+        if _handled == 0:
+            atexit.register(_write_count)
+        _handled += 1
+
+
+# --- measuring the daemon --------------------------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_sample(pid: int) -> tuple[float, float]:
+    """(RSS in MB, CPU seconds) of ``pid`` from /proc (psutil is not a dependency)."""
+    rss_kb = 0.0
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                rss_kb = float(line.split()[1])
+                break
+    with open(f"/proc/{pid}/stat") as stat:
+        # Fields after the ")" of the command name; utime and stime are fields 14 and 15.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+@dataclass
+class ProcessSampler:
+    """Samples a process's RSS and CPU time every ``period`` seconds in a background thread."""
+
+    pid: int
+    period: float = 1.0
+    samples: list[tuple[float, float, float]] = field(default_factory=list)  # (t, MB, cpu s)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> ProcessSampler:
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.period):
+                return
+
+    def sample(self) -> tuple[float, float, float] | None:
+        try:
+            rss, cpu = _proc_sample(self.pid)
+        except (OSError, IndexError, ValueError):
+            return None  # the process is gone
+        point = (time.monotonic(), rss, cpu)
+        self.samples.append(point)
+        return point
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def window(self, since: float) -> list[tuple[float, float, float]]:
+        return [s for s in self.samples if s[0] >= since]
+
+
+def scrape_metrics(port: int, timeout: float = 10) -> dict[str, float]:
+    """The daemon's ``/metrics``, summed per metric name over labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+        text = r.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        with contextlib.suppress(ValueError):
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A plain aligned table on stdout."""
+    text = [[str(h) for h in headers], *([str(c) for c in row] for row in rows)]
+    widths = [max(len(r[i]) for r in text) for i in range(len(headers))]
+    for n, row in enumerate(text):
+        print(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+# --- stand-in CLI until ``python -m listener once|run`` exists --------------------------------
+
+
+def _stand_in(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description="benchmark stand-in for ews-listener once|run")
+    parser.add_argument("command", choices=["once", "run"])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--metrics-port", type=int, default=None)
+    args = parser.parse_args(argv)
+    from listener.config import load_settings
+    from listener.daemon import run_daemon, run_once, summary
+    from listener.observability import configure_logging
+
+    settings = load_settings(args.config)
+    configure_logging(fmt="json", level=settings.service.log_level)
+    if args.command == "run":
+        return run_daemon(settings, http_port=args.metrics_port)
+    code, report = summary(run_once(settings))
+    print(json.dumps(report))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(_stand_in(sys.argv[1:]))
