@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import EnvSettingsSource
 
 from listener.config.models import (
@@ -76,6 +77,15 @@ class _MappingEnvSource(EnvSettingsSource):
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         return {key.lower(): value for key, value in self._given.items()}
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        """JSON when it parses, else the text itself: ``SCOPES=https://…/.default`` is a valid
+        space-delimited scope list, and any other mistake is reported by validation at its
+        location, naming the variable (pydantic-settings would abort on the first one)."""
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return value
 
 
 def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
@@ -242,7 +252,7 @@ def _issues(
     out = []
     for error in exc.errors(include_url=False):
         loc, value, found = _clean_loc(data, error["loc"], error["type"])
-        message = _message(error)
+        message = _message(error, loc)
         shown = _show(value, prefix + loc) if found else None
         out.append(_issue(file, prefix + loc, shown, message, env_paths))
     return out
@@ -268,14 +278,23 @@ def _clean_loc(data: Any, loc: tuple[Any, ...], kind: str) -> tuple[tuple[str, .
     return tuple(path), current, found
 
 
-def _message(error: Any) -> str:
+def _message(error: Any, loc: tuple[str, ...] = ()) -> str:
     kind, msg = error["type"], str(error["msg"])
+    secret_place = bool(loc) and loc[-1] in _SECRET_KEYS
     if kind == "missing":
         return "required, but missing"
     if kind == "extra_forbidden":
         return "unknown key: check its spelling and section (see config/example.toml)"
     if kind == "string_too_short":
         return "must not be empty"
+    if kind in ("model_attributes_type", "dict_type", "model_type") and secret_place:
+        return (
+            "must be a table saying where the secret is, e.g. "
+            '{ source = "env", name = "SALES_SECRET" } (sources: inline, env, file, '
+            "azure_key_vault, hashicorp_vault)"
+        )
+    if kind in ("model_attributes_type", "dict_type", "model_type"):
+        return "must be a table (TOML [section] or { key = value, ... })"
     if kind == "union_tag_invalid":
         tags = error.get("ctx", {}).get("expected_tags", "")
         field = error.get("ctx", {}).get("discriminator", "'type'").strip("'")

@@ -374,3 +374,40 @@ def test_issue_text_shows_file_location_value_and_fix(tmp_path: Path) -> None:
     assert f"{path}: credentials.sales.token_endpoint:" in text
     assert "'htp://x/token'" in text
     assert "https URL" in text
+
+
+def test_secret_as_plain_string_explains_the_table(tmp_path: Path) -> None:
+    """secret = "…" (a common mistake) explains the secret table and masks the value."""
+    text = BASE.replace(
+        'secret = { source = "inline", value = "hunter2-secret" }', 'secret = "hunter2-secret"'
+    )
+    issue = one(issues(tmp_path, text), "credentials.sales.secret")
+    assert 'source = "env"' in issue.message
+    assert "hunter2" not in str(issue)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://outlook.office365.com/.default", ("https://outlook.office365.com/.default",)),
+        ('["a", "b"]', ("a", "b")),
+        ("a b", ("a", "b")),
+    ],
+)
+def test_env_scopes_plain_or_json(tmp_path: Path, value: str, expected: tuple[str, ...]) -> None:
+    """Scopes from the environment may be a plain space-delimited string or a JSON list."""
+    env = {"EWS_LISTENER_CREDENTIALS__SALES__SCOPES": value}
+    assert load(tmp_path, BASE, env).credentials["sales"].scopes == expected
+
+
+def test_settings_model_checks_references() -> None:
+    """Settings built directly (not through load_settings) still checks cross-references."""
+    with pytest.raises(ValueError, match="no credential named 'nope'"):
+        Settings.model_validate(
+            {
+                "mailboxes": {
+                    "m": {"address": "a@b.c", "credential": "nope", "routes": [{"handlers": ["h"]}]}
+                },
+                "handlers": {"h": {"type": "log"}},
+            }
+        )
