@@ -410,6 +410,7 @@ class MailStore:
         mailbox.csn += 1
         folder.log.append((mailbox.csn, item_id, op))
         folder.log_csns.append(mailbox.csn)
+        folder.item_log.setdefault(item_id, []).append((mailbox.csn, op))
         folder.version += 1
 
     def sync(
@@ -430,16 +431,22 @@ class MailStore:
         ignored = set(ignore)
         with self.lock:
             start = bisect.bisect_right(folder.log_csns, since)
-            ops: dict[str, list[tuple[int, str]]] = {}
-            for csn, item_id, op in folder.log[start:]:
-                ops.setdefault(item_id, []).append((csn, op))
+            seen: set[str] = set()
             changes: list[SyncChange] = []
-            for item_id, entries in ops.items():
-                change = self._net_change(folder, item_id, entries)
+            # Walk the log from the position; each item is judged once, on its first entry after
+            # the position, from its own entries (item_log), so a page costs O(page), not O(log).
+            for index in range(start, len(folder.log)):
+                csn, item_id, _ = folder.log[index]
+                if item_id in seen:
+                    continue
+                seen.add(item_id)
+                entries = folder.item_log[item_id]
+                after = entries[bisect.bisect_right(entries, since, key=_csn) :]
+                change = self._net_change(folder, item_id, after)
                 if change is None or item_id in ignored:
                     continue
                 if len(changes) == max_changes:
-                    return changes, entries[0][0] - 1, False
+                    return changes, csn - 1, False
                 changes.append(change)
             return changes, folder.mailbox.csn, True
 
@@ -506,3 +513,7 @@ def _find_attachment(item: Item, attachment_id: str) -> Attachment | None:
             if found is not None:
                 return found
     return None
+
+
+def _csn(entry: tuple[int, str]) -> int:
+    return entry[0]

@@ -161,6 +161,8 @@ class Folder:
     # (change sequence number, item id, op) with op in add | remove | update | read; csn ascending.
     log: list[tuple[int, str, str]] = field(default_factory=list)
     log_csns: list[int] = field(default_factory=list)
+    # The same entries per item id, so a sync page looks only at the items it reports.
+    item_log: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
 
     @property
     def change_key(self) -> str:
