@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import certifi
+import jwt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from pydantic import TypeAdapter
 
 from listener.emulator.ca import EmulatorCA
@@ -24,6 +33,19 @@ def identity(fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IDENTITY_ENDPOINT", f"{fake.url}/msi/token")
     monkeypatch.setenv("IDENTITY_HEADER", IDENTITY_HEADER)
     monkeypatch.delenv("IDENTITY_SERVER_THUMBPRINT", raising=False)
+
+
+def issued_to(tokens: TokenServer, app: str) -> Callable[[str], bool]:
+    """Key Vault's check of a bearer token: issued by ``tokens`` to ``app`` for the vault."""
+
+    def accept(bearer: str) -> bool:
+        try:
+            claims = tokens.verify(bearer, audience="https://vault.azure.net")
+        except Exception:
+            return False
+        return bool(claims["appid"] == app)
+
+    return accept
 
 
 def key_vault(fake: FakeServer, ca: EmulatorCA, **extra: Any) -> AzureKeyVaultSecret:
@@ -84,15 +106,7 @@ def test_key_vault_with_client_secret_identity(fake: FakeServer, ca: EmulatorCA)
     tokens.register_app("contoso.onmicrosoft.com", "kv-reader", secret="kv/secret+1")
     tokens.start()
     try:
-
-        def accept(bearer: str) -> bool:
-            try:
-                claims = tokens.verify(bearer, audience="https://vault.azure.net")
-            except Exception:
-                return False
-            return bool(claims["appid"] == "kv-reader")
-
-        fake.state.accept = accept
+        fake.state.accept = issued_to(tokens, "kv-reader")
         fake.state.challenge_tenant = "contoso.onmicrosoft.com"
         fake.state.secrets["sales-secret"] = VALUE
         identity = {
@@ -104,6 +118,62 @@ def test_key_vault_with_client_secret_identity(fake: FakeServer, ca: EmulatorCA)
         spec = key_vault(fake, ca, credential=identity, authority_host=tokens.url)
         assert spec.read().get_secret_value() == VALUE
         assert tokens.request_count("kv-reader") == 1
+    finally:
+        tokens.stop()
+
+
+def test_key_vault_with_workload_identity(fake: FakeServer, ca: EmulatorCA, tmp_path: Path) -> None:
+    """A workload identity exchanges its federated token file (a signed JWT) at the authority."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "federated")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    tenant = "contoso.onmicrosoft.com"
+    tokens = TokenServer(ca=ca)
+    tokens.add_tenant(tenant)
+    tokens.register_app(
+        tenant, "wl-app", certificate_pem=cert.public_bytes(serialization.Encoding.PEM)
+    )
+    tokens.start()
+    try:
+        thumbprint = base64.urlsafe_b64encode(cert.fingerprint(hashes.SHA1())).decode()  # noqa: S303
+        federated = jwt.encode(
+            {
+                "iss": "wl-app",
+                "sub": "wl-app",
+                "aud": tokens.token_endpoint(tenant),
+                "iat": int(now.timestamp()),
+                "nbf": int(now.timestamp()),
+                "exp": int(now.timestamp()) + 600,
+                "jti": "1",
+            },
+            key,
+            algorithm="RS256",
+            headers={"x5t": thumbprint.rstrip("=")},
+        )
+        token_file = tmp_path / "federated-token"
+        token_file.write_text(federated)
+        fake.state.accept = issued_to(tokens, "wl-app")
+        fake.state.challenge_tenant = tenant
+        fake.state.secrets["sales-secret"] = VALUE
+        identity = {
+            "type": "workload_identity",
+            "tenant_id": tenant,
+            "client_id": "wl-app",
+            "token_file": str(token_file),
+        }
+        spec = key_vault(fake, ca, credential=identity, authority_host=tokens.url)
+        assert spec.read().get_secret_value() == VALUE
+        assert tokens.requests[-1].auth_method == "private_key_jwt"
     finally:
         tokens.stop()
 
