@@ -138,13 +138,18 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
 
 
 def _env_paths(env: Mapping[str, str], issues: list[ConfigIssue]) -> dict[tuple[str, ...], str]:
-    """Dotted path (lower-case) → the variable that sets it; unknown sections become issues."""
+    """Dotted path (lower-case) → the variable that sets it; ``…__…`` ones of unknown sections
+    become issues."""
     paths: dict[tuple[str, ...], str] = {}
     sections = set(Settings.model_fields)
     for name in env:
         if not name.upper().startswith(ENV_PREFIX) or name.upper() == ENV_CONFIG:
             continue
         path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+        if path[0] not in sections and len(path) == 1:
+            # Not ours: other variables share the prefix (the command handler's
+            # EWS_LISTENER_MAILBOX, test switches). Only a nested one is surely a typo.
+            continue
         if path[0] not in sections:
             issues.append(
                 ConfigIssue(

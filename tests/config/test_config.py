@@ -411,3 +411,9 @@ def test_settings_model_checks_references() -> None:
                 "handlers": {"h": {"type": "log"}},
             }
         )
+
+
+def test_prefixed_variables_that_are_not_overrides_are_ignored(tmp_path: Path) -> None:
+    """EWS_LISTENER_MAILBOX (set for command handlers) and similar are not configuration."""
+    env = {"EWS_LISTENER_MAILBOX": "orders", "EWS_LISTENER_TEST_POSTGRES": "1"}
+    assert load(tmp_path, BASE, env).mailboxes["orders"].credential == "sales"
