@@ -62,6 +62,13 @@ _DIAGNOSTIC_CODES = {
 }
 
 
+_REASONS = {
+    "token_expired": "The token has expired.",
+    "invalid_token": "The token is invalid.",
+    "invalid_signature": "The token has an invalid signature.",
+}
+
+
 @dataclass(frozen=True)
 class RequestRecord:
     """One request as the emulator saw it, for assertions and the admin API."""
@@ -358,7 +365,8 @@ class EwsHandler(QuietHandler):
             self.send_body(fault.status, b"", "text/html", headers)
             return fault.status
         if fault.kind == "unauthorized":
-            self._unauthorized(fault.code, fault.message)
+            reason = _REASONS.get(fault.code, "The token is invalid.")
+            self._unauthorized(fault.code, reason)
             return 401
         if fault.kind == "server_busy":
             if fault.back_off_ms is not None:
@@ -444,7 +452,10 @@ class EwsHandler(QuietHandler):
 
 
 def _first_error(body: etree._Element) -> str | None:
-    for element in body.iter(f"{{{body.nsmap.get('m', '')}}}ResponseCode", "{*}ResponseCode"):
-        if element.text and element.text != "NoError":
-            return element.text
+    """The first ResponseCode other than NoError among the response messages (for the log)."""
+    messages = body.find(m("ResponseMessages"))
+    for message in messages if messages is not None else ():
+        code = message.findtext(m("ResponseCode"))
+        if code and code != "NoError":
+            return code
     return None

@@ -95,3 +95,14 @@ def test_every_response_carries_server_version_info(soap: SoapPost) -> None:
     assert response.status_code == 200
     assert b'Version="V2017_07_11"' in response.content
     assert b"ServerVersionInfo" in response.content
+
+
+def test_folder_tree_walk(emu: EwsEmulator, make_account: AccountFactory) -> None:
+    """FindFolder Deep from the root lists distinguished and nested user folders."""
+    emu.create_folder(ALICE, "inbox/Orders/2026")
+    emu.create_folder(ALICE, "Archive Box")
+    account = make_account()
+    names = {f.name for f in account.root.walk()}
+    assert {"Inbox", "Deleted Items", "Orders", "2026", "Archive Box"} <= names
+    assert (account.inbox / "Orders" / "2026").name == "2026"
+    assert account.trash.name == "Deleted Items"
