@@ -140,12 +140,13 @@ class AdminServer:
         emulator: EwsEmulator,
         token_server: TokenControl | None = None,
         *,
+        host: str = "127.0.0.1",
         port: int = 0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.emulator = emulator
         self.token_server = token_server
-        self._server = LoopbackServer(_AdminHandler, port=port, ssl_context=ssl_context)
+        self._server = LoopbackServer(_AdminHandler, host=host, port=port, ssl_context=ssl_context)
         self._server.owner = self  # type: ignore[attr-defined]
 
     @property
