@@ -15,7 +15,7 @@ Routes (bodies and answers are JSON; errors are ``{"error": "…"}`` with 400/40
            {"folder"?, "from", "to", "subject", "text"?, "html"?, "attachments"?: [{"filename",
             "content_type"?, "content_base64"}], "is_read"?, "item_class"?}
     GET    /admin/mailboxes/{address}/items?folder=inbox
-    GET    /admin/mailboxes/{address}/items/{item_id}
+    GET    /admin/mailboxes/{address}/items/{item_id}    (URL-encode ids: base64 may hold '/')
     POST   /admin/apps                               {"client_id", "mailboxes"?: [...]}  (scope)
     GET    /admin/faults        POST {"kind", "operation"?, "mailbox"?, "count"?, …}
     DELETE /admin/faults        DELETE /admin/faults/{rule_id}

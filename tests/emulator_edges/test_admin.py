@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -55,7 +56,8 @@ def test_mailboxes_folders_and_field_delivery(admin: httpx.Client, emulator: Ews
     item_id = answer.json()["item_id"]
     listed = admin.get("/mailboxes/new@edges.example/items", params={"folder": "inbox/Orders"})
     assert [i["item_id"] for i in listed.json()] == [item_id]
-    item = admin.get(f"/mailboxes/new@edges.example/items/{item_id}").json()
+    # Ids are base64 and may hold '/': they go into the path URL-encoded.
+    item = admin.get(f"/mailboxes/new@edges.example/items/{quote(item_id, safe='')}").json()
     assert item["subject"] == "Crème brûlée für Zoë"
     assert item["is_read"] is True
     assert item["folder"].endswith("Orders")
