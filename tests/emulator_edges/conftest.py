@@ -95,6 +95,9 @@ def emulator(
     finally:
         emu.stop()
         close_connections()
+    # CI runs with the schema: no request or response of these tests may violate it.
+    invalid = [r for r in emu.request_log if r.schema_valid is False or r.response_valid is False]
+    assert invalid == [], f"schema violations: {invalid}"
 
 
 def fast_fault_tolerance(max_wait: float = 2.0) -> FaultTolerance:
