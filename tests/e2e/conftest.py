@@ -18,10 +18,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from listener.emulator.server import EwsEmulator
-from listener.emulator.token_server import TokenServer
 
 from listener.emulator.ca import EmulatorCA
+from listener.emulator.server import EwsEmulator
+from listener.emulator.token_server import TokenServer
 from tests.e2e import receipts
 
 REPO = Path(__file__).resolve().parents[2]
