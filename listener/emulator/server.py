@@ -161,8 +161,10 @@ class EwsEmulator:
             return item.change_key
 
     def reset(self) -> None:
-        """Forget mailboxes, items, app scopes and the request log."""
+        """Forget mailboxes, items, app scopes, injected fault rules and the request log."""
         self.store.reset()
+        if self.faults is not None and hasattr(self.faults, "reset"):
+            self.faults.reset()
         with self._lock:
             self._scopes.clear()
         self.request_log.clear()

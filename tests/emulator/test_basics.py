@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from exchangelib import Account, Message
 from exchangelib.folders import Inbox
 
@@ -106,3 +107,14 @@ def test_folder_tree_walk(emu: EwsEmulator, make_account: AccountFactory) -> Non
     assert {"Inbox", "Deleted Items", "Orders", "2026", "Archive Box"} <= names
     assert (account.inbox / "Orders" / "2026").name == "2026"
     assert account.trash.name == "Deleted Items"
+
+
+def test_ca_trust_survives_requests_ca_bundle(
+    make_account: AccountFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adapter trusts the emulator CA even when REQUESTS_CA_BUNDLE names another bundle."""
+    import certifi
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    monkeypatch.setenv("CURL_CA_BUNDLE", certifi.where())
+    assert make_account().inbox.name == "Inbox"
