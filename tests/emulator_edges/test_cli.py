@@ -143,3 +143,45 @@ def test_parser_defaults() -> None:
     assert (options.http, options.port, options.token_port) == (False, 0, 0)
     assert options.state_dir == Path("var/emulator")
     assert (options.seed, options.feed) == ("none", 0.0)
+
+
+def test_run_in_process_plain_http_with_feed(tmp_path: Path) -> None:
+    """--http: no CA, no ca_bundle lines; --feed keeps delivering; the stop event ends run()."""
+    import io
+
+    from listener.emulator.cli import run
+
+    options = build_parser().parse_args(
+        ["--http", "--state-dir", str(tmp_path), "--feed", "100", "--mailbox", "a@x.example"]
+    )
+    stop = threading.Event()
+    out = io.StringIO()
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(run(options, stop, out)))
+    thread.start()
+    try:
+        info = _wait_for_thread_file(thread, tmp_path / "emulator.json")
+        assert info["ews_url"].startswith("http://")
+        assert info["ca_file"] is None
+        assert "ca_bundle" not in (tmp_path / "listener.toml").read_text()
+        items_url = f"{info['admin_url']}/mailboxes/a@x.example/items"
+        deadline = time.monotonic() + 10
+        while len(httpx.get(items_url).json()) < 3 and time.monotonic() < deadline:
+            threading.Event().wait(0.02)
+        assert len(httpx.get(items_url).json()) >= 3
+    finally:
+        stop.set()
+        thread.join(20)
+    assert codes == [0]
+    assert "OAUTHLIB_INSECURE_TRANSPORT" in out.getvalue()
+    assert out.getvalue().rstrip().endswith("EWS emulator stopped")
+
+
+def _wait_for_thread_file(thread: threading.Thread, path: Path, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert thread.is_alive(), "run() returned before it was ready"
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        threading.Event().wait(0.02)
+    raise AssertionError(f"{path} did not appear within {timeout} s")
