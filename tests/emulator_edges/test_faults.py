@@ -260,3 +260,19 @@ def test_rendered_faults_have_exchange_shapes(kind: str) -> None:
         assert b"ErrorInvalidSyncStateData" in rendered.body
     if kind == "expire_tokens":
         assert rendered.headers["x-ms-diagnostics"].startswith("2000002;")
+
+
+def test_random_throttling_is_ridden_out_by_fault_tolerance(
+    emulator: EwsEmulator, account: AccountFactory
+) -> None:
+    """30 % ErrorServerBusy on GetItem: every fetch still succeeds; the counters tell how often."""
+    factory = SampleFactory(11)
+    ids = [emulator.deliver(MAILBOX, factory.message(MAILBOX)) for _ in range(15)]
+    acc = account(fast_fault_tolerance())
+    emulator.faults.add("server_busy", operation="GetItem", probability=0.3, back_off_ms=5)
+    subjects = [acc.inbox.get(id=item_id).subject for item_id in ids]
+    assert all(subjects)
+    busy = emulator.faults.counters()["server_busy"]
+    assert busy > 0
+    records = _records(emulator, "GetItem", len(ids) + busy)
+    assert sum(1 for status, _ in records if status == 500) == busy
