@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ __all__ = ["ConfigError", "ConfigIssue", "load_settings"]
 
 # Values under these keys are shown masked in issues ("anything under secret/password/value/token").
 _SECRET_KEYS = frozenset({"secret", "password", "value", "token", "secret_id", "client_secret"})
+# Tables whose values are often credentials: webhook headers (API keys), command environments.
+_MASKED_TABLES = frozenset({"headers", "env"})
+_QUERY_VALUE = re.compile(r"([?&][^=&#]+=)[^&#]*")
 
 
 @dataclass(frozen=True)
@@ -311,8 +315,11 @@ def _message(error: Any, loc: tuple[str, ...] = ()) -> str:
 
 
 def _show(value: Any, loc: tuple[str, ...]) -> str:
-    if any(part in _SECRET_KEYS for part in loc):
+    if any(part in _SECRET_KEYS or part in _MASKED_TABLES for part in loc):
         return "'**********'"
+    if isinstance(value, str) and "?" in value and "://" in value:
+        # Webhook URLs often carry a signature in the query (Logic Apps' ?sig=…).
+        return repr(_QUERY_VALUE.sub(r"\1**********", value))
     if isinstance(value, dict | list):
         return "a table" if isinstance(value, dict) else "a list"
     return repr(value)

@@ -228,7 +228,9 @@ class MailboxConfig(_Model):
     interval: float = Field(default=60.0, gt=0)
     cron: str | None = None
     start_from: Literal["new", "unread", "all"] = "new"
-    routes: tuple[Route, ...] = Field(min_length=1)
+    # Not Field(min_length=1): pydantic then also reports "at least 1 item" when one route is
+    # invalid (it counts the routes that validated); _routes checks only valid lists.
+    routes: tuple[Route, ...]
     after_success: Action = Action(kind="mark_read")
     on_failure: FailureConfig = FailureConfig()
     batch_size: int = Field(default=100, ge=1, le=512)
@@ -272,6 +274,15 @@ class MailboxConfig(_Model):
             ) from None
         return value
 
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, value: tuple[Route, ...]) -> tuple[Route, ...]:
+        if not value:
+            raise ValueError(
+                'needs at least 1 item (a route), e.g. routes = [{ handlers = ["log"] }]'
+            )
+        return value
+
     @field_validator("after_success", mode="before")
     @classmethod
     def _after(cls, value: Any) -> Any:
@@ -310,6 +321,10 @@ class StateConfig(_Model):
 
     url: str = Field(default_factory=default_state_url, min_length=1)
     echo: bool = False
+    # SQLite: how long a write waits for another process's lock (the store's "stayed locked"
+    # error names this key); PostgreSQL: how long connecting may take.
+    busy_timeout: float = Field(default=5.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0)
 
 
 class ServiceConfig(_Model):

@@ -417,3 +417,43 @@ def test_prefixed_variables_that_are_not_overrides_are_ignored(tmp_path: Path) -
     """EWS_LISTENER_MAILBOX (set for command handlers) and similar are not configuration."""
     env = {"EWS_LISTENER_MAILBOX": "orders", "EWS_LISTENER_TEST_POSTGRES": "1"}
     assert load(tmp_path, BASE, env).mailboxes["orders"].credential == "sales"
+
+
+def test_bad_route_is_one_issue(tmp_path: Path) -> None:
+    """An invalid route is reported once, without a false 'at least 1 item' on the list."""
+    text = BASE.replace('routes = [{ handlers = ["audit"] }]', "routes = [{ handlers = [] }]")
+    found = issues(tmp_path, text)
+    assert [i.location for i in found if i.location.startswith("mailboxes")] == [
+        "mailboxes.orders.routes.0.handlers"
+    ]
+
+
+def test_empty_routes(tmp_path: Path) -> None:
+    """An empty route list asks for at least one route."""
+    text = BASE.replace('routes = [{ handlers = ["audit"] }]', "routes = []")
+    assert "at least 1 item" in one(issues(tmp_path, text), "mailboxes.orders.routes").message
+
+
+@pytest.mark.parametrize(
+    ("value", "location", "hidden"),
+    [
+        ('"https://h.example/x?sig=S3CRET&v=1"', "x.url", "S3CRET"),
+        ("{ X-Api-Key = 271828 }", "x.headers.X-Api-Key", "271828"),
+        ("{ PIN = 271828 }", "x.env.PIN", "271828"),
+    ],
+)
+def test_values_that_may_be_credentials_are_masked(
+    tmp_path: Path, value: str, location: str, hidden: str
+) -> None:
+    """URL query values, header values and environment values are masked in issues."""
+    key = location.split(".")[1]
+    text = BASE.replace('type = "log"', f'type = "log"\n{key} = {value}')
+    found = issues(tmp_path, text)
+    assert found
+    assert all(hidden not in str(issue) for issue in found)
+
+
+def test_state_timeouts(tmp_path: Path) -> None:
+    """[state] accepts busy_timeout and connect_timeout (named by the store's errors)."""
+    settings = load(tmp_path, BASE + "\n[state]\nbusy_timeout = 30\nconnect_timeout = 3\n")
+    assert (settings.state.busy_timeout, settings.state.connect_timeout) == (30.0, 3.0)
