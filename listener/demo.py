@@ -24,6 +24,7 @@ DEMO_STATE = Path("var/emulator")
 # config/demo.toml points at these; change both together.
 EWS_PORT = 18443
 TOKEN_PORT = 18444
+ADMIN_PORT = 18445
 
 
 def _start_emulator(state_dir: Path, feed: float) -> subprocess.Popen[bytes]:
@@ -97,7 +98,6 @@ def run_demo(args: argparse.Namespace) -> int:
         # The demo app's secret is made up by the emulator at start; hand it over the way a
         # real deployment would: through the environment (config/demo.toml reads it from there).
         os.environ["EWS_DEMO_CLIENT_SECRET"] = str(info["client_secret"])
-        os.environ["EWS_LISTENER_CREDENTIALS__DEMO__CLIENT_ID"] = str(info["client_id"])
         settings = load_config(args)
         configure_logging(fmt=args.log_format or "console", level=args.log_level or "info")
         print(
