@@ -141,13 +141,16 @@ def test_find_item_without_paging_over_limit(emu: EwsEmulator, soap: SoapPost) -
     assert b'Name="PolicyLimit">1000<' in content
 
 
-def test_get_item_of_unknown_id_is_item_not_found(
+def test_get_item_of_unknown_or_malformed_ids(
     emu: EwsEmulator, make_account: AccountFactory
 ) -> None:
-    """GetItem of an id that does not exist returns ErrorItemNotFound for it."""
-    from exchangelib.errors import ErrorItemNotFound
+    """GetItem answers ErrorItemNotFound for a deleted item, ErrorInvalidIdMalformed for junk."""
+    from exchangelib.errors import ErrorInvalidIdMalformed, ErrorItemNotFound
     from exchangelib.properties import ItemId
 
+    (gone,) = _seed(emu, 1)
     account = make_account()
-    results = list(account.fetch(ids=[ItemId(id="AAAAdoesnotexist")]))
+    account.bulk_delete(ids=[(gone, None)], delete_type="HardDelete")
+    results = list(account.fetch(ids=[ItemId(id=gone), ItemId(id="AAAAdoesnotexist")]))
     assert isinstance(results[0], ErrorItemNotFound)
+    assert isinstance(results[1], ErrorInvalidIdMalformed)

@@ -22,14 +22,31 @@ __all__ = [
     "Mailbox",
     "item_element",
     "new_id",
+    "well_formed_id",
 ]
+
+
+_ID_PREFIX = b"\x00\x00EMU"
+_ID_LENGTH = len(_ID_PREFIX) + 1 + 8 + 12
 
 
 def new_id(kind: bytes, serial: int) -> str:
     """An opaque, unique EWS-looking id (base64 of a kind tag, a serial and 12 random bytes)."""
-    return base64.b64encode(
-        b"\x00\x00EMU" + kind + struct.pack(">Q", serial) + os.urandom(12)
-    ).decode()
+    raw = _ID_PREFIX + kind + struct.pack(">Q", serial) + os.urandom(12)
+    return base64.b64encode(raw).decode()
+
+
+def well_formed_id(value: str, kind: bytes) -> bool:
+    """Whether ``value`` has the shape of an id this emulator issues for ``kind``.
+
+    Exchange tells a malformed id (``ErrorInvalidIdMalformed``) from a well-formed one that
+    names nothing (``ErrorItemNotFound``); so do we, whatever run issued the id.
+    """
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        return False
+    return len(raw) == _ID_LENGTH and raw.startswith(_ID_PREFIX) and raw[5:6] == kind
 
 
 def change_key(serial: int, version: int) -> str:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from lxml import etree
 
+from listener.emulator.mailstore.model import well_formed_id
 from listener.emulator.ops import OpContext
 from listener.emulator.soap import t
 from listener.emulator.store import Folder, Item, Mailbox, StoreError
 
-__all__ = ["FOLDER_NOT_FOUND", "ITEM_NOT_FOUND", "bool_text", "item_refs", "resolve_folder"]
+__all__ = [
+    "FOLDER_NOT_FOUND",
+    "ITEM_NOT_FOUND",
+    "bool_text",
+    "find_item",
+    "item_refs",
+    "resolve_folder",
+]
 
 FOLDER_NOT_FOUND = "The specified folder could not be found in the store."
 ITEM_NOT_FOUND = "The specified object was not found in the store."
@@ -43,6 +51,8 @@ def resolve_folder(ctx: OpContext, element: etree._Element) -> Folder:
         if found is None:
             raise StoreError("ErrorFolderNotFound", FOLDER_NOT_FOUND)
         return found
+    if not well_formed_id(folder_id, b"F"):
+        raise StoreError("ErrorInvalidIdMalformed", "Id is malformed.")
     found = ctx.store.folder(mailbox, folder_id)
     if found is None:
         raise StoreError("ErrorFolderNotFound", FOLDER_NOT_FOUND)
@@ -57,8 +67,14 @@ def item_refs(container: etree._Element | None) -> list[tuple[str, str | None]]:
 
 
 def find_item(ctx: OpContext, item_id: str) -> Item:
-    """The item ``item_id`` of the impersonated mailbox; ``ErrorItemNotFound`` otherwise."""
+    """The item ``item_id`` of the impersonated mailbox.
+
+    Raises ``ErrorInvalidIdMalformed`` for an id that is not one of ours, ``ErrorItemNotFound``
+    for one that names no item of this mailbox (deleted, moved away, another mailbox's).
+    """
     assert ctx.mailbox is not None
+    if not well_formed_id(item_id, b"I"):
+        raise StoreError("ErrorInvalidIdMalformed", "Id is malformed.")
     item = ctx.store.item(ctx.mailbox, item_id)
     if item is None:
         raise StoreError("ErrorItemNotFound", ITEM_NOT_FOUND)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from lxml import etree
 
 from listener.emulator.ops import OpContext, OpResult, Reply, operation, response, success
-from listener.emulator.ops._common import ITEM_NOT_FOUND, resolve_folder
+from listener.emulator.ops._common import find_item as find_item_by_id
+from listener.emulator.ops._common import resolve_folder
 from listener.emulator.ops._query import compile_restriction, sort_items
 from listener.emulator.ops._render import item_element, parse_shape
 from listener.emulator.soap import error_message, m, sub, t
@@ -97,15 +98,11 @@ def get_item(ctx: OpContext, request: etree._Element) -> OpResult:
     subjects: list[str] = []
     with ctx.store.lock:
         for element in ids if ids is not None else ():
-            item = ctx.store.item(ctx.mailbox, element.get("Id") or "")
-            if item is None:
+            try:
+                item = find_item_by_id(ctx, element.get("Id") or "")
+            except StoreError as exc:
                 messages.append(
-                    error_message(
-                        "GetItemResponseMessage",
-                        "ErrorItemNotFound",
-                        ITEM_NOT_FOUND,
-                        container="Items",
-                    )
+                    error_message("GetItemResponseMessage", exc.code, str(exc), container="Items")
                 )
                 continue
             message = success("GetItemResponseMessage")
