@@ -374,6 +374,40 @@ def _sweep(emu: EmulatorProcess, root: Path, args: argparse.Namespace, fixed: fl
     print()
     print_table(list(rows[0]), [list(r.values()) for r in rows])
     print(f"\nwritten: {target}")
+    _plot(rows, target.with_suffix(".png"))
+
+
+def _plot(rows: list[dict[str, Any]], target: Path) -> None:
+    """messages/s and EWS requests per message against batch size, as a PNG (matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on a server or in CI
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    sizes = [r["batch_size"] for r in rows]
+    figure, rate_axis = plt.subplots(figsize=(7, 4))
+    rate_axis.plot(sizes, [r["messages_per_s"] for r in rows], "o-", label="end to end")
+    rate_axis.plot(sizes, [r["net_messages_per_s"] for r in rows], "s--", label="net of start-up")
+    rate_axis.set_xscale("log")
+    rate_axis.set_xticks(sizes, [str(s) for s in sizes])
+    rate_axis.set_xlabel("batch size (SyncFolderItems MaxChangesReturned, GetItem batch)")
+    rate_axis.set_ylabel("messages / s")
+    request_axis = rate_axis.twinx()
+    request_axis.plot(
+        sizes, [r["requests_per_message"] for r in rows], "^:", color="grey", label="EWS req/msg"
+    )
+    request_axis.set_ylabel("EWS requests per message")
+    lines = rate_axis.get_legend_handles_labels()
+    extra = request_axis.get_legend_handles_labels()
+    rate_axis.legend(lines[0] + extra[0], lines[1] + extra[1], loc="center right")
+    rate_axis.set_title(f"ews-listener once, {rows[0]['messages']} messages")
+    figure.tight_layout()
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+    print(f"written: {target}")
 
 
 def main(argv: list[str] | None = None) -> int:
