@@ -51,7 +51,11 @@ class App:
             self.providers.get,
             max_connections=lambda name: settings.credentials[name].max_connections,
         )
-        self.store: StateStore = store or open_store(settings.state.url)
+        self.store: StateStore = store or open_store(
+            settings.state.url,
+            busy_timeout=settings.state.busy_timeout,
+            connect_timeout=settings.state.connect_timeout,
+        )
         self.handlers: Mapping[str, Handler] = (
             handlers if handlers is not None else build_handlers(settings.handlers)
         )

@@ -50,9 +50,11 @@ def _wire(app: App, metrics: Metrics, health: HealthState | None) -> list[Mailbo
         except Exception:
             log.warning("metrics.pending_unavailable", exc_info=True)
 
+    app.providers.on_request = lambda credential, ok: metrics.token_requested(credential, ok=ok)
+    app.connections.on_request = metrics.ews_request
+    runners = app.runners(on_result)
     for gate in app.connections.gates.values():
         gate.on_back_off = metrics.backed_off
-    runners = app.runners(on_result)
     for runner in runners:
         if health is not None:
             health.register_mailbox(runner.name, runner.interval)
@@ -79,8 +81,6 @@ def run_daemon(
             app.close()
             return EXIT_UNAVAILABLE
     runners = _wire(app, metrics, health)
-    for gate in app.connections.gates.values():
-        gate.on_back_off = metrics.backed_off
     scheduler = Scheduler(max_workers=service.max_workers, jitter=service.jitter)
     for runner in runners:
         scheduler.add(runner, cron=settings.mailboxes[runner.name].cron)

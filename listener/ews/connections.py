@@ -113,6 +113,8 @@ class EwsConnections:
         self._lock = threading.Lock()
         self._configs: dict[tuple[str, str], tuple[Configuration, TokenBridge]] = {}
         self.gates: dict[str, CredentialGate] = {}
+        # (operation, outcome) of every EWS exchange, for metrics; set before sources are used
+        self.on_request: Callable[[str, str], None] | None = None
 
     def gate(self, credential: str) -> CredentialGate:
         with self._lock:
@@ -168,7 +170,12 @@ class EwsConnections:
             account_factory=account,
             bridge=bridge,
             gate=self.gate(target.credential),
+            observe=self._observe,
         )
+
+    def _observe(self, operation: str, outcome: str) -> None:
+        if self.on_request is not None:
+            self.on_request(operation, outcome)
 
     def close(self) -> None:
         """Close every pooled HTTP session of every configuration."""

@@ -87,6 +87,7 @@ class EwsMailSource:
         account_factory: Callable[[], Account],
         bridge: TokenBridge,
         gate: Callable[[], Any],
+        observe: Callable[[str, str], None] | None = None,
     ) -> None:
         self.name = name
         self.mailbox = address
@@ -95,6 +96,7 @@ class EwsMailSource:
         self._account: Account | None = None
         self._bridge = bridge
         self._gate = gate
+        self._observe = observe or (lambda operation, outcome: None)
         self._folders: FolderResolver | None = None
         self._watched: Folder | None = None
         self._lock = threading.Lock()
@@ -113,13 +115,18 @@ class EwsMailSource:
             self._folders = FolderResolver(self.account)
         return self._folders
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def _call(self, fn: Callable[[], T], operation: str) -> T:
         """Run one EWS exchange under the credential's gate; recover once from a server-side 401."""
         for attempt in (1, 2):
             try:
                 with self._gate():
-                    return fn()
-            except ews_errors.UnauthorizedError:
+                    result = fn()
+                self._observe(operation, "ok")
+                return result
+            except Exception as e:
+                self._observe(operation, type(e).__name__)
+                if not isinstance(e, ews_errors.UnauthorizedError):
+                    raise
                 # Exchange rejected a token we believed valid (revoked, or clock skew): exchangelib
                 # does not call refresh() for that, so fetch a new token and drop the sessions
                 # that carry the old one.
@@ -146,7 +153,7 @@ class EwsMailSource:
     def watched_folder(self) -> Folder:
         if self._watched is None:
             with self._translated():
-                self._watched = self._call(lambda: self.folders.resolve(self.folder))
+                self._watched = self._call(lambda: self.folders.resolve(self.folder), "GetFolder")
         return self._watched
 
     # --- MailSource ---------------------------------------------------------------------------
@@ -175,7 +182,7 @@ class EwsMailSource:
                     last_page=bool(svc.includes_last_item_in_range) or svc.sync_state == sync_state,
                 )
 
-            return self._call(page)
+            return self._call(page, "SyncFolderItems")
 
     def current_state(self) -> str:
         state: str | None = None
@@ -195,7 +202,7 @@ class EwsMailSource:
                 )
                 return [ItemRef(i.id, i.changekey) for i in query.only("id", "changekey")]
 
-            return self._call(find)
+            return self._call(find, "FindItem")
 
     def fetch(self, refs: Sequence[ItemRef]) -> list[Message | FetchFailure]:
         if not refs:
@@ -208,7 +215,8 @@ class EwsMailSource:
                         only_fields=FETCH_FIELDS,
                         chunk_size=len(refs),
                     )
-                )
+                ),
+                "GetItem",
             )
         out: list[Message | FetchFailure] = []
         for ref, item in zip(refs, items, strict=True):
@@ -231,13 +239,16 @@ class EwsMailSource:
         return out
 
     def _bulk(
-        self, refs: Sequence[ItemRef], run: Callable[[list[tuple[str, str | None]]], list[Any]]
+        self,
+        refs: Sequence[ItemRef],
+        run: Callable[[list[tuple[str, str | None]]], list[Any]],
+        operation: str,
     ) -> list[Any]:
         if not refs:
             return []
         ids = [(r.item_id, r.change_key) for r in refs]
         with self._translated():
-            return self._call(lambda: run(ids))
+            return self._call(lambda: run(ids), operation)
 
     @staticmethod
     def _errors(results: list[Any]) -> list[str | None]:
@@ -260,7 +271,7 @@ class EwsMailSource:
                 )
             )
 
-        return self._errors(self._bulk(refs, run))
+        return self._errors(self._bulk(refs, run, "UpdateItem"))
 
     def categorize(self, refs: Sequence[ItemRef], category: str) -> list[str | None]:
         # SetItemField replaces the whole list, so send what the item has plus the new one: read
@@ -295,17 +306,17 @@ class EwsMailSource:
             )
             return [next(done) if r is None else r for r in results]
 
-        return self._errors(self._bulk(refs, run))
+        return self._errors(self._bulk(refs, run, "UpdateItem"))
 
     def move(self, refs: Sequence[ItemRef], folder_path: str) -> list[ItemRef | str]:
         with self._translated():
-            target = self._call(lambda: self.folders.resolve(folder_path, create=True))
+            target = self._call(lambda: self.folders.resolve(folder_path, create=True), "GetFolder")
 
         def run(ids: list[tuple[str, str | None]]) -> list[Any]:
             return list(self.account.bulk_move(ids=ids, to_folder=target))
 
         out: list[ItemRef | str] = []
-        for result in self._bulk(refs, run):
+        for result in self._bulk(refs, run, "MoveItem"):
             if isinstance(result, BaseException):
                 out.append(f"{type(result).__name__}: {result}")
             elif isinstance(result, tuple):
@@ -322,7 +333,7 @@ class EwsMailSource:
                 )
             )
 
-        return self._errors(self._bulk(refs, run))
+        return self._errors(self._bulk(refs, run, "DeleteItem"))
 
     def close(self) -> None:
         # Sessions belong to the shared Protocol; its owner (EwsConnections) closes them.
@@ -335,7 +346,8 @@ class EwsMailSource:
             items = self._call(
                 lambda: list(
                     self.account.fetch(ids=[(message.item_id, None)], only_fields=["mime_content"])
-                )
+                ),
+                "GetItem",
             )
         item = items[0]
         if isinstance(item, BaseException):
@@ -353,7 +365,8 @@ class EwsMailSource:
                         filter_html_content=None,
                         additional_fields=None,
                     )
-                )
+                ),
+                "GetAttachment",
             )
         result = results[0]
         if isinstance(result, BaseException):
