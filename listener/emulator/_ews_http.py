@@ -62,6 +62,9 @@ _DIAGNOSTIC_CODES = {
 }
 
 
+# Fault kinds after which the operation still runs (a delay, or a cut in the answer).
+_PASS_THROUGH = ("latency", "drop")
+
 _REASONS = {
     "token_expired": "The token has expired.",
     "invalid_token": "The token is invalid.",
@@ -112,6 +115,8 @@ def _impersonated(envelope: Envelope) -> str | None:
 
 class EwsHandler(QuietHandler):
     """One keep-alive connection to the emulator."""
+
+    _cut_after = 0  # > 0: send only this many bytes of the next answer, then drop
 
     def setup(self) -> None:
         super().setup()
@@ -299,7 +304,9 @@ class EwsHandler(QuietHandler):
         if engine is not None:
             fault = engine.decide(spec.name, address)
             if fault is not None:
-                record["error_code"] = fault.code if fault.kind != "latency" else None
+                record["error_code"] = fault.code if fault.kind not in _PASS_THROUGH else None
+                if fault.kind == "drop":
+                    record["error_code"] = "ConnectionDropped"
                 status = self._inject(fault, spec.name)
                 if status is not None:
                     return status
@@ -350,12 +357,11 @@ class EwsHandler(QuietHandler):
             return None
         if fault.kind == "drop":
             if fault.after_bytes:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/xml; charset=utf-8")
-                self.send_header("Content-Length", str(fault.after_bytes * 2))
-                self.end_headers()
-                self.wfile.write(b"<?xml version='1.0' encoding='utf-8'?>"[: fault.after_bytes])
-                self.wfile.flush()
+                # Mid-response: the operation runs (its effects happen, as when a real
+                # connection breaks on the way back) and only the start of its answer is sent.
+                self._cut_after = fault.after_bytes
+                return None
+            self._log_request(0)  # before the client can see the cut
             self.drop_connection()
             return 0
         if fault.kind == "http":
@@ -433,7 +439,18 @@ class EwsHandler(QuietHandler):
         return 500
 
     def _send_xml(self, status: int, body: bytes) -> None:
-        self.send_body(status, body, "text/xml; charset=utf-8")
+        cut, self._cut_after = self._cut_after, 0
+        if not cut:
+            self.send_body(status, body, "text/xml; charset=utf-8")
+            return
+        self.send_response(status)
+        self.send_header("Content-Type", "text/xml; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(body[: min(cut, max(len(body) - 1, 0))])
+            self.wfile.flush()
+        self.drop_connection()
 
     def _stream(self, result: ops.Stream) -> int:
         self.send_response(result.status)

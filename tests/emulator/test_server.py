@@ -109,10 +109,16 @@ def test_dropped_connection_and_latency(emu: EwsEmulator, soap: SoapPost) -> Non
         '<m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>'
     )
     previous = emu.faults
-    emu.faults = FakeEngine(Fault(kind="drop", after_bytes=10), Fault(kind="latency", delay=0.01))
+    emu.faults = FakeEngine(
+        Fault(kind="drop", after_bytes=0),
+        Fault(kind="drop", after_bytes=40),
+        Fault(kind="latency", delay=0.01),
+    )
     try:
-        with pytest.raises(httpx.TransportError):
-            soap(body)
+        for _ in range(2):
+            with pytest.raises(httpx.TransportError):
+                soap(body)
+            assert emu.request_log[-1].error_code == "ConnectionDropped"
         assert soap(body).status_code == 200
     finally:
         emu.faults = previous
