@@ -44,6 +44,17 @@ log = structlog.get_logger("listener.poller")
 
 StartFrom = Literal["new", "unread", "all"]
 
+# SyncFolderItems page size: the most EWS allows. Pages are handed over in batches of
+# ``batch_size``; a large page keeps the read-flag changes our own mark_read causes from
+# crowding the next page (one sync per 512 changes, not one per batch).
+SYNC_PAGE = 512
+
+
+def _batches(refs: Sequence[ItemRef], size: int) -> list[tuple[Sequence[ItemRef], bool]]:
+    """``refs`` in chunks of ``size``, each with "is the last one"; one empty chunk for none."""
+    chunks = [refs[i : i + size] for i in range(0, len(refs), size)] or [refs]
+    return [(chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
+
 
 @dataclass(frozen=True)
 class FailurePolicy:
@@ -155,13 +166,17 @@ class Poller:
             state = self._starting_state(result)
             self._retry_due(result)  # 1
             while not self._stop.is_set():
-                page = self.source.changes(state, self.settings.batch_size)  # 2
+                page = self.source.changes(state, SYNC_PAGE)  # 2
                 result.pages += 1
-                fetched = self.source.fetch(page.created)  # 3
-                outcome = self._hand_over(fetched, result)  # 4
-                self._post_process(outcome, result)  # 5
-                self._commit(outcome, page.sync_state if outcome.complete else None)  # 6
-                if not outcome.complete or page.last_page:
+                for batch, last in _batches(page.created, self.settings.batch_size):
+                    fetched = self.source.fetch(batch)  # 3
+                    outcome = self._hand_over(fetched, result)  # 4
+                    self._post_process(outcome, result)  # 5
+                    done = outcome.complete and last
+                    self._commit(outcome, page.sync_state if done else None)  # 6
+                    if not outcome.complete:
+                        return result
+                if page.last_page:
                     break
                 state = page.sync_state
         return result

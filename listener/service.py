@@ -126,8 +126,12 @@ class Scheduler:
             trigger = CronTrigger.from_crontab(cron, timezone=UTC)
             trigger.jitter = int(self._jitter) or None
         else:
-            trigger = IntervalTrigger(seconds=runner.interval, jitter=int(self._jitter) or None)
-        first = datetime.now(UTC) + timedelta(seconds=random.uniform(0, min(self._jitter, 2.0)))
+            # No trigger jitter: APScheduler 3 adds it to the previous, already jittered fire
+            # time, so intervals drift longer (interval + jitter/2 on average). A random first
+            # run spreads the mailboxes instead, and each keeps its exact interval after that.
+            trigger = IntervalTrigger(seconds=runner.interval)
+        offset = random.uniform(0, min(self._jitter, runner.interval))
+        first = datetime.now(UTC) + timedelta(seconds=offset)
         self._scheduler.add_job(
             self._job,
             trigger,

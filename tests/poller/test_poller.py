@@ -70,14 +70,19 @@ def test_start_from_new_skips_existing_mail(store: object) -> None:
 
 
 def test_start_from_all_hands_over_everything_across_pages(store: object) -> None:
-    """start_from=all hands over every existing message, page after page."""
+    """start_from=all hands over every existing message, batch after batch."""
     source = FakeSource()
     for i in range(250):
         source.deliver(f"m{i}")
     poller, hs = make(store, source, start_from="all", batch_size=100)
     result = poller.poll()
     assert result.handed_over == 250
-    assert result.pages == 3
+    assert source.calls.count("changes") == 1  # one sync page of up to 512 changes
+    assert [c for c in source.calls if c.startswith("fetch")] == [
+        "fetch:100",
+        "fetch:100",
+        "fetch:50",
+    ]
     assert len(set(hs["h"].received)) == 250
     assert all(i.is_read for i in source.items.values())
 
