@@ -15,18 +15,21 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from listener.emulator.mailstore.mime import parse_mime
 from listener.emulator.mailstore.model import (
+    DISTINGUISHED_FOLDERS,
     Address,
     Attachment,
     Event,
     Flag,
     Folder,
     Item,
+    ItemView,
     Mailbox,
+    StoreError,
+    SyncChange,
     item_element,
     new_id,
 )
@@ -46,60 +49,6 @@ __all__ = [
     "SyncChange",
     "item_element",
 ]
-
-#: (distinguished id, display name, parent distinguished id, folder class)
-DISTINGUISHED_FOLDERS: tuple[tuple[str, str, str | None, str], ...] = (
-    ("root", "Root", None, "IPF"),
-    ("msgfolderroot", "Top of Information Store", "root", "IPF.Note"),
-    ("inbox", "Inbox", "msgfolderroot", "IPF.Note"),
-    ("deleteditems", "Deleted Items", "msgfolderroot", "IPF.Note"),
-    ("sentitems", "Sent Items", "msgfolderroot", "IPF.Note"),
-    ("drafts", "Drafts", "msgfolderroot", "IPF.Note"),
-    ("outbox", "Outbox", "msgfolderroot", "IPF.Note"),
-    ("junkemail", "Junk Email", "msgfolderroot", "IPF.Note"),
-    ("archivemsgfolderroot", "Archive", "msgfolderroot", "IPF.Note"),
-    ("calendar", "Calendar", "msgfolderroot", "IPF.Appointment"),
-    ("contacts", "Contacts", "msgfolderroot", "IPF.Contact"),
-    ("tasks", "Tasks", "msgfolderroot", "IPF.Task"),
-    ("notes", "Notes", "msgfolderroot", "IPF.StickyNote"),
-    ("journal", "Journal", "msgfolderroot", "IPF.Journal"),
-    ("conversationhistory", "Conversation History", "msgfolderroot", "IPF.Note"),
-    ("recoverableitemsroot", "Recoverable Items", "root", "IPF"),
-    ("recoverableitemsdeletions", "Deletions", "recoverableitemsroot", "IPF"),
-    ("recoverableitemspurges", "Purges", "recoverableitemsroot", "IPF"),
-)
-
-
-class StoreError(Exception):
-    """A store operation cannot be done; ``code`` is the EWS response code to answer with."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class ItemView:
-    """A snapshot of one item for tests and the admin API."""
-
-    item_id: str
-    change_key: str
-    subject: str
-    is_read: bool
-    categories: tuple[str, ...]
-    folder: str
-    internet_message_id: str | None
-    item_class: str
-
-
-@dataclass(frozen=True)
-class SyncChange:
-    """One SyncFolderItems change: ``kind`` Create | Update | Delete | ReadFlagChange."""
-
-    kind: str
-    item_id: str
-    item: Item | None = None
-    is_read: bool = False
 
 
 def _now() -> datetime:

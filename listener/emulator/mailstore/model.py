@@ -13,13 +13,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 __all__ = [
+    "DISTINGUISHED_FOLDERS",
     "Address",
     "Attachment",
     "Event",
     "Flag",
     "Folder",
     "Item",
+    "ItemView",
     "Mailbox",
+    "StoreError",
+    "SyncChange",
     "item_element",
     "new_id",
     "well_formed_id",
@@ -230,3 +234,58 @@ class Mailbox:
     distinguished: dict[str, Folder] = field(default_factory=dict)
     csn: int = 0
     events: list[Event] = field(default_factory=list)
+
+
+#: (distinguished id, display name, parent distinguished id, folder class)
+DISTINGUISHED_FOLDERS: tuple[tuple[str, str, str | None, str], ...] = (
+    ("root", "Root", None, "IPF"),
+    ("msgfolderroot", "Top of Information Store", "root", "IPF.Note"),
+    ("inbox", "Inbox", "msgfolderroot", "IPF.Note"),
+    ("deleteditems", "Deleted Items", "msgfolderroot", "IPF.Note"),
+    ("sentitems", "Sent Items", "msgfolderroot", "IPF.Note"),
+    ("drafts", "Drafts", "msgfolderroot", "IPF.Note"),
+    ("outbox", "Outbox", "msgfolderroot", "IPF.Note"),
+    ("junkemail", "Junk Email", "msgfolderroot", "IPF.Note"),
+    ("archivemsgfolderroot", "Archive", "msgfolderroot", "IPF.Note"),
+    ("calendar", "Calendar", "msgfolderroot", "IPF.Appointment"),
+    ("contacts", "Contacts", "msgfolderroot", "IPF.Contact"),
+    ("tasks", "Tasks", "msgfolderroot", "IPF.Task"),
+    ("notes", "Notes", "msgfolderroot", "IPF.StickyNote"),
+    ("journal", "Journal", "msgfolderroot", "IPF.Journal"),
+    ("conversationhistory", "Conversation History", "msgfolderroot", "IPF.Note"),
+    ("recoverableitemsroot", "Recoverable Items", "root", "IPF"),
+    ("recoverableitemsdeletions", "Deletions", "recoverableitemsroot", "IPF"),
+    ("recoverableitemspurges", "Purges", "recoverableitemsroot", "IPF"),
+)
+
+
+class StoreError(Exception):
+    """A store operation cannot be done; ``code`` is the EWS response code to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ItemView:
+    """A snapshot of one item for tests and the admin API."""
+
+    item_id: str
+    change_key: str
+    subject: str
+    is_read: bool
+    categories: tuple[str, ...]
+    folder: str
+    internet_message_id: str | None
+    item_class: str
+
+
+@dataclass(frozen=True)
+class SyncChange:
+    """One SyncFolderItems change: ``kind`` Create | Update | Delete | ReadFlagChange."""
+
+    kind: str
+    item_id: str
+    item: Item | None = None
+    is_read: bool = False
