@@ -134,3 +134,16 @@ def test_delete_of_moved_item_is_item_not_found(
     account.bulk_move(ids=[(item_id, None)], to_folder=account.junk)
     (result,) = account.bulk_delete(ids=[(item_id, None)])
     assert isinstance(result, ErrorItemNotFound)
+
+
+def test_send_delivers_to_local_mailboxes(emu: EwsEmulator, make_account: AccountFactory) -> None:
+    """send_and_save() delivers to a recipient mailbox of the emulator and keeps a sent copy."""
+    from exchangelib import Message
+
+    from tests.emulator.conftest import BOB
+
+    account = make_account()
+    Message(account=account, subject="ping", body="hi Bob", to_recipients=[BOB]).send_and_save()
+    assert [v.subject for v in emu.items(BOB)] == ["ping"]
+    assert emu.items(BOB)[0].is_read is False
+    assert [v.subject for v in emu.items(ALICE, "sentitems")] == ["ping"]
