@@ -154,3 +154,34 @@ def test_get_item_of_unknown_or_malformed_ids(
     results = list(account.fetch(ids=[ItemId(id=gone), ItemId(id="AAAAdoesnotexist")]))
     assert isinstance(results[0], ErrorItemNotFound)
     assert isinstance(results[1], ErrorInvalidIdMalformed)
+
+
+def test_multi_key_sort(emu: EwsEmulator, make_account: AccountFactory) -> None:
+    """SortOrder with two fields sorts by the first (importance by rank), then the second."""
+    for subject, importance in (("b", "low"), ("a", "high"), ("c", "high"), ("d", "low")):
+        emu.deliver(ALICE, simple_mime(subject, extra_headers=f"Importance: {importance}\r\n"))
+    inbox = make_account().inbox
+    ordered = inbox.all().order_by("importance", "-subject").only("subject", "importance")
+    assert [(m.importance, m.subject) for m in ordered] == [
+        ("Low", "d"),
+        ("Low", "b"),
+        ("High", "c"),
+        ("High", "a"),
+    ]
+    assert {m.subject for m in inbox.filter(importance="High").only("subject")} == {"a", "c"}
+
+
+def test_indexed_view_from_the_end(emu: EwsEmulator, soap: SoapPost) -> None:
+    """BasePoint=End counts the offset back from the last item of the view."""
+    _seed(emu, 10)
+    body = (
+        '<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape>'
+        '<t:AdditionalProperties><t:FieldURI FieldURI="item:Subject"/></t:AdditionalProperties>'
+        '</m:ItemShape><m:IndexedPageItemView MaxEntriesReturned="3" Offset="2" BasePoint="End"/>'
+        '<m:SortOrder><t:FieldOrder Order="Ascending"><t:FieldURI FieldURI="item:Subject"/>'
+        '</t:FieldOrder></m:SortOrder><m:ParentFolderIds><t:DistinguishedFolderId Id="inbox"/>'
+        "</m:ParentFolderIds></m:FindItem>"
+    )
+    root = etree.fromstring(soap(body).content)
+    subjects = [e.text for e in root.iter("{*}Subject")]
+    assert subjects == ["message 00005", "message 00006", "message 00007"]

@@ -23,6 +23,18 @@ __all__ = ["FIELDS", "Predicate", "compile_restriction", "sort_items"]
 Predicate = Callable[[Item], bool]
 
 
+# Exchange compares and sorts these enumerations by their stored numeric value (Low=0 …
+# High=2), not alphabetically: sorting by importance ascending puts Low first.
+_RANKS = {
+    "item:Importance": {"low": 0, "normal": 1, "high": 2},
+    "item:Sensitivity": {"normal": 0, "personal": 1, "private": 2, "confidential": 3},
+}
+
+
+def _rank(uri: str, value: str) -> int:
+    return _RANKS[uri].get(value.strip().lower(), 0)
+
+
 def _address(value: Address | None) -> str | None:
     return value.email if value is not None else None
 
@@ -35,8 +47,8 @@ FIELDS: dict[str, Callable[[Item], Any]] = {
     "item:DateTimeCreated": lambda i: i.created_at,
     "item:LastModifiedTime": lambda i: i.modified_at,
     "item:HasAttachments": lambda i: i.has_attachments,
-    "item:Importance": lambda i: i.importance,
-    "item:Sensitivity": lambda i: i.sensitivity,
+    "item:Importance": lambda i: _rank("item:Importance", i.importance),
+    "item:Sensitivity": lambda i: _rank("item:Sensitivity", i.sensitivity),
     "item:Categories": lambda i: i.categories,
     "item:Size": lambda i: i.size,
     "item:IsDraft": lambda i: i.is_draft,
@@ -87,6 +99,8 @@ _DATE_FIELDS = {"item:DateTimeReceived", "item:DateTimeSent", "item:DateTimeCrea
 
 
 def _typed_constant(uri: str, raw: str) -> Any:
+    if uri in _RANKS:
+        return _rank(uri, raw)
     if uri in _BOOLEAN_FIELDS:
         return _convert(True, raw)
     if uri in _DATE_FIELDS or uri == "item:LastModifiedTime":
