@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -60,6 +61,16 @@ class World:
         msg["Message-ID"] = f"<{time.monotonic_ns()}.{abs(hash(subject))}@example.net>"
         msg.set_content(str(kw.get("body", f"Body of {subject}")))
         return self.ews.deliver(mailbox, msg.as_bytes(), folder=folder)
+
+    def synced(self) -> bool:
+        """The daemon has made its first sync (start_from = "new" begins after that)."""
+        if not self.state.exists():
+            return False
+        try:
+            with sqlite3.connect(self.state) as db:
+                return bool(list(db.execute("SELECT 1 FROM sync_state")))
+        except sqlite3.Error:
+            return False
 
     def receipts_log(self) -> list[dict[str, object]]:
         return receipts.read(self.receipts)

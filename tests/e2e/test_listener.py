@@ -15,17 +15,6 @@ from tests.e2e.conftest import World, stop, wait_for
 pytestmark = pytest.mark.slow
 
 
-def synced(world: World) -> bool:
-    """The daemon has made its first sync (start_from = "new" begins after that)."""
-    if not world.state.exists():
-        return False
-    try:
-        with sqlite3.connect(world.state) as db:
-            return bool(list(db.execute("SELECT 1 FROM sync_state")))
-    except sqlite3.Error:
-        return False
-
-
 def ledger_rows(world: World) -> list[tuple[str, str, str]]:
     with sqlite3.connect(world.state) as db:
         return list(db.execute("SELECT idempotency_key, handler, mailbox FROM ledger"))
@@ -162,7 +151,7 @@ def test_daemon_picks_up_mail_as_it_arrives_and_survives_token_expiry(world: Wor
     config = world.config({"orders": {"address": "orders@contoso.com", "credential": "sales"}})
     daemon = world.daemon(config)
     try:
-        wait_for(lambda: synced(world), 30, "the first sync")
+        wait_for(world.synced, 30, "the first sync")
         for n in range(5):
             world.deliver("orders@contoso.com", f"live {n}")
             wait_for(lambda n=n: len(world.receipts_log()) == n + 1, 60, f"message {n}")
@@ -182,7 +171,7 @@ def test_sigterm_lets_in_flight_handlers_finish(world: World) -> None:
     config = world.config({"orders": {"address": "orders@contoso.com", "credential": "sales"}})
     daemon = world.daemon(config, E2E_SLOW="3")
     try:
-        wait_for(lambda: synced(world), 30, "the first sync")
+        wait_for(world.synced, 30, "the first sync")
         world.deliver("orders@contoso.com", "[slow] order")
         wait_for(lambda: slow_started(world), 30, "the slow handler to start")
     finally:
