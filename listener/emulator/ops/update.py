@@ -232,7 +232,10 @@ def delete_item(ctx: OpContext, request: etree._Element) -> OpResult:
                 if mode == "HardDelete":
                     ctx.store.delete(item)
                 else:
-                    target = "recoverableitemsdeletions" if mode == "SoftDelete" else "deleteditems"
+                    deleted_items = ctx.mailbox.distinguished["deleteditems"]
+                    # Deleting from Deleted Items goes one step further, as in Outlook/Exchange.
+                    soft = mode == "SoftDelete" or item.folder is deleted_items
+                    target = "recoverableitemsdeletions" if soft else "deleteditems"
                     ctx.store.move(item, ctx.mailbox.distinguished[target])
         except StoreError as exc:
             messages.append(error_message("DeleteItemResponseMessage", exc.code, str(exc)))
