@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -117,15 +116,6 @@ class EwsHandler(QuietHandler):
     """One keep-alive connection to the emulator."""
 
     _cut_after = 0  # > 0: send only this many bytes of the next answer, then drop
-
-    def setup(self) -> None:
-        super().setup()
-        # The base handler writes the headers and the body in two sends; with Nagle's algorithm
-        # on, the body waits for the client's delayed ACK (40 ms on Linux), which capped a
-        # keep-alive connection at ~25 requests/s. (A fix in _http.QuietHandler would help the
-        # token server too.)
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     @property
     def emulator(self) -> EwsEmulator:

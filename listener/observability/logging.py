@@ -188,6 +188,8 @@ def configure_logging(
         root.removeHandler(_State.handler)
     root.addHandler(handler)
     root.setLevel(_level_number(level))
+    # Our own loggers follow ``level`` even if something set the "listener" logger's level before.
+    logging.getLogger("listener").setLevel(_level_number(level))
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(_level_number(library_level))
     # warnings.warn(...) from libraries become log lines through the same chain.
