@@ -29,7 +29,7 @@ from exchangelib.util import _get_retry_after
 
 from listener.abc import AccessToken, TokenProvider
 
-__all__ = ["ListenerRetryPolicy", "TokenBridge", "register_ca_bundle"]
+__all__ = ["ListenerRetryPolicy", "TokenBridge", "install_adapter", "register_ca_bundle"]
 
 # Reported lifetime is this much shorter than the real one, so requests-oauthlib asks for a new
 # token (through ``refresh``) before Exchange would reject the old one.
@@ -43,6 +43,11 @@ def register_ca_bundle(url_prefix: str, ca_bundle: str) -> None:
     """Trust ``ca_bundle`` (a PEM file) for every EWS request to a URL under ``url_prefix``."""
     with _ca_lock:
         _ca_by_prefix[url_prefix.lower()] = ca_bundle
+    install_adapter()
+
+
+def install_adapter() -> None:
+    """Make exchangelib use our adapter (CA bundles by URL, whole-chunk parsing)."""
     BaseProtocol.HTTP_ADAPTER_CLS = _CaBundleAdapter
 
 
@@ -55,8 +60,28 @@ def _ca_for(url: str) -> str | None:
     return None
 
 
+class _WholeChunks(requests.Response):
+    """A response whose ``iter_content()`` hands over an in-memory body in 64 KiB pieces.
+
+    exchangelib parses every SOAP answer with ``to_xml(response.iter_content())``, and requests'
+    default chunk size is ONE byte: for a body already read into memory that is a Python-level
+    loop per byte (about half of the listener's CPU time on a 2,000-message poll).
+    """
+
+    def iter_content(self, chunk_size: int | None = 1, decode_unicode: bool = False) -> Any:
+        consumed = getattr(self, "_content_consumed", False)
+        if chunk_size == 1 and consumed and isinstance(self._content, bytes):
+            chunk_size = 1 << 16
+        return super().iter_content(chunk_size=chunk_size, decode_unicode=decode_unicode)
+
+
 class _CaBundleAdapter(requests.adapters.HTTPAdapter):
     """Verifies TLS with the CA bundle configured for the URL, whatever the environment says."""
+
+    def build_response(self, req: Any, resp: Any) -> requests.Response:
+        response = super().build_response(req, resp)
+        response.__class__ = _WholeChunks
+        return response
 
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
         bundle = _ca_for(url)

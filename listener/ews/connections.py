@@ -20,7 +20,12 @@ from exchangelib.version import Build
 
 from listener.abc import TokenProvider
 from listener.errors import SourceError
-from listener.ews._transport import ListenerRetryPolicy, TokenBridge, register_ca_bundle
+from listener.ews._transport import (
+    ListenerRetryPolicy,
+    TokenBridge,
+    install_adapter,
+    register_ca_bundle,
+)
 from listener.ews.source import EwsMailSource
 
 __all__ = ["CredentialGate", "EwsConnections", "MailboxTarget"]
@@ -108,6 +113,7 @@ class EwsConnections:
         request_timeout: float = 120.0,
     ) -> None:
         self._providers = providers
+        install_adapter()
         self._max_connections = max_connections
         self._request_timeout = request_timeout
         self._lock = threading.Lock()
