@@ -8,6 +8,7 @@ limit) because the emulator is reachable by anything on the machine. Every respo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -71,8 +72,13 @@ def sub(
     """Append a child element with optional text and attributes."""
     child = etree.SubElement(parent, tag, attrib=dict(attrib) if attrib else None)
     if text is not None:
-        child.text = text
+        # XML 1.0 cannot carry NUL and most control characters, not even as references; mail can
+        # (attachment names, subjects). Exchange drops them from its answers; so do we.
+        child.text = _NOT_XML.sub("", text) if _NOT_XML.search(text) else text
     return child
+
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 
 
 class SoapError(Exception):

@@ -50,6 +50,26 @@ _GONE = (ews_errors.ErrorItemNotFound, ews_errors.ErrorInvalidIdMalformed)
 _SYNC_STATE_ERROR = "ErrorInvalidSyncStateData"
 
 
+def _one_item_may_be_at_fault(error: SourceError) -> bool:
+    """The server answered, with an error that is about the content, not the mailbox or load."""
+    cause = error.__cause__
+    if isinstance(cause, _ITEM_LEVEL):
+        return True
+    return error.code in _ITEM_LEVEL_CODES
+
+
+# Answers a single malformed or oversized item can provoke for the whole GetItem batch.
+_ITEM_LEVEL = (
+    ews_errors.ErrorInternalServerError,
+    ews_errors.MalformedResponseError,
+    ews_errors.ErrorCorruptData,
+    ews_errors.ErrorItemCorrupt,
+    ews_errors.ErrorMimeContentConversionFailed,
+    ews_errors.ErrorResponseSchemaValidation,
+)
+_ITEM_LEVEL_CODES = frozenset(cls.__name__ for cls in _ITEM_LEVEL)
+
+
 def translate_error(error: BaseException) -> SourceError:
     """Map an exchangelib or HTTP failure to a :class:`SourceError` the poller can reason about."""
     code = type(error).__name__
@@ -207,17 +227,27 @@ class EwsMailSource:
     def fetch(self, refs: Sequence[ItemRef]) -> list[Message | FetchFailure]:
         if not refs:
             return []
-        with self._translated():
-            items = self._call(
-                lambda: list(
-                    self.account.fetch(
-                        ids=[(r.item_id, r.change_key) for r in refs],
-                        only_fields=FETCH_FIELDS,
-                        chunk_size=len(refs),
-                    )
-                ),
-                "GetItem",
-            )
+        try:
+            with self._translated():
+                items = self._call(
+                    lambda: list(
+                        self.account.fetch(
+                            ids=[(r.item_id, r.change_key) for r in refs],
+                            only_fields=FETCH_FIELDS,
+                            chunk_size=len(refs),
+                        )
+                    ),
+                    "GetItem",
+                )
+        except SourceError as e:
+            if not _one_item_may_be_at_fault(e):
+                raise
+            if len(refs) > 1:
+                # The server answered the batch with an error that one bad item can cause (an
+                # internal error, an answer it could not render): ask for each item alone, so one
+                # poisoned message is parked and retried instead of blocking the mailbox.
+                return [result for ref in refs for result in self.fetch([ref])]
+            return [FetchFailure(refs[0], str(e), transient=True)]
         out: list[Message | FetchFailure] = []
         for ref, item in zip(refs, items, strict=True):
             if isinstance(item, BaseException):

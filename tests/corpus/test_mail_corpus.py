@@ -458,16 +458,9 @@ def test_empty_body(corpus_run: CorpusRun) -> None:
     assert not message.has_attachments
 
 
-# --- what the emulator cannot take yet ------------------------------------------------------------
+# --- what once broke the emulator ----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="emulator: rendering an attachment name with NUL/C0 controls raises in lxml, so "
-    "GetItem answers ErrorInternalServerError for the whole batch; the EWS source does not "
-    "isolate the poisoned item, and the mailbox stays stuck on it (see the report)",
-)
 def test_control_characters_in_names_do_not_block_the_mailbox(tmp_path: Path) -> None:
     """NUL and control characters in attachment names: handed over or dead-lettered, and the
     normal messages around it are handed over."""
@@ -487,12 +480,6 @@ def test_control_characters_in_names_do_not_block_the_mailbox(tmp_path: Path) ->
         assert letter.error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=email.errors.HeaderParseError,
-    reason="emulator: mailstore.mime._decoded lets email.errors.HeaderParseError escape, so "
-    "deliver() raises for a subject with a B encoded word that is not base64",
-)
 def test_broken_base64_encoded_word_can_be_delivered() -> None:
     """A subject whose encoded word is not base64 is filed like any other message."""
     ews = EwsEmulator(None)

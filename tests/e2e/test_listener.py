@@ -228,3 +228,20 @@ def test_broken_configuration_exits_78_naming_the_field(world: World) -> None:
     result = world.cli("run", "--config", str(config))
     assert result.returncode == 78
     assert "mailboxes.orders.credential" in result.stdout + result.stderr
+
+
+def test_a_batch_the_server_cannot_answer_is_fetched_item_by_item(world: World) -> None:
+    """GetItem failing for a whole batch (HTTP 500) does not block the mailbox: items one by one."""
+    world.ews.add_mailbox("orders@contoso.com")
+    config = world.config(
+        {"orders": {"address": "orders@contoso.com", "credential": "sales", "start_from": "all"}}
+    )
+    for n in range(5):
+        world.deliver("orders@contoso.com", f"order {n}")
+    world.ews.faults.add("http_500", operation="GetItem", mailbox="orders@contoso.com", count=1)
+    result = world.cli("once", "--config", str(config), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["mailboxes"]["orders"]["handed_over"] == 5
+    assert len(world.receipts_log()) == 5
+    gets = [r for r in world.ews.request_log if r.operation == "GetItem"]
+    assert len(gets) == 6  # the failed batch, then one request per item

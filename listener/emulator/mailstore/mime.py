@@ -8,9 +8,11 @@ attachments, parsed recursively).
 from __future__ import annotations
 
 import email.utils
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email import policy
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -32,8 +34,20 @@ def _decoded(value: object) -> str:
         return " ".join(text.split()) if "\n" in text else text
     try:
         return str(make_header(decode_header(text)))
-    except (LookupError, ValueError, UnicodeDecodeError):
-        return text
+    except _UNDECODABLE:
+        # One broken encoded word: decode the others, keep that one as it came.
+        return _ENCODED_WORD.sub(_decoded_word, text)
+
+
+_UNDECODABLE = (LookupError, ValueError, UnicodeDecodeError, HeaderParseError)
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+
+
+def _decoded_word(match: re.Match[str]) -> str:
+    try:
+        return str(make_header(decode_header(match.group(0))))
+    except _UNDECODABLE:
+        return match.group(0)
 
 
 def _addresses(message: Message, name: str) -> list[Address]:
