@@ -51,13 +51,15 @@ class App:
             self.providers.get,
             max_connections=lambda name: settings.credentials[name].max_connections,
         )
+        # Handlers first: one that cannot be built is a configuration error, found before the
+        # state database is created or touched.
+        self.handlers: Mapping[str, Handler] = (
+            handlers if handlers is not None else build_handlers(settings.handlers)
+        )
         self.store: StateStore = store or open_store(
             settings.state.url,
             busy_timeout=settings.state.busy_timeout,
             connect_timeout=settings.state.connect_timeout,
-        )
-        self.handlers: Mapping[str, Handler] = (
-            handlers if handlers is not None else build_handlers(settings.handlers)
         )
         self._observe = observe
         self.sources: dict[str, EwsMailSource] = {}

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from datetime import UTC
 from typing import Any, TextIO
 
-from listener.errors import EXIT_CONFIG, EXIT_OK, EXIT_TEMPFAIL, EXIT_UNEXPECTED, EXIT_USAGE
+from listener.errors import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    EXIT_UNAVAILABLE,
+    EXIT_UNEXPECTED,
+    EXIT_USAGE,
+)
 
 __all__ = ["register"]
 
@@ -39,6 +46,30 @@ def _settings(args: argparse.Namespace) -> Any:
 # --- run / once --------------------------------------------------------------------------------
 
 
+def _startup_errors(command: Command) -> Command:
+    """Map what can go wrong while building the app to exit codes systemd can act on.
+
+    A handler that cannot be built (bad import path, failing factory) is a configuration error
+    (78: do not restart); a state database that cannot be opened is "unavailable" (69).
+    """
+
+    def wrapped(args: argparse.Namespace) -> int:
+        from listener.handlers.errors import HandlerConfigError  # noqa: PLC0415
+        from listener.store import StoreError  # noqa: PLC0415
+
+        try:
+            return command(args)
+        except HandlerConfigError as e:
+            print(f"configuration error: {e}", file=sys.stderr)
+            return EXIT_CONFIG
+        except StoreError as e:
+            print(f"state store unavailable: {e}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+
+    return wrapped
+
+
+@_startup_errors
 def cmd_run(args: argparse.Namespace) -> int:
     from listener.daemon import run_daemon  # noqa: PLC0415 - imports exchangelib
 
@@ -46,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(settings, http_port=args.metrics_port, fail_fast=args.fail_fast)
 
 
+@_startup_errors
 def cmd_once(args: argparse.Namespace) -> int:
     from listener.daemon import run_once, summary  # noqa: PLC0415
 
@@ -73,6 +105,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 # --- mailbox test ------------------------------------------------------------------------------
 
 
+@_startup_errors
 def cmd_mailbox_test(args: argparse.Namespace) -> int:
     from listener.app import App  # noqa: PLC0415
 
@@ -193,6 +226,7 @@ def _selected(args: argparse.Namespace, store: Any) -> list[Any]:
     return [d for d in letters if d.id in wanted]
 
 
+@_startup_errors
 def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
     from listener.app import App  # noqa: PLC0415
 
