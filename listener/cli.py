@@ -204,6 +204,10 @@ def cmd_credentials_validate(args: argparse.Namespace) -> int:
             "application permission full_access_as_app to the app and grant admin consent",
             file=out,
         )
+    if args.mailbox:
+        from listener.cli_service import check_mailbox  # noqa: PLC0415 - imports exchangelib
+
+        return check_mailbox(settings, args.mailbox, out, credential=name)
     return EXIT_OK
 
 
@@ -276,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         metavar="N",
         help="tries on 5xx and network errors, with back-off (default 3)",
+    )
+    validate.add_argument(
+        "--mailbox",
+        metavar="ADDRESS",
+        help="also open this configured mailbox with the token (impersonation, folder, count)",
     )
     validate.set_defaults(func=cmd_credentials_validate)
     credentials.set_defaults(func=lambda args: _usage(credentials, args))

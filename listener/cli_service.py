@@ -107,19 +107,25 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 @_startup_errors
 def cmd_mailbox_test(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    return check_mailbox(settings, args.address, _out(args))
+
+
+def check_mailbox(settings: Any, wanted: str, out: TextIO, *, credential: str | None = None) -> int:
+    """Token, impersonation, folder and item count of the mailbox called or addressed ``wanted``."""
     from listener.app import App  # noqa: PLC0415
 
-    settings = _settings(args)
-    wanted = args.address.lower()
+    wanted = wanted.lower()
     names = [
         n
         for n, m in settings.mailboxes.items()
-        if n.lower() == wanted or m.address.lower() == wanted
+        if (n.lower() == wanted or m.address.lower() == wanted)
+        and (credential is None or m.credential == credential)
     ]
     if not names:
-        print(f"error: no mailbox {args.address!r} in the configuration", file=sys.stderr)
+        which = f" using credential {credential!r}" if credential else ""
+        print(f"error: no mailbox {wanted!r}{which} in the configuration", file=sys.stderr)
         return EXIT_USAGE
-    out = _out(args)
     app = App(settings, store=_NullStore(), handlers={})  # type: ignore[arg-type]
     ok = True
     try:
