@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -35,7 +35,7 @@ from listener.abc import (
     PendingEntry,
     StateStore,
 )
-from listener.errors import PermanentError
+from listener.errors import PermanentError, SourceError
 from listener.model import Message
 
 __all__ = ["FailurePolicy", "PollResult", "Poller", "PollerSettings"]
@@ -424,46 +424,56 @@ class Poller:
     # --- step 5: post-processing ----------------------------------------------------------------
 
     def _post_process(self, page: _Page, result: PollResult) -> None:
+        """Tidy up in bulk. A failure here never stops the commit: the hand-overs stand.
+
+        (Found by the chaos run: a throttled or dropped UpdateItem used to abort the poll after
+        the handlers had run, so the page was handed over again at the next poll.)
+        """
         refs = [ItemRef(m.item_id, m.change_key) for m in page.succeeded]
         action, argument = self.settings.after_success
-        errors: Sequence[object] = []
-        if refs and action == "mark_read":
-            errors = self.source.mark_read(refs)
-        elif refs and action == "move" and argument:
-            errors = [r if isinstance(r, str) else None for r in self.source.move(refs, argument)]
-        elif refs and action == "categorize" and argument:
-            errors = self.source.categorize(refs, argument)
-        elif refs and action == "delete":
-            errors = self.source.delete(refs)
-        for ref, error in zip(refs, errors, strict=False):
-            if error:
-                # The hand-over stands; only the tidy-up failed. Say so and carry on.
-                log.warning("post_process.failed", action=action, item_id=ref.item_id, error=error)
+        if refs and action != "none":
+            for ref, error in zip(refs, self._after_success(refs, action, argument), strict=False):
+                if error:
+                    log.warning(
+                        "post_process.failed", action=action, item_id=ref.item_id, error=error
+                    )
         folder = self.settings.failure.dead_letter_folder
         movable = [(ref, letter) for ref, letter in page.dead if ref.item_id]
         if folder and movable:
-            moved = self.source.move([ref for ref, _ in movable], folder)
+            try:
+                moved: Sequence[ItemRef | str] = self.source.move(
+                    [ref for ref, _ in movable], folder
+                )
+            except SourceError as e:
+                # The letters keep the ids the items still have in the watched folder.
+                log.warning("dead_letter.move_failed", folder=folder, error=str(e))
+                moved = [str(e)] * len(movable)
             updated = {
                 letter.item_id: (
                     letter
                     if isinstance(new, str)
-                    else DeadLetter(
-                        None,
-                        letter.mailbox,
-                        new.item_id,
-                        new.change_key,
-                        letter.idempotency_key,
-                        letter.handlers,
-                        letter.error,
-                        letter.permanent,
-                        letter.attempts,
-                        letter.subject,
-                        letter.created_at,
-                    )
+                    else replace(letter, item_id=new.item_id, change_key=new.change_key)
                 )
                 for (_, letter), new in zip(movable, moved, strict=True)
             }
             page.dead = [(ref, updated.get(letter.item_id, letter)) for ref, letter in page.dead]
+
+    def _after_success(
+        self, refs: Sequence[ItemRef], action: str, argument: str | None
+    ) -> Sequence[object]:
+        """Apply ``after_success`` to ``refs``; per ref None or the error."""
+        try:
+            if action == "mark_read":
+                return self.source.mark_read(refs)
+            if action == "move" and argument:
+                return [r if isinstance(r, str) else None for r in self.source.move(refs, argument)]
+            if action == "categorize" and argument:
+                return self.source.categorize(refs, argument)
+            if action == "delete":
+                return self.source.delete(refs)
+        except SourceError as e:
+            return [str(e)] * len(refs)
+        return []
 
     # --- step 6: commit -------------------------------------------------------------------------
 

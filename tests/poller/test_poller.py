@@ -262,3 +262,19 @@ def test_crash_before_commit_hands_over_again_with_same_key(store: object) -> No
     assert len(hs["h"].received) == 2
     assert len(set(hs["h"].received)) == 1
     assert len(store.ledger("box")) == 1  # type: ignore[attr-defined]
+
+
+def test_failed_tidy_up_does_not_hand_over_again(store: object) -> None:
+    """A throttled mark-read after the handlers ran still commits the ledger: no repeat."""
+    source = FakeSource()
+    poller, hs = make(store, source, start_from="all")
+    source.deliver("x")
+
+    def throttled(refs: object) -> list[str | None]:
+        raise SourceError("ErrorServerBusy", transient=True, back_off=5)
+
+    source.mark_read = throttled  # type: ignore[method-assign]
+    assert poller.poll().handed_over == 1
+    assert poller.poll().handed_over == 0
+    assert len(hs["h"].received) == 1
+    assert len(store.ledger("box")) == 1  # type: ignore[attr-defined]
