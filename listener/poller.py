@@ -48,6 +48,7 @@ StartFrom = Literal["new", "unread", "all"]
 # ``batch_size``; a large page keeps the read-flag changes our own mark_read causes from
 # crowding the next page (one sync per 512 changes, not one per batch).
 SYNC_PAGE = 512
+INVALID_SYNC_STATE = "ErrorInvalidSyncStateData"
 
 
 def _batches(refs: Sequence[ItemRef], size: int) -> list[tuple[Sequence[ItemRef], bool]]:
@@ -165,11 +166,18 @@ class Poller:
         ):
             state = self._starting_state(result)
             self._retry_due(result)  # 1
+            floor: datetime | None = None
             while not self._stop.is_set():
-                page = self.source.changes(state, SYNC_PAGE)  # 2
+                try:
+                    page = self.source.changes(state, SYNC_PAGE)  # 2
+                except SourceError as e:
+                    if e.code != INVALID_SYNC_STATE or state is None:
+                        raise
+                    state, floor = None, self._resync_floor(e)
+                    continue
                 result.pages += 1
                 for batch, last in _batches(page.created, self.settings.batch_size):
-                    fetched = self.source.fetch(batch)  # 3
+                    fetched = self._not_before(floor, self.source.fetch(batch))  # 3
                     outcome = self._hand_over(fetched, result)  # 4
                     self._post_process(outcome, result)  # 5
                     done = outcome.complete and last
@@ -181,6 +189,40 @@ class Poller:
                 state = page.sync_state
         return result
 
+    def _resync_floor(self, error: SourceError) -> datetime | None:
+        """The server lost our sync state: sync again from the start of the folder.
+
+        The ledger skips what was handed over already. With ``start_from`` "new" or "unread",
+        mail received before the mailbox was first watched is not handed over now either (the
+        time of that first sync is kept next to the sync state).
+        """
+        since = self.store.get_sync_state(self.name, self._since_key)
+        # Five minutes of slack for the clock difference between us and the server: better a
+        # few messages from just before the first sync than one lost.
+        floor = datetime.fromisoformat(since) - timedelta(minutes=5) if since else None
+        log.error(
+            "sync_state.invalid",
+            error=str(error),
+            action="syncing the folder again from its start; the ledger skips what is done",
+            floor=since,
+        )
+        return floor
+
+    @property
+    def _since_key(self) -> str:
+        return f"{self.settings.folder}#watched-since"
+
+    def _not_before(
+        self, floor: datetime | None, fetched: Sequence[Message | FetchFailure]
+    ) -> Sequence[Message | FetchFailure]:
+        if floor is None:
+            return fetched
+        return [
+            m
+            for m in fetched
+            if not (isinstance(m, Message) and m.received_at is not None and m.received_at < floor)
+        ]
+
     def _starting_state(self, result: PollResult) -> str | None:
         """The stored sync state, or on the very first poll the one ``start_from`` asks for."""
         state = self.store.get_sync_state(self.name, self.settings.folder)
@@ -188,9 +230,11 @@ class Poller:
             return state
         # "new" and "unread": begin at the folder's present end; "unread" parks what is unread
         # now in the pending queue (due at once), in the same commit as the starting state.
+        now = self._clock()
+        # Kept for a resync after an invalid sync state (see _resync_floor).
+        self.store.commit(self.name, self._since_key, sync_state=now.isoformat())
         unread = self.source.unread() if self.settings.start_from == "unread" else ()
         end = self.source.current_state()
-        now = self._clock()
         parked = [
             PendingEntry(self.name, r.item_id, r.change_key, "", (), 0, now, "", now)
             for r in unread

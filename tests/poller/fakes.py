@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from listener.abc import ChangePage, FetchFailure, ItemRef
 from listener.errors import SourceError
@@ -19,6 +20,7 @@ class FakeItem:
     is_read: bool = False
     categories: list[str] = field(default_factory=list)
     folder: str = "inbox"
+    received_at: datetime | None = None
 
 
 class FakeSource:
@@ -31,12 +33,16 @@ class FakeSource:
         self.log: list[str] = []  # item ids in the order they arrived in the watched folder
         self._ids = itertools.count(1)
         self.fail_changes: SourceError | None = None
+        self.forget_states = False  # the server lost every sync state it handed out
         self.gone: set[str] = set()
         self.calls: list[str] = []
+        self.now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)  # received time of the next delivery
 
     def deliver(self, subject: str, *, is_read: bool = False, sender: str = "a@example.com") -> str:
         item_id = f"ID{next(self._ids)}"
-        self.items[item_id] = FakeItem(item_id, subject, sender=sender, is_read=is_read)
+        self.items[item_id] = FakeItem(
+            item_id, subject, sender=sender, is_read=is_read, received_at=self.now
+        )
         self.log.append(item_id)
         return item_id
 
@@ -49,6 +55,10 @@ class FakeSource:
         self.calls.append("changes")
         if self.fail_changes is not None:
             raise self.fail_changes
+        if self.forget_states and sync_state is not None:
+            raise SourceError(
+                "sync state unknown", code="ErrorInvalidSyncStateData", transient=False
+            )
         start = int(sync_state or 0)
         window = self.log[start : start + max_changes]
         created = tuple(
@@ -75,6 +85,7 @@ class FakeSource:
                 continue
             out.append(
                 Message(
+                    received_at=item.received_at,
                     mailbox=self.mailbox,
                     folder=self.folder,
                     item_id=item.item_id,

@@ -278,3 +278,22 @@ def test_failed_tidy_up_does_not_hand_over_again(store: object) -> None:
     assert poller.poll().handed_over == 0
     assert len(hs["h"].received) == 1
     assert len(store.ledger("box")) == 1  # type: ignore[attr-defined]
+
+
+def test_lost_sync_state_resyncs_without_repeats_or_old_mail(store: object) -> None:
+    """ErrorInvalidSyncStateData: sync again from the start; nothing repeated, no pre-start mail."""
+    source = FakeSource()
+    clock = Clock()
+    source.now = clock.now - timedelta(days=1)
+    source.deliver("there before the listener")
+    poller, hs = make(store, source, clock=clock)
+    poller.poll()
+    source.now = clock.now + timedelta(minutes=1)
+    source.deliver("first")
+    assert poller.poll().handed_over == 1
+    source.forget_states = True
+    source.deliver("second")
+    result = poller.poll()
+    assert result.handed_over == 1
+    assert result.already_done == 1
+    assert len(hs["h"].received) == 2
