@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC
 from typing import Any, TextIO
 
@@ -175,18 +176,10 @@ def _open_store(settings: Any) -> Any:
 
 
 def _letter_dict(letter: Any) -> dict[str, Any]:
-    return {
-        "id": letter.id,
-        "mailbox": letter.mailbox,
-        "item_id": letter.item_id,
-        "idempotency_key": letter.idempotency_key,
-        "handlers": list(letter.handlers),
-        "error": letter.error,
-        "permanent": letter.permanent,
-        "attempts": letter.attempts,
-        "subject": letter.subject,
-        "created_at": letter.created_at.astimezone(UTC).isoformat(),
-    }
+    data = asdict(letter)
+    data["handlers"] = list(letter.handlers)
+    data["created_at"] = letter.created_at.astimezone(UTC).isoformat()
+    return data
 
 
 def cmd_dead_letters_list(args: argparse.Namespace) -> int:
