@@ -23,7 +23,11 @@ from typing import Any
 
 import requests.adapters
 from exchangelib import Identity, OAuth2AuthorizationCodeCredentials
-from exchangelib.errors import ErrorInternalServerTransientError, ErrorServerBusy
+from exchangelib.errors import (
+    ErrorInternalServerTransientError,
+    ErrorServerBusy,
+    UnauthorizedError,
+)
 from exchangelib.protocol import BaseProtocol, FailFast
 from exchangelib.util import _get_retry_after
 
@@ -110,6 +114,13 @@ class ListenerRetryPolicy(FailFast):  # type: ignore[misc]
     def raise_response_errors(self, response: Any) -> None:
         try:
             super().raise_response_errors(response)
+        except UnauthorizedError as e:
+            # Exchange says why in x-ms-diagnostics (token_expired, invalid_signature, ...);
+            # exchangelib drops it. Keep it: "expired" points at clock skew, not permissions.
+            diagnostics = response.headers.get("x-ms-diagnostics")
+            if diagnostics:
+                raise UnauthorizedError(f"{e.args[0]}: {diagnostics}") from e
+            raise
         except (ErrorInternalServerTransientError, ErrorServerBusy) as e:
             retry_after = _get_retry_after(response)
             if retry_after:

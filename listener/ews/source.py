@@ -24,7 +24,7 @@ from exchangelib.queryset import Q
 from exchangelib.services import GetAttachment, SyncFolderItems
 
 from listener.abc import ChangePage, FetchFailure, ItemRef
-from listener.errors import ListenerError, SourceError
+from listener.errors import ListenerError, SourceError, TokenError
 from listener.ews._convert import FETCH_FIELDS, to_message
 from listener.ews._folders import FolderResolver
 from listener.ews._transport import TokenBridge
@@ -84,8 +84,10 @@ def translate_error(error: BaseException) -> SourceError:
         return SourceError(message, code=code, transient=False)
     if isinstance(error, ews_errors.UnauthorizedError):
         return SourceError(
-            f"{code}: Exchange rejected the access token (HTTP 401) even after a fresh one; "
-            "check the app's full_access_as_app permission and EWSAllowedAppIDs",
+            f"{code}: Exchange rejected the access token (HTTP 401) even after a fresh one "
+            f"({error}); if it says token_expired, compare this host's clock with the token "
+            "endpoint's and Exchange's; otherwise check the app's full_access_as_app permission "
+            "and EWSAllowedAppIDs",
             code="Unauthorized",
             transient=False,
         )
@@ -166,6 +168,9 @@ class EwsMailSource:
             raise translate_error(e) from e
         except Exception as e:
             # TokenError and friends from the token provider: transient for the mailbox.
+            if isinstance(e, TokenError):
+                code = f"TokenError:{e.aadsts or e.error or 'unavailable'}"
+                raise SourceError(str(e), code=code, transient=True) from e
             if isinstance(e, ListenerError):
                 raise SourceError(str(e), code=type(e).__name__, transient=True) from e
             raise

@@ -508,13 +508,7 @@ def test_broken_configuration_touches_no_state_and_loses_no_mail(
     assert [r["subject"] for r in world.receipts_log()] == ["order 1"]
 
 
-# --- what is not right yet (see the report): strict xfails, so a fix turns them into failures ---
-
-_ONE_MISTAKE = {
-    "bad-subject-regex": "a bad route regex also reports 'routes: Tuple should have at least 1 "
-    "item after validation, not 0', which is false: the route is there, its regex is wrong",
-    "bad-header-regex": "same spurious 'routes ... at least 1 item' issue as bad-subject-regex",
-}
+# --- what the first version of this corpus found, since fixed -------------------------------
 
 
 @pytest.mark.parametrize(
@@ -522,9 +516,7 @@ _ONE_MISTAKE = {
     [
         pytest.param(
             n,
-            marks=pytest.mark.xfail(strict=True, reason=_ONE_MISTAKE[n])
-            if n in _ONE_MISTAKE
-            else (),
+            marks=(),
         )
         for n in sorted(CASES)
         if CASES[n].raw is None
@@ -559,11 +551,6 @@ _LEAKS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config issues show webhook URLs (whose query often holds a signature, e.g. Logic "
-    "Apps '?sig=') and webhook header / command env values unmasked in '(got ...)'",
-)
 @pytest.mark.parametrize("name", sorted(_LEAKS))
 def test_handler_secrets_are_masked_in_issues(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -582,11 +569,6 @@ def test_handler_secrets_are_masked_in_issues(
     assert "271828" not in line, line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the store's 'stayed locked' error says 'raise state.busy_timeout', but [state] has "
-    "no busy_timeout key: check-config rejects it as unknown",
-)
 def test_state_busy_timeout_named_by_the_lock_error_is_a_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
