@@ -174,9 +174,12 @@ def verify(
     # --- dead letters: exactly the poisoned ones, permanent, once each ---------------------------
     letters_by_item = collections.Counter(item for item, _, _, _ in letters)
     poison = [d for d in delivered if d.poison]
-    missing = [d for d in poison if letters_by_item[d.item_id] != 1]
+    missing = [d for d in poison if letters_by_item[d.item_id] == 0]
     if missing:
-        verdict.fail(f"{len(missing)} poisoned message(s) not dead-lettered exactly once", missing)
+        verdict.fail(f"{len(missing)} poisoned message(s) never dead-lettered", missing)
+    repeated = [d for d in poison if letters_by_item[d.item_id] > 1]
+    if repeated:
+        verdict.fail(f"{len(repeated)} poisoned message(s) dead-lettered more than once", repeated)
     wrong = [
         (subject, error)
         for _item, subject, permanent, error in letters
