@@ -30,7 +30,7 @@ log = structlog.get_logger("listener.service")
 
 # A mailbox that fails waits min(interval * 2^(failures-1), cap) before its next poll; the cap is
 # longer when the error says retrying soon cannot help (missing mailbox, denied impersonation).
-_TRANSIENT_CAP = 900.0
+_TRANSIENT_CAP = 300.0
 _PERMANENT_CAP = 3600.0
 
 

@@ -89,7 +89,8 @@ def translate_error(error: BaseException) -> SourceError:
             "endpoint's and Exchange's; otherwise check the app's full_access_as_app permission "
             "and EWSAllowedAppIDs",
             code="Unauthorized",
-            transient=False,
+            # Revocations and clock skew heal; keep the mailbox on the shorter back-off.
+            transient=True,
         )
     if isinstance(error, SourceError):
         return error

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import Connection, func, insert, inspect, select
+from sqlalchemy import Connection, func, insert, inspect, select, text
 
 from listener.store import _schema
 from listener.store._errors import StoreError
@@ -39,8 +39,18 @@ def _create_v1(conn: Connection) -> None:
     _schema.metadata.create_all(conn, tables=tables, checkfirst=True)
 
 
+def _index_dead_letter_keys(conn: Connection) -> None:
+    # The poller skips items already dead-lettered when a page is synced again (after a crash
+    # in the middle of it): one lookup by idempotency key per batch.
+    # Plain DDL: an sqlalchemy Index would attach itself to the version 1 table definition.
+    conn.execute(
+        text("CREATE INDEX IF NOT EXISTS ix_dead_letters_key ON dead_letters (idempotency_key)")
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sync_state, ledger, pending and dead_letters", _create_v1),
+    Migration(2, "index dead letters by idempotency key", _index_dead_letter_keys),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -137,6 +137,17 @@ class SqlStateStore:
                 found.update((key, handler) for key, handler in conn.execute(query))
         return found
 
+    def dead_lettered(self, keys: Sequence[str]) -> set[str]:
+        """The idempotency keys among ``keys`` that have a dead letter."""
+        found: set[str] = set()
+        with self._read("reading dead letters") as conn:
+            for chunk in _chunks(sorted(set(keys))):
+                query = select(tb.dead_letters.c.idempotency_key).where(
+                    tb.dead_letters.c.idempotency_key.in_(chunk)
+                )
+                found.update(key for (key,) in conn.execute(query))
+        return found
+
     def due_pending(self, mailbox: str, now: datetime, limit: int) -> list[PendingEntry]:
         """Up to ``limit`` pending entries of ``mailbox`` due at ``now``, the longest-due first."""
         query = (

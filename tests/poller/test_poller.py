@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from listener.errors import SourceError
+from listener.model import Message
 from listener.poller import FailurePolicy, Poller, PollerSettings
 from listener.store import open_store
 from tests.poller.fakes import FakeSource, RecordingHandler
@@ -297,3 +298,31 @@ def test_lost_sync_state_resyncs_without_repeats_or_old_mail(store: object) -> N
     assert result.handed_over == 1
     assert result.already_done == 1
     assert len(hs["h"].received) == 2
+
+
+def test_page_synced_again_does_not_dead_letter_twice(store: object) -> None:
+    """A crash mid-page re-syncs the page; a dead letter from its first batch is not made again."""
+    source = FakeSource()
+    stop = threading.Event()
+    handler = RecordingHandler("h")
+    handler.permanent.add("poison")
+    calls = 0
+
+    def stopping(message: Message) -> None:
+        nonlocal calls
+        calls += 1
+        handler(message)  # poison raises PermanentError here
+        if calls == 3:
+            stop.set()
+
+    poller, _ = make(store, source, start_from="all", stop=stop, batch_size=2)
+    poller.handlers = {"h": stopping}  # type: ignore[dict-item]
+    for subject in ("a", "poison", "b", "c"):
+        source.deliver(subject)
+    poller.poll()
+    assert len(store.dead_letters("box")) == 1  # type: ignore[attr-defined]
+    stop.clear()
+    result = poller.poll()
+    assert result.dead_lettered == 0
+    assert len(store.dead_letters("box")) == 1  # type: ignore[attr-defined]
+    assert len(store.ledger("box")) == 3  # type: ignore[attr-defined]
