@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.policy import SMTP
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -266,6 +267,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--schema", action="store_true", help="validate requests (slower)")
     parser.add_argument("--workdir", type=Path, help="keep the run's files here")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--plot", type=Path, help="write a PNG of the hand-over delays here (needs matplotlib)"
+    )
     return parser
 
 
@@ -393,7 +397,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                 default=str,
             )
         )
+    if args.plot is not None:
+        _plot(args.plot, verdict.delays, world.lifetimes, figures)
     return 1 if verdict.failures else 0
+
+
+def _plot(
+    path: Path, delays: list[tuple[float, float]], lifetimes: Sequence[Any], figures: dict[str, Any]
+) -> None:
+    """Delay from delivery to hand-over, over the run and as a distribution."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return
+    if not delays:
+        return
+    at, delay = zip(*delays, strict=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.scatter(at, delay, s=4, alpha=0.5)
+    for lifetime in lifetimes[1:]:
+        left.axvline(lifetime.started - lifetimes[0].started, color="red", lw=0.6, alpha=0.6)
+    left.set_xlabel("delivered at (s into the run); red: daemon restarts")
+    left.set_ylabel("delay to hand-over (s)")
+    left.set_title(f"chaos run ({figures['mode']}, seed {figures['seed']})")
+    ordered = sorted(delay)
+    right.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))])
+    right.set_xscale("log")
+    right.set_xlabel("delay to hand-over (s, log)")
+    right.set_ylabel("fraction of messages")
+    right.set_title(
+        f"p50 {figures['delay p50 s']} s, p95 {figures['delay p95 s']} s, "
+        f"p99 {figures['delay p99 s']} s"
+    )
+    right.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"written: {path}")
 
 
 def _print(figures: dict[str, object], faults: dict[str, int], failures: list[str]) -> None:

@@ -58,6 +58,8 @@ class Verdict:
 
     figures: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    # (seconds since the first delivery, delay from delivery to the first hand-over)
+    delays: list[tuple[float, float]] = field(default_factory=list)
 
     def fail(self, what: str, examples: Iterable[object] = ()) -> None:
         shown = list(examples)[:5]
@@ -225,6 +227,10 @@ def verify(
         mid = _mid(got[0]["message_id"])
         first_at[mid] = min(float(r["at"]) for r in got)
     delays = [first_at[m] - d.at for m, d in by_mid.items() if m in first_at]
+    start = min((d.at for d in by_mid.values()), default=0.0)
+    verdict.delays = sorted(
+        (d.at - start, first_at[m] - d.at) for m, d in by_mid.items() if m in first_at
+    )
 
     # --- lifetimes: crashes, SIGTERM exit codes, RSS -------------------------------------------
     crashed = [(lt.number, lt.returncode) for lt in lifetimes if lt.ended_by == "crash"]
