@@ -68,7 +68,9 @@ class World:
             return False
         try:
             with sqlite3.connect(self.state) as db:
-                return bool(list(db.execute("SELECT 1 FROM sync_state")))
+                # Not the "#watched-since" marker the poller writes just before its first sync.
+                rows = db.execute("SELECT 1 FROM sync_state WHERE folder NOT LIKE '%#%'")
+                return bool(list(rows))
         except sqlite3.Error:
             return False
 
