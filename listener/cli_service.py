@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC
 from typing import Any, TextIO
@@ -169,10 +170,17 @@ class _NullStore:
 # --- dead letters ------------------------------------------------------------------------------
 
 
-def _open_store(settings: Any) -> Any:
+@contextmanager
+def _state(args: argparse.Namespace) -> Iterator[Any]:
+    """The configured state store, for the dead-letter commands; closed afterwards."""
     from listener.store import open_store  # noqa: PLC0415
 
-    return open_store(settings.state.url)
+    settings = _settings(args)
+    store = open_store(settings.state.url)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _letter_dict(letter: Any) -> dict[str, Any]:
@@ -183,12 +191,8 @@ def _letter_dict(letter: Any) -> dict[str, Any]:
 
 
 def cmd_dead_letters_list(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    store = _open_store(settings)
-    try:
+    with _state(args) as store:
         letters = store.dead_letters(args.mailbox)
-    finally:
-        store.close()
     out = _out(args)
     if args.json:
         print(json.dumps([_letter_dict(d) for d in letters], indent=2), file=out)
@@ -204,12 +208,8 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters_show(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    store = _open_store(settings)
-    try:
+    with _state(args) as store:
         letter = store.dead_letter(args.id)
-    finally:
-        store.close()
     if letter is None:
         print(f"error: no dead letter #{args.id}", file=sys.stderr)
         return EXIT_USAGE
@@ -264,13 +264,8 @@ def cmd_dead_letters_purge(args: argparse.Namespace) -> int:
     if not args.all and not args.ids:
         print("error: name dead-letter ids or pass --all", file=sys.stderr)
         return EXIT_USAGE
-    settings = _settings(args)
-    store = _open_store(settings)
-    try:
-        ids = [d.id for d in _selected(args, store)]
-        removed = store.remove_dead_letters(ids)
-    finally:
-        store.close()
+    with _state(args) as store:
+        removed = store.remove_dead_letters([d.id for d in _selected(args, store)])
     print(f"purged {removed} dead letter(s)", file=_out(args))
     return EXIT_OK
 
