@@ -72,3 +72,21 @@ def test_schema_message_prints_the_event_schema(world: World) -> None:
     assert result.returncode == 0
     schema = json.loads(result.stdout)
     assert {"idempotency_key", "attachments", "from"} <= set(schema["properties"])
+
+
+def test_dead_letters_show_and_purge(world: World) -> None:
+    """A refused message can be shown, then purged; the mail itself stays in the mailbox."""
+    config = _config(world)
+    assert world.cli("once", "--config", config).returncode in (0, 75)
+    world.deliver("orders@contoso.com", "[permanent] refused")
+    world.cli("once", "--config", config)
+    [letter] = json.loads(world.cli("dead-letters", "list", "--json", "--config", config).stdout)
+    shown = world.cli("dead-letters", "show", str(letter["id"]), "--config", config)
+    assert shown.returncode == 0
+    assert json.loads(shown.stdout)["subject"] == "[permanent] refused"
+    purged = world.cli("dead-letters", "purge", "--all", "--config", config)
+    assert "purged 1" in purged.stdout
+    assert json.loads(world.cli("dead-letters", "list", "--json", "--config", config).stdout) == []
+    assert [i.subject for i in world.ews.items("orders@contoso.com", "inbox")] == [
+        "[permanent] refused"
+    ]
