@@ -50,6 +50,7 @@ class App:
         self.connections = EwsConnections(
             self.providers.get,
             max_connections=lambda name: settings.credentials[name].max_connections,
+            stop=self.stop,
         )
         # Handlers first: one that cannot be built is a configuration error, found before the
         # state database is created or touched.

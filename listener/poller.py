@@ -179,7 +179,12 @@ class Poller:
                 for batch, last in _batches(page.created, self.settings.batch_size):
                     fetched = self._not_before(floor, self.source.fetch(batch))  # 3
                     outcome = self._hand_over(fetched, result)  # 4
-                    self._post_process(outcome, result)  # 5
+                    if self._stop.is_set():
+                        # Shutting down: commit now, tidy up after the restart (it syncs this
+                        # page again and tidies what the ledger says is done).
+                        outcome.complete = False
+                    else:
+                        self._post_process(outcome, result)  # 5
                     done = outcome.complete and last
                     self._commit(outcome, page.sync_state if done else None)  # 6
                     if not outcome.complete:

@@ -56,8 +56,17 @@ class MailboxTarget:
 class CredentialGate:
     """Caps concurrent requests of one credential and holds them during a server back-off."""
 
-    def __init__(self, name: str, max_connections: int, *, max_inline_wait: float = 30.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        max_connections: int,
+        *,
+        max_inline_wait: float = 30.0,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.name = name
+        # Set at shutdown: no new request starts, and a back-off wait ends at once.
+        self._stop = stop or threading.Event()
         self._slots = threading.BoundedSemaphore(max_connections)
         self._lock = threading.Lock()
         self._paused_until = 0.0
@@ -86,8 +95,8 @@ class CredentialGate:
                 transient=True,
                 back_off=wait,
             )
-        if wait > 0:
-            time.sleep(wait)
+        if self._stop.is_set() or (wait > 0 and self._stop.wait(wait)):
+            raise SourceError("shutting down: no new EWS request", code="Stopping")
         with self._slots:
             try:
                 yield
@@ -111,11 +120,13 @@ class EwsConnections:
         *,
         max_connections: Callable[[str], int],
         request_timeout: float = 120.0,
+        stop: threading.Event | None = None,
     ) -> None:
         self._providers = providers
         install_adapter()
         self._max_connections = max_connections
         self._request_timeout = request_timeout
+        self._stop = stop
         self._lock = threading.Lock()
         self._configs: dict[tuple[str, str], tuple[Configuration, TokenBridge]] = {}
         self.gates: dict[str, CredentialGate] = {}
@@ -126,7 +137,7 @@ class EwsConnections:
         with self._lock:
             if credential not in self.gates:
                 self.gates[credential] = CredentialGate(
-                    credential, self._max_connections(credential)
+                    credential, self._max_connections(credential), stop=self._stop
                 )
             return self.gates[credential]
 
