@@ -103,14 +103,33 @@ def test_file_empty(tmp_path: Path) -> None:
         FileSecret(source="file", path=path).read()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_file_unreadable(tmp_path: Path) -> None:
-    """A file the process cannot read says permission denied."""
+    """A file the process cannot read says permission denied (as ``nobody`` when run as root)."""
     path = tmp_path / "locked"
     path.write_text("x")
     path.chmod(0)
-    with pytest.raises(SecretError, match="permission denied"):
-        FileSecret(source="file", path=path).read()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: root reads any file, so drop to nobody first; never returns
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                FileSecret(source="file", path=path).read()
+                message = "read"
+            except SecretError as error:
+                message = str(error)
+            os.write(write_end, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert "permission denied" in message, message
 
 
 def test_file_directory(tmp_path: Path) -> None:
