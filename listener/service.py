@@ -86,7 +86,9 @@ class MailboxRunner:
         elif isinstance(error, TokenError):
             code = f"TokenError:{error.aadsts or error.error or 'unavailable'}"
             transient = error.transient
-        cap = _TRANSIENT_CAP if transient else _PERMANENT_CAP
+        # A transient failure backs off in proportion to the mailbox's own rhythm: a mailbox
+        # polled every few seconds is not parked for minutes after a burst of 503s.
+        cap = min(_TRANSIENT_CAP, max(30.0, 16 * self.interval)) if transient else _PERMANENT_CAP
         delay = min(self.interval * 2 ** (self.failures - 1), cap)
         if back_off:
             delay = max(delay, back_off)
