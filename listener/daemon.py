@@ -130,8 +130,15 @@ def run_daemon(
             grace=service.shutdown_grace,
             still_running=scheduler.running(),
         )
-        # A handler is stuck; its message is not committed and will be handed over again.
-        # Executor threads are not daemons, so leave without waiting for them.
+        # Save what the stuck polls' handlers already did (the sync state stays put), so only
+        # a handler still running now can be repeated after the restart. Executor threads are
+        # not daemons, so leave without waiting for them.
+        for name, poller in app.pollers.items():
+            try:
+                if poller.flush():
+                    log.warning("shutdown.flushed", mailbox=name)
+            except Exception:
+                log.error("shutdown.flush_failed", mailbox=name, exc_info=True)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_OK)

@@ -326,3 +326,29 @@ def test_page_synced_again_does_not_dead_letter_twice(store: object) -> None:
     assert result.dead_lettered == 0
     assert len(store.dead_letters("box")) == 1  # type: ignore[attr-defined]
     assert len(store.ledger("box")) == 3  # type: ignore[attr-defined]
+
+
+def test_flush_saves_a_stuck_polls_hand_overs(store: object) -> None:
+    """flush() (forced shutdown) commits the ledger of a poll stuck after its handlers ran."""
+    source = FakeSource()
+    poller, _ = make(store, source, start_from="all")
+    source.deliver("x")
+    stuck = threading.Event()
+    release = threading.Event()
+
+    def hanging_mark_read(refs: object) -> list[str | None]:
+        stuck.set()
+        release.wait(10)
+        raise SourceError("token endpoint unreachable", transient=True)
+
+    source.mark_read = hanging_mark_read  # type: ignore[method-assign]
+    thread = threading.Thread(target=poller.poll)
+    thread.start()
+    assert stuck.wait(10)
+    assert poller.flush() is True
+    assert len(store.ledger("box")) == 1  # type: ignore[attr-defined]
+    assert store.get_sync_state("box", "inbox") is None  # type: ignore[attr-defined]
+    release.set()
+    thread.join(10)
+    assert len(store.ledger("box")) == 1  # type: ignore[attr-defined]
+    assert poller.flush() is False
