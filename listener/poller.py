@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 
@@ -37,12 +37,11 @@ from listener.abc import (
 )
 from listener.errors import PermanentError, SourceError
 from listener.model import Message
+from listener.polling import FailurePolicy, PollerSettings, PollResult
 
 __all__ = ["FailurePolicy", "PollResult", "Poller", "PollerSettings"]
 
 log = structlog.get_logger("listener.poller")
-
-StartFrom = Literal["new", "unread", "all"]
 
 # SyncFolderItems page size: the most EWS allows. Pages are handed over in batches of
 # ``batch_size``; a large page keeps the read-flag changes our own mark_read causes from
@@ -55,55 +54,6 @@ def _batches(refs: Sequence[ItemRef], size: int) -> list[tuple[Sequence[ItemRef]
     """``refs`` in chunks of ``size``, each with "is the last one"; one empty chunk for none."""
     chunks = [refs[i : i + size] for i in range(0, len(refs), size)] or [refs]
     return [(chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
-
-
-@dataclass(frozen=True)
-class FailurePolicy:
-    """How transient failures are retried and where dead letters go."""
-
-    max_attempts: int = 5
-    backoff: float = 30.0
-    backoff_max: float = 3600.0
-    multiplier: float = 2.0
-    jitter: float = 0.1
-    dead_letter_folder: str | None = None
-
-    def delay(self, attempts: int, rng: random.Random) -> float:
-        base = min(self.backoff * self.multiplier ** max(attempts - 1, 0), self.backoff_max)
-        return base * (1 + rng.uniform(-self.jitter, self.jitter))
-
-
-@dataclass(frozen=True)
-class PollerSettings:
-    """The part of a mailbox's configuration the poller uses."""
-
-    name: str  # the mailbox's configured name: the key of its state
-    credential: str
-    folder: str = "inbox"
-    start_from: StartFrom = "new"
-    after_success: tuple[str, str | None] = ("mark_read", None)
-    failure: FailurePolicy = field(default_factory=FailurePolicy)
-    batch_size: int = 100
-
-
-@dataclass
-class PollResult:
-    """What one poll did; ``error`` is set when the poll stopped early."""
-
-    mailbox: str
-    handed_over: int = 0
-    failed: int = 0
-    dead_lettered: int = 0
-    already_done: int = 0
-    unrouted: int = 0
-    gone: int = 0
-    pages: int = 0
-    error: str | None = None
-    error_code: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass

@@ -1,0 +1,64 @@
+"""What a poll is told (``PollerSettings``, ``FailurePolicy``) and what it reports (``PollResult``).
+
+Plain values, free of any mail protocol: the configuration maps onto them (``listener.app``) and
+``once --json`` prints ``PollResult``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["FailurePolicy", "PollResult", "PollerSettings", "StartFrom"]
+
+StartFrom = Literal["new", "unread", "all"]
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """How transient failures are retried and where dead letters go."""
+
+    max_attempts: int = 5
+    backoff: float = 30.0
+    backoff_max: float = 3600.0
+    multiplier: float = 2.0
+    jitter: float = 0.1
+    dead_letter_folder: str | None = None
+
+    def delay(self, attempts: int, rng: random.Random) -> float:
+        base = min(self.backoff * self.multiplier ** max(attempts - 1, 0), self.backoff_max)
+        return base * (1 + rng.uniform(-self.jitter, self.jitter))
+
+
+@dataclass(frozen=True)
+class PollerSettings:
+    """The part of a mailbox's configuration the poller uses."""
+
+    name: str  # the mailbox's configured name: the key of its state
+    credential: str
+    folder: str = "inbox"
+    start_from: StartFrom = "new"
+    after_success: tuple[str, str | None] = ("mark_read", None)
+    failure: FailurePolicy = field(default_factory=FailurePolicy)
+    batch_size: int = 100
+
+
+@dataclass
+class PollResult:
+    """What one poll did; ``error`` is set when the poll stopped early."""
+
+    mailbox: str
+    handed_over: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    already_done: int = 0
+    unrouted: int = 0
+    gone: int = 0
+    pages: int = 0
+    error: str | None = None
+    error_code: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
