@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -34,7 +33,6 @@ def _chaos_module() -> ModuleType:
 @pytest.mark.slow
 def test_ci_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
     """The CI chaos run (75 s of faults, kills, an outage) exits 0: every invariant held."""
-    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--seed", "3", "--workdir", str(tmp_path)],
         cwd=REPO,
@@ -45,7 +43,6 @@ def test_ci_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
     )
     print(result.stdout[-6000:], result.stderr[-3000:], sep="\n")
     assert "== chaos run figures ==" in result.stdout, result.stderr[-3000:]
-    assert time.monotonic() - started < 240
     # The first runs found two listener bugs, both fixed: a failed tidy-up after the handlers
     # discarded the page's ledger (hand-overs repeated without a kill), and a page synced again
     # after a kill dead-lettered its poisoned items a second time.
