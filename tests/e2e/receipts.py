@@ -5,7 +5,8 @@ by markers in the subject, so a test needs no side channel into the daemon proce
 
 - ``[flaky]``: fails transiently on the first attempt for that message, succeeds afterwards.
 - ``[permanent]``: raises ``PermanentError`` unless the file ``$E2E_HEAL`` exists.
-- ``[slow]``: sleeps ``$E2E_SLOW`` seconds (default 2) before returning.
+- ``[slow]``: sleeps ``$E2E_SLOW`` seconds (default 2) before returning; the file
+  ``<receipts>.started/<key>`` says the handler is running.
 
 Each receipt is one JSON line appended with ``O_APPEND`` and fsync'ed, so a receipt exists exactly
 when the handler returned (or was about to) — what a real downstream system would have seen.
@@ -44,6 +45,9 @@ def record(message: Message) -> None:
             marker.touch()
             raise RuntimeError(f"first attempt of {subject!r} fails on purpose")
     if "[slow]" in subject:
+        started = Path(receipts + ".started")
+        started.mkdir(exist_ok=True)
+        (started / message.idempotency_key).touch()
         time.sleep(float(os.environ.get("E2E_SLOW", "2")))
     _append(
         receipts,
