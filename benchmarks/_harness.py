@@ -5,18 +5,14 @@ driven over a ``multiprocessing`` pipe, so the daemon under test, the naive exch
 the emulator never share a GIL: a figure measured here is the listener's, not the emulator's
 thread scheduling. The daemon itself always runs as a subprocess (``ews-listener once|run``).
 
-This file is also a tiny stand-in CLI (``python benchmarks/_harness.py once|run CONFIG``) used only
-while ``python -m listener once|run`` is not wired; :func:`daemon_argv` picks whichever exists.
-It also holds the benchmark handler, :func:`count`, imported by the daemon as ``_harness:count``.
+This file also holds the benchmark handler, :func:`count`, imported by the daemon as
+``_harness:count``.
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
-import io
-import json
 import multiprocessing
 import os
 import shutil
@@ -52,10 +48,15 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = Path(__file__).resolve().parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run as a script: tests.configs lives beside the package
+
+from tests.configs import emulated_credentials, table, toml_value  # noqa: E402 - after the path fix
+
 TENANT = "contoso.onmicrosoft.com"
 CLIENT_ID = "22222222-bbbb-4ccc-8ddd-000000000001"
 # A throw-away secret for the emulated tenant only; it reaches the daemon through the environment.
-_SECRET_ENV = "BENCH_CLIENT_SECRET"
+_SECRET_ENV = "BENCH_SECRET_BENCH"
 _SECRET = "bench-secret-not-real"
 _COUNT_FILE_ENV = "BENCH_COUNT_FILE"
 
@@ -254,20 +255,6 @@ def make_messages(count: int, to: str, *, tag: str = "m") -> list[bytes]:
     ]
 
 
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
 def write_config(
     path: Path,
     endpoints: Endpoints,
@@ -283,17 +270,13 @@ def write_config(
     log_level: str = "warning",
 ) -> Path:
     """A configuration: one credential, one mailbox per address, the counting handler."""
-    lines = [
-        "[credentials.bench]",
-        f"client_id = {_toml(CLIENT_ID)}",
-        f"token_endpoint = {_toml(endpoints.token_endpoint)}",
-        'scopes = "https://outlook.office365.com/.default"',
-        'auth_method = "body"',
-        f"ca_bundle = {_toml(str(endpoints.ca_file))}",
-        f"max_connections = {max_connections}",
-        f'secret = {{ source = "env", name = "{_SECRET_ENV}" }}',
-        "",
-    ]
+    lines = emulated_credentials(
+        {"bench": (CLIENT_ID, _SECRET)},
+        token_endpoint=endpoints.token_endpoint,
+        ca_file=endpoints.ca_file,
+        env_prefix="BENCH_SECRET_",
+        max_connections=max_connections,
+    )
     for n, address in enumerate(addresses):
         options: dict[str, object] = {
             "address": address,
@@ -305,21 +288,19 @@ def write_config(
             "batch_size": batch_size,
             "routes": [{"handlers": ["count"]}],
         }
-        lines.append(f"[mailboxes.box{n}]")
-        lines += [f"{key} = {_toml(value)}" for key, value in options.items()]
-        lines.append("")
+        lines += table(f"mailboxes.box{n}", options)
     lines += [
         "[handlers.count]",
         'type = "python"',
         'target = "_harness:count"',
         "",
         "[state]",
-        f"url = {_toml(state_url)}",
+        f"url = {toml_value(state_url)}",
         "",
         "[service]",
-        f"jitter = {_toml(jitter)}",
+        f"jitter = {toml_value(jitter)}",
         f"max_workers = {max_workers}",
-        f"log_level = {_toml(log_level)}",
+        f"log_level = {toml_value(log_level)}",
         'log_format = "json"',
         "shutdown_grace = 10",
         "watchdog = false",
@@ -329,25 +310,9 @@ def write_config(
     return path
 
 
-def _cli_has(command: str) -> bool:
-    """Whether ``python -m listener COMMAND`` exists yet (the CLI is wired step by step)."""
-    try:
-        from listener.cli import build_parser
-
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args([command, "--help"])
-    except SystemExit as e:
-        return e.code == 0
-    except Exception:
-        return False
-    return True
-
-
 def daemon_argv(command: str, config: Path, *extra: str) -> list[str]:
-    """``ews-listener COMMAND --config CONFIG`` (or this file's stand-in until it is wired)."""
-    if _cli_has(command):
-        return [sys.executable, "-m", "listener", command, "--config", str(config), *extra]
-    return [sys.executable, str(Path(__file__).resolve()), command, str(config), *extra]
+    """``ews-listener COMMAND --config CONFIG`` as a subprocess command line."""
+    return [sys.executable, "-m", "listener", command, "--config", str(config), *extra]
 
 
 def daemon_env(count_file: Path | None = None) -> dict[str, str]:
@@ -480,29 +445,3 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> Non
         )
         if n == 0:
             print("  ".join("-" * w for w in widths))
-
-
-# --- stand-in CLI until ``python -m listener once|run`` exists --------------------------------
-
-
-def _stand_in(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(description="benchmark stand-in for ews-listener once|run")
-    parser.add_argument("command", choices=["once", "run"])
-    parser.add_argument("config", type=Path)
-    parser.add_argument("--metrics-port", type=int, default=None)
-    args = parser.parse_args(argv)
-    from listener.config import load_settings
-    from listener.daemon import run_daemon, run_once, summary
-    from listener.observability import configure_logging
-
-    settings = load_settings(args.config)
-    configure_logging(fmt="json", level=settings.service.log_level)
-    if args.command == "run":
-        return run_daemon(settings, http_port=args.metrics_port)
-    code, report = summary(run_once(settings))
-    print(json.dumps(report))
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(_stand_in(sys.argv[1:]))

@@ -9,7 +9,6 @@ them reached a log line.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 from listener.emulator.ca import EmulatorCA
 from listener.emulator.server import EwsEmulator
 from listener.emulator.token_server import TokenServer
+from tests.configs import emulated_credentials, table
 
 __all__ = ["APPS", "REPO", "TENANT", "ChaosWorld", "Lifetime", "RecordingTokenServer", "rss_mb"]
 
@@ -128,30 +128,21 @@ class ChaosWorld:
         self, mailboxes: dict[str, dict[str, object]], *, service: dict[str, object]
     ) -> Path:
         """Write the daemon's TOML: both credentials, the chaos handler, ``mailboxes``."""
-        lines: list[str] = []
-        for cred, (client_id, _secret) in APPS.items():
-            lines += [
-                f"[credentials.{cred}]",
-                f'client_id = "{client_id}"',
-                f'token_endpoint = "{self.tokens.token_endpoint(TENANT)}"',
-                'scopes = "https://outlook.office365.com/.default"',
-                # One credential through msal (body), one through the RFC 6749 client (Basic).
-                'auth_method = "body"' if cred == "sales" else 'auth_method = "basic"',
-                f'ca_bundle = "{self.ca.ca_file}"',
-                f'secret = {{ source = "env", name = "CHAOS_SECRET_{cred.upper()}" }}',
-                "timeout = 5",
-                "",
-            ]
+        lines = emulated_credentials(
+            APPS,
+            token_endpoint=self.tokens.token_endpoint(TENANT),
+            ca_file=self.ca.ca_file,
+            env_prefix="CHAOS_SECRET_",
+            timeout=5,
+        )
         for name, given in mailboxes.items():
-            lines.append(f"[mailboxes.{name}]")
             options = {
                 "endpoint": self.ews.url,
                 "ca_bundle": str(self.ca.ca_file),
                 "routes": [{"handlers": ["chaos"]}],
                 **given,
             }
-            lines += [f"{key} = {_toml(value)}" for key, value in options.items()]
-            lines.append("")
+            lines += table(f"mailboxes.{name}", options)
         lines += [
             "[handlers.chaos]",
             'type = "python"',
@@ -160,9 +151,8 @@ class ChaosWorld:
             "[state]",
             f'url = "sqlite:///{self.state}"',
             "",
-            "[service]",
         ]
-        lines += [f"{key} = {_toml(value)}" for key, value in service.items()]
+        lines += table("service", service)
         path = self.root / "config.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -259,17 +249,3 @@ class ChaosWorld:
             self.end_daemon(signal.SIGKILL, timeout=10)
         self.ews.stop()
         self.tokens.stop()
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    raise TypeError(value)

@@ -6,7 +6,6 @@ through the real exchangelib and token providers.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -23,6 +22,7 @@ import pytest
 from listener.emulator.ca import EmulatorCA
 from listener.emulator.server import EwsEmulator
 from listener.emulator.token_server import TokenServer
+from tests.configs import emulated_credentials, table
 from tests.e2e import receipts
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,20 +85,13 @@ class World:
         name: str = "config.toml",
     ) -> Path:
         """Write a configuration with both credentials, the receipt handler and ``mailboxes``."""
-        lines = []
-        for cred, (client_id, _secret) in APPS.items():
-            lines += [
-                f"[credentials.{cred}]",
-                f'client_id = "{client_id}"',
-                f'token_endpoint = "{self.tokens.token_endpoint(TENANT)}"',
-                'scopes = "https://outlook.office365.com/.default"',
-                'auth_method = "body"' if cred == "sales" else 'auth_method = "basic"',
-                f'ca_bundle = "{self.ca.ca_file}"',
-                f'secret = {{ source = "env", name = "E2E_SECRET_{cred.upper()}" }}',
-                "",
-            ]
+        lines = emulated_credentials(
+            APPS,
+            token_endpoint=self.tokens.token_endpoint(TENANT),
+            ca_file=self.ca.ca_file,
+            env_prefix="E2E_SECRET_",
+        )
         for mb_name, given in mailboxes.items():
-            lines.append(f"[mailboxes.{mb_name}]")
             options = {
                 "endpoint": self.ews.url,
                 "ca_bundle": str(self.ca.ca_file),
@@ -106,9 +99,7 @@ class World:
                 "routes": [{"handlers": ["receipts"]}],
                 **given,
             }
-            for key, value in options.items():
-                lines.append(f"{key} = {_toml(value)}")
-            lines.append("")
+            lines += table(f"mailboxes.{mb_name}", options)
         lines += [
             "[handlers.receipts]",
             'type = "python"',
@@ -170,20 +161,6 @@ class World:
             text=True,
             start_new_session=True,
         )
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    raise TypeError(value)
 
 
 @pytest.fixture
