@@ -12,13 +12,22 @@ Everything here exists because of an exchangelib behaviour (5.6.0):
 - ``BaseProtocol.HTTP_ADAPTER_CLS`` is one class for the whole process, and ``requests`` lets
   ``REQUESTS_CA_BUNDLE`` override a session's ``verify``; so the adapter looks the CA bundle up by
   URL itself, which survives that environment variable.
+- ``BaseProtocol.decrease_poolsize()`` (called on ``ErrorServerBusy`` and
+  ``ErrorExceededConnectionCount``) takes the pool lock, then waits for a free session with
+  ``get_session()``; when every session is in use and the pool is below its maximum,
+  ``get_session()`` calls ``increase_poolsize()``, which takes the same non-reentrant lock: the
+  thread deadlocks, and every later thread of that ``Protocol`` that resizes the pool with it
+  (found by the long chaos run: three mailboxes of one credential hung for good).
+  :func:`install_adapter` replaces it with one that only retires an idle session.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import UTC, datetime
+from queue import Empty
 from typing import Any
 
 import requests.adapters
@@ -26,6 +35,7 @@ from exchangelib import Identity, OAuth2AuthorizationCodeCredentials
 from exchangelib.errors import (
     ErrorInternalServerTransientError,
     ErrorServerBusy,
+    SessionPoolMinSizeReached,
     UnauthorizedError,
 )
 from exchangelib.protocol import BaseProtocol, FailFast
@@ -51,8 +61,39 @@ def register_ca_bundle(url_prefix: str, ca_bundle: str) -> None:
 
 
 def install_adapter() -> None:
-    """Make exchangelib use our adapter (CA bundles by URL, whole-chunk parsing)."""
+    """Make exchangelib use our adapter (CA bundles by URL, whole-chunk parsing) and a session
+    pool that cannot deadlock when it shrinks."""
     BaseProtocol.HTTP_ADAPTER_CLS = _CaBundleAdapter
+    BaseProtocol.decrease_poolsize = _decrease_poolsize
+
+
+_pool_log = logging.getLogger("exchangelib.protocol")
+
+
+def _decrease_poolsize(self: BaseProtocol) -> None:
+    """Retire one idle session, never waiting for one (see the module docstring).
+
+    When every session is in use the size stays as it is: our ``CredentialGate`` already caps
+    the requests in flight, and the next throttling answer tries again.
+    """
+    if self._session_pool_size <= 1:
+        raise SessionPoolMinSizeReached("Session pool size cannot be decreased further")
+    with self._session_pool_lock:
+        if self._session_pool_size <= 1:
+            return
+        try:
+            session = self._session_pool.get(block=False)
+        except Empty:
+            _pool_log.debug("Server %s: no idle session to retire", self.server)
+            return
+        _pool_log.warning(
+            "Server %s: Decreasing session pool size from %s to %s",
+            self.server,
+            self._session_pool_size,
+            self._session_pool_size - 1,
+        )
+        self.close_session(session)
+        self._session_pool_size -= 1
 
 
 def _ca_for(url: str) -> str | None:
