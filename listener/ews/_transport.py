@@ -17,8 +17,11 @@ Everything here exists because of an exchangelib behaviour (5.6.0):
   ``get_session()``; when every session is in use and the pool is below its maximum,
   ``get_session()`` calls ``increase_poolsize()``, which takes the same non-reentrant lock: the
   thread deadlocks, and every later thread of that ``Protocol`` that resizes the pool with it
-  (found by the long chaos run: three mailboxes of one credential hung for good).
-  :func:`install_adapter` replaces it with one that only retires an idle session.
+  (found by the long chaos run: three mailboxes of one credential hung for good). Its other
+  habit, retrying ``ErrorExceededConnectionCount`` at once in a loop, hammers a server that is
+  refusing connections. :func:`install_adapter` replaces it, for the listener's configurations,
+  with one that retires an idle session if there is one and never waits, and then always says
+  "no further" so the error reaches the source, which backs the credential off.
 """
 
 from __future__ import annotations
@@ -68,32 +71,36 @@ def install_adapter() -> None:
 
 
 _pool_log = logging.getLogger("exchangelib.protocol")
+_exchangelib_decrease_poolsize = BaseProtocol.decrease_poolsize
 
 
 def _decrease_poolsize(self: BaseProtocol) -> None:
-    """Retire one idle session, never waiting for one (see the module docstring).
+    """Retire one idle session, never waiting for one, then raise ``SessionPoolMinSizeReached``.
 
-    When every session is in use the size stays as it is: our ``CredentialGate`` already caps
-    the requests in flight, and the next throttling answer tries again.
+    exchangelib calls this on ``ErrorServerBusy`` (and ignores the exception) and on
+    ``ErrorExceededConnectionCount`` (where the exception ends its retry loop and re-raises the
+    server's error). The listener fails fast on both and backs off itself; the requests in flight
+    are capped by our ``CredentialGate``. Other configurations keep exchangelib's own method.
     """
-    if self._session_pool_size <= 1:
-        raise SessionPoolMinSizeReached("Session pool size cannot be decreased further")
+    if not isinstance(self.retry_policy, ListenerRetryPolicy):
+        _exchangelib_decrease_poolsize(self)
+        return
     with self._session_pool_lock:
-        if self._session_pool_size <= 1:
-            return
-        try:
-            session = self._session_pool.get(block=False)
-        except Empty:
-            _pool_log.debug("Server %s: no idle session to retire", self.server)
-            return
-        _pool_log.warning(
-            "Server %s: Decreasing session pool size from %s to %s",
-            self.server,
-            self._session_pool_size,
-            self._session_pool_size - 1,
-        )
-        self.close_session(session)
-        self._session_pool_size -= 1
+        if self._session_pool_size > 1:
+            try:
+                session = self._session_pool.get(block=False)
+            except Empty:
+                pass  # every session is in use: keep the size
+            else:
+                _pool_log.warning(
+                    "Server %s: Decreasing session pool size from %s to %s",
+                    self.server,
+                    self._session_pool_size,
+                    self._session_pool_size - 1,
+                )
+                self.close_session(session)
+                self._session_pool_size -= 1
+    raise SessionPoolMinSizeReached("the listener backs off itself instead of retrying at once")
 
 
 def _ca_for(url: str) -> str | None:
