@@ -30,6 +30,7 @@ from typing import Any
 
 __all__ = [
     "CLIENT_ID",
+    "CLIENT_SECRET",
     "REPO",
     "TENANT",
     "EmulatorProcess",
@@ -57,7 +58,7 @@ TENANT = "contoso.onmicrosoft.com"
 CLIENT_ID = "22222222-bbbb-4ccc-8ddd-000000000001"
 # A throw-away secret for the emulated tenant only; it reaches the daemon through the environment.
 _SECRET_ENV = "BENCH_SECRET_BENCH"
-_SECRET = "bench-secret-not-real"
+CLIENT_SECRET = "bench-secret-not-real"
 _COUNT_FILE_ENV = "BENCH_COUNT_FILE"
 
 
@@ -96,7 +97,7 @@ def _serve(conn: Connection, directory: str, token_lifetime: float, schema_dir: 
     ca = EmulatorCA(Path(directory) / "ca")
     tokens = TokenServer(ca=ca, token_lifetime=token_lifetime)
     tokens.add_tenant(TENANT)
-    tokens.register_app(TENANT, CLIENT_ID, secret=_SECRET)
+    tokens.register_app(TENANT, CLIENT_ID, secret=CLIENT_SECRET)
     tokens.start()
     ews = EwsEmulator(tokens, ca, schema_dir=schema_dir, request_log_size=2_000_000)
     ews.start()
@@ -271,7 +272,7 @@ def write_config(
 ) -> Path:
     """A configuration: one credential, one mailbox per address, the counting handler."""
     lines = emulated_credentials(
-        {"bench": (CLIENT_ID, _SECRET)},
+        {"bench": (CLIENT_ID, CLIENT_SECRET)},
         token_endpoint=endpoints.token_endpoint,
         ca_file=endpoints.ca_file,
         env_prefix="BENCH_SECRET_",
@@ -318,7 +319,7 @@ def daemon_argv(command: str, config: Path, *extra: str) -> list[str]:
 def daemon_env(count_file: Path | None = None) -> dict[str, str]:
     """The daemon's environment: the secret, the import path of the handler, its count file."""
     env = dict(os.environ)
-    env[_SECRET_ENV] = _SECRET
+    env[_SECRET_ENV] = CLIENT_SECRET
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO), str(BENCH_DIR), *filter(None, [env.get("PYTHONPATH")])]
     )

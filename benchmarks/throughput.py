@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import ssl
 import subprocess
 import sys
@@ -51,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (
     CLIENT_ID,
+    CLIENT_SECRET,
     EmulatorProcess,
     EmulatorStats,
     Endpoints,
@@ -209,8 +209,7 @@ def _naive_account(endpoints: Endpoints, address: str) -> Any:
                 data={
                     "grant_type": "client_credentials",
                     "client_id": CLIENT_ID,
-                    "client_secret": os.environ.get("BENCH_CLIENT_SECRET", "")
-                    or daemon_env()["BENCH_CLIENT_SECRET"],
+                    "client_secret": CLIENT_SECRET,
                     "scope": "https://outlook.office365.com/.default",
                 },
             )
