@@ -31,7 +31,9 @@ def _chaos_module() -> ModuleType:
 
 
 @pytest.mark.slow
-def test_ci_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
+def test_ci_chaos_run_keeps_every_promise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The CI chaos run (75 s of faults, kills, an outage) exits 0: every invariant held."""
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--seed", "3", "--workdir", str(tmp_path)],
@@ -43,6 +45,8 @@ def test_ci_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
     )
     print(result.stdout[-6000:], result.stderr[-3000:], sep="\n")
     assert "== chaos run figures ==" in result.stdout, result.stderr[-3000:]
+    with capsys.disabled():  # the figures belong in `make test`'s output, pass or fail
+        print("\n" + result.stdout[result.stdout.index("== chaos run figures ==") :])
     # The first runs found two listener bugs, both fixed: a failed tidy-up after the handlers
     # discarded the page's ledger (hand-overs repeated without a kill), and a page synced again
     # after a kill dead-lettered its poisoned items a second time.
