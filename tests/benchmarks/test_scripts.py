@@ -1,0 +1,46 @@
+"""The benchmark scripts still run end to end (their figures are theirs to print, not ours to time).
+
+The benchmarks share a harness with the tests (``tests/configs.py``); a change there once broke
+``throughput.py``'s naive loop without any test noticing. These runs are short (``--quick``) and
+assert what must hold whatever the machine's speed: exit 0 and every message handed over.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.chaos.world import REPO
+
+BENCH = REPO / "benchmarks"
+
+
+def _run(*argv: str) -> str:
+    result = subprocess.run(
+        [sys.executable, *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_throughput_quick_hands_over_every_message_both_ways() -> None:
+    out = _run(str(BENCH / "throughput.py"), "--quick")
+    rows = [
+        line for line in out.splitlines() if line.startswith(("ews-listener once ", "naive loop "))
+    ]
+    assert len(rows) == 2, out
+    assert all("500/500" in row for row in rows), rows
+
+
+@pytest.mark.slow
+def test_idle_quick_polls_and_stops_cleanly() -> None:
+    out = _run(str(BENCH / "idle.py"), "--quick")
+    assert "exit code 0" in out, out
