@@ -1,8 +1,8 @@
 """The benchmark scripts still run end to end (their figures are theirs to print, not ours to time).
 
-The benchmarks share a harness with the tests (``tests/configs.py``); a change there once broke
-``throughput.py``'s naive loop without any test noticing. These runs are short (``--quick``) and
-assert what must hold whatever the machine's speed: exit 0 and every message handed over.
+A change to the benchmarks' harness once broke ``throughput.py``'s naive loop without any test
+noticing. These runs are short (``--quick``) and assert what must hold whatever the machine's
+speed: exit 0 and every message handed over.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.chaos.world import REPO
+from tests import REPO
 
 BENCH = REPO / "benchmarks"
 

@@ -22,11 +22,11 @@ from typing import Any
 from listener.emulator.ca import EmulatorCA
 from listener.emulator.server import EwsEmulator
 from listener.emulator.token_server import TokenServer
+from tests import REPO
 from tests.configs import emulated_credentials, table
 
 __all__ = ["APPS", "REPO", "TENANT", "ChaosWorld", "Lifetime", "RecordingTokenServer", "rss_mb"]
 
-REPO = Path(__file__).resolve().parents[2]
 TENANT = "contoso.onmicrosoft.com"
 # Throw-away secrets of the emulated tenant; characters that need form-encoding on purpose, so a
 # leak in either spelling is caught.

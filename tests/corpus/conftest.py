@@ -26,10 +26,10 @@ from listener.emulator.token_server import TokenServer
 from listener.model import Message
 from listener.poller import PollResult
 from listener.store import open_store
+from tests import REPO
 from tests.corpus import recorder
 from tests.corpus.messages import MAILBOX, Corpus, build_corpus
 
-REPO = Path(__file__).resolve().parents[2]
 _SHARED_SCHEMA = REPO.parent / "shared" / "ews-schema"
 SCHEMA_DIR = os.environ.get("EWS_SCHEMA_DIR") or (
     str(_SHARED_SCHEMA) if _SHARED_SCHEMA.is_dir() else None

@@ -22,10 +22,10 @@ import pytest
 from listener.emulator.ca import EmulatorCA
 from listener.emulator.server import EwsEmulator
 from listener.emulator.token_server import TokenServer
+from tests import REPO
 from tests.configs import emulated_credentials, table
 from tests.e2e import receipts
 
-REPO = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = os.environ.get("EWS_SCHEMA_DIR") or (
     str(REPO.parent / "shared" / "ews-schema")
     if (REPO.parent / "shared" / "ews-schema").is_dir()
