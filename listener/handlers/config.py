@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from listener.secrets import SecretSpec
+from listener.secrets._base import is_loopback_host
 
 __all__ = [
     "CommandHandlerConfig",
@@ -31,14 +32,6 @@ __all__ = [
 ENTRY_POINT_GROUP = "ews_listener.handlers"
 
 _TARGET = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """True for host names that never leave the machine (plain http is allowed only for them)."""
-    if not host:
-        return False
-    host = host.lower().strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.") or host.endswith(".localhost")
 
 
 def redact_url(url: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import threading
 from urllib.parse import urlsplit
 
@@ -12,15 +13,27 @@ from listener.errors import SecretError
 
 __all__ = ["CachedSecret", "check_url", "is_loopback_host", "register_secret"]
 
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-
 
 def is_loopback_host(host: str | None) -> bool:
-    """True for names that never leave the machine (plain http is tolerated only for these)."""
+    """True for hosts that never leave the machine (plain http is tolerated only for these).
+
+    An address is parsed (127.0.0.0/8, ::1, an IPv4-mapped loopback); of names only
+    ``localhost`` itself counts. A name is never judged by how it starts: ``127.attacker.example``
+    is a DNS name anyone can point anywhere (issue 11, guarded by
+    ``tests/config/test_loopback.py``).
+    """
     if not host:
         return False
-    host = host.lower()
-    return host in _LOOPBACK_HOSTS or host.startswith("127.") or host.endswith(".localhost")
+    host = host.lower().removeprefix("[").removesuffix("]").rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # fe80::1%eth0: zone dropped
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def check_url(value: str, *, what: str = "URL") -> str:
