@@ -1,7 +1,8 @@
 """The request handler of the EWS emulator: one keep-alive connection, one request at a time.
 
 A request goes through, in this order (each step can end it the way Exchange Online would):
-size limit → Bearer token (401 + ``x-ms-diagnostics``) → SOAP parse → schema validation
+``Content-Length`` (400/411/413 before a byte of the body is read) → Bearer token (401 +
+``x-ms-diagnostics``) → body (read only now) → SOAP parse → schema validation
 (``ErrorSchemaValidation``) → operation lookup → ``full_access_as_app`` role (``ErrorAccessDenied``)
 → ``ExchangeImpersonation`` + ``X-AnchorMailbox`` → mailbox exists (``ErrorNonExistentMailbox``)
 → RBAC for Applications scope (``ErrorImpersonateUserDenied``) → fault engine (injected faults,
@@ -116,6 +117,7 @@ class EwsHandler(QuietHandler):
     """One keep-alive connection to the emulator."""
 
     _cut_after = 0  # > 0: send only this many bytes of the next answer, then drop
+    _unread = 0  # body bytes not read yet (a refused token: read and thrown away)
 
     @property
     def emulator(self) -> EwsEmulator:
@@ -156,15 +158,21 @@ class EwsHandler(QuietHandler):
 
     # Every branch returns the HTTP status it sent; ``record`` collects the request log fields.
     def _serve(self, emulator: EwsEmulator, record: dict[str, Any]) -> int:
+        # The body is read only once the token is good: an anonymous client must not make us
+        # hold (or, with a bad Content-Length, read without end) a body it declares.
+        length = self.body_length(emulator.max_request_bytes)
+        if length is None:
+            return self.refused
+        self._unread = length
         if self.path.split("?")[0].lower() != EWS_PATH:
+            self.discard_body(length)
             self.send_body(404, b"", "text/html")
             return 404
-        data = self.read_body(emulator.max_request_bytes)
-        if data is None:
-            return 413
         claims = self._authenticate(emulator, record)
         if claims is None:
             return 401
+        data = self.rfile.read(length) if length else b""
+        self._unread = 0
         try:
             envelope = parse_envelope(data, emulator.max_request_bytes)
         except SoapError as exc:
@@ -219,6 +227,8 @@ class EwsHandler(QuietHandler):
         return claims
 
     def _unauthorized(self, category: str, reason: str) -> None:
+        unread, self._unread = self._unread, 0
+        self.discard_body(unread)  # in 64 KiB pieces, so the connection stays usable
         headers = {
             "WWW-Authenticate": _CHALLENGE,
             "x-ms-diagnostics": _diagnostics(category, reason),

@@ -116,8 +116,8 @@ class TokenHandler(QuietHandler):
         parts = path.split("/")[1:]
         generic = parts == ["oauth2", "token"]
         if not generic and not (len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]):
-            self.read_body(_FORM_LIMIT)
-            self.send_body(404, b"", "text/plain")
+            if self.read_body(_FORM_LIMIT) is not None:
+                self.send_body(404, b"", "text/plain")
             return
         raw = self.read_body(_FORM_LIMIT)
         if raw is None:

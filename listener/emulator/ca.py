@@ -1,10 +1,13 @@
 """The emulator's throw-away certificate authority (trustme), shared by the token and EWS servers.
 
-Clients trust ``ca_file``; nothing is ever added to the system trust store.
+Clients trust ``ca_file``; nothing is ever added to the system trust store. ``server.pem`` holds the
+server's private key, so it is created 0600 whatever the umask (issue 11, point 11: trustme's
+``write_to_path`` left it 0644); ``ca.pem`` is a public certificate that other users' clients read.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 import tempfile
 from pathlib import Path
@@ -29,7 +32,7 @@ class EmulatorCA:
         self.ca_file = self.directory / "ca.pem"
         self._ca.cert_pem.write_to_path(str(self.ca_file))
         self.cert_file = self.directory / "server.pem"
-        self._cert.private_key_and_cert_chain_pem.write_to_path(str(self.cert_file))
+        _write_private(self.cert_file, self._cert.private_key_and_cert_chain_pem.bytes())
 
     def server_context(self) -> ssl.SSLContext:
         """A server-side TLS context presenting the loopback certificate."""
@@ -40,3 +43,14 @@ class EmulatorCA:
     def client_context(self) -> ssl.SSLContext:
         """A client-side TLS context that trusts this CA only."""
         return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a file only its owner can read, replacing any older file atomically."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    # O_EXCL: never write a key into a file someone else created (and so owns the mode of).
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)
