@@ -24,6 +24,7 @@ from listener.config.models import (
     Settings,
     StateConfig,
     default_state_url,
+    inherit_env_problems,
     reference_problems,
 )
 from listener.errors import ListenerError
@@ -247,6 +248,8 @@ def _validate_sections(
     for loc, message in reference_problems(
         tables["credentials"], tables["handlers"], tables["mailboxes"]
     ):
+        issues.append(_issue(file, loc, None, message, env_paths))
+    for loc, message in inherit_env_problems(data):
         issues.append(_issue(file, loc, None, message, env_paths))
     return issues
 

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from listener.handlers.config import HandlerConfig
 from listener.routing import Route
-from listener.secrets import SecretSpec
+from listener.secrets import SecretSpec, environment_reads
 from listener.secrets._base import check_url
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Settings",
     "StateConfig",
     "default_state_url",
+    "inherit_env_problems",
     "reference_problems",
 ]
 
@@ -369,6 +370,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _references(self) -> Settings:
         problems = reference_problems(self.credentials, self.handlers, self.mailboxes)
+        problems += inherit_env_problems(self.model_dump())
         if problems:
             raise ValueError("; ".join(f"{'.'.join(loc)}: {msg}" for loc, msg in problems))
         return self
@@ -426,4 +428,31 @@ def reference_problems(
             )
         else:
             seen[key] = name
+    return problems
+
+
+def inherit_env_problems(data: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """A command handler's ``inherit_env`` naming a variable that a secret source reads.
+
+    The child would get the secret (a client secret from an ``env`` source, or the systemd
+    credentials directory): refused, as (location, message). Works on raw tables too.
+    """
+    read: dict[str, str] = {}
+    for name, where in environment_reads(data):
+        read.setdefault(name.upper(), ".".join(where))
+    problems: list[tuple[tuple[str, ...], str]] = []
+    handlers = data.get("handlers")
+    for handler, entry in handlers.items() if isinstance(handlers, Mapping) else ():
+        names = entry.get("inherit_env") if isinstance(entry, Mapping) else None
+        for index, name in enumerate(names if isinstance(names, list | tuple) else ()):
+            source = read.get(name.upper()) if isinstance(name, str) else None
+            if source is not None:
+                problems.append(
+                    (
+                        ("handlers", handler, "inherit_env", str(index)),
+                        f"{name!r} is read by the secret source {source}: a handler's program "
+                        "must not see it; remove it from inherit_env (pass what the program "
+                        "needs in 'env')",
+                    )
+                )
     return problems

@@ -1,20 +1,27 @@
 """The ``command`` handler: run a program with the JSON event on stdin.
 
 Exit status 0 is success, 75 (``EX_TEMPFAIL``) asks for a retry, anything else is permanent. The
-program runs in its own session (process group): on a timeout the whole group gets SIGTERM, then
-SIGKILL after ``kill_grace``, so a shell script's children do not outlive it. Output goes to
-temporary files rather than pipes: a grandchild that keeps an inherited pipe open would otherwise
-make us wait for it after the program itself exited, and memory stays bounded however much the
-program prints.
+program runs in its own session (process group). When it exits, and on a timeout, the whole group
+gets SIGTERM, then SIGKILL after ``kill_grace``: a shell script's background children do not
+outlive the run (issue 11). Output goes to temporary files rather than pipes: a grandchild that
+keeps an inherited pipe open would otherwise make us wait for it after the program itself exited,
+and memory stays bounded however much the program prints.
+
+The program starts from a minimal environment: :data:`BASE_ENV` taken from ours, the names in
+``inherit_env``, then ``env``. Never the whole environment: the listener's own holds client
+secrets (``env`` secret sources) and configuration overrides (issue 11). ``env`` values are
+registered for log redaction when the handler is built, since they often hold credentials.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -23,10 +30,16 @@ from listener.errors import EXIT_TEMPFAIL
 from listener.handlers.config import CommandHandlerConfig
 from listener.handlers.errors import HandlerPermanentError, HandlerTransientError
 from listener.model import Message
+from listener.observability.redaction import register_secret
 
-__all__ = ["CommandHandler"]
+__all__ = ["BASE_ENV", "CommandHandler"]
 
 _TAIL_BYTES = 2000
+# Taken from the listener's environment when set: what a program needs to find binaries, decode
+# text, find its home and tell the time. Anything else has to be named in ``inherit_env``.
+BASE_ENV = ("PATH", "LANG", "HOME", "TZ")
+# How often we look whether a process group is gone while waiting out ``kill_grace``.
+_GROUP_POLL = 0.01
 
 
 def _tail(stream: IO[bytes], limit: int = _TAIL_BYTES) -> str:
@@ -37,11 +50,38 @@ def _tail(stream: IO[bytes], limit: int = _TAIL_BYTES) -> str:
     return ("…" + text) if size > limit else text
 
 
-def _kill_group(process: subprocess.Popen[bytes], sig: int) -> None:
+def _kill_group(process: subprocess.Popen[bytes], sig: int) -> bool:
+    """Signal the program's process group; False when no member of it is left."""
     # The group id is the child's pid (start_new_session=True); the child itself may be gone
     # while its grandchildren still run, so signal the group, not the process.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    try:
         os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reap_orphans(process: subprocess.Popen[bytes]) -> None:
+    # As PID 1 (the Docker image has no init) or a subreaper we inherit the group's orphans;
+    # unreaped, their zombies would keep the group "alive" to killpg(…, 0) until kill_grace.
+    # Only once Popen has reaped the leader: reaping it here would hide its exit status.
+    if process.returncode is None:
+        return
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-process.pid, os.WNOHANG)[0]:
+            pass
+
+
+def _group_ends_by(process: subprocess.Popen[bytes], deadline: float) -> bool:
+    while True:
+        _reap_orphans(process)
+        if not _kill_group(process, 0):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_GROUP_POLL)
 
 
 class CommandHandler:
@@ -55,7 +95,7 @@ class CommandHandler:
         timeout: float = 60.0,
         kill_grace: float = 5.0,
         env: Mapping[str, str] | None = None,
-        inherit_env: bool = True,
+        inherit_env: Sequence[str] = (),
         cwd: Path | str | None = None,
         pass_mime: bool = True,
     ) -> None:
@@ -66,7 +106,9 @@ class CommandHandler:
         self.timeout = timeout
         self.kill_grace = kill_grace
         self._env = dict(env or {})
-        self.inherit_env = inherit_env
+        for value in self._env.values():
+            register_secret(value)
+        self.inherit_env = tuple(inherit_env)
         self.cwd = cwd
         self.pass_mime = pass_mime
 
@@ -85,7 +127,7 @@ class CommandHandler:
         )
 
     def _environment(self, message: Message, mime_file: str | None) -> dict[str, str]:
-        env = dict(os.environ) if self.inherit_env else {}
+        env = {k: os.environ[k] for k in (*BASE_ENV, *self.inherit_env) if k in os.environ}
         env.update(self._env)
         env.update(
             EWS_LISTENER_HANDLER=self.name,
@@ -95,8 +137,6 @@ class CommandHandler:
         )
         if mime_file is not None:
             env["EWS_LISTENER_MIME_FILE"] = mime_file
-        else:
-            env.pop("EWS_LISTENER_MIME_FILE", None)
         return env
 
     def __call__(self, message: Message) -> None:
@@ -106,8 +146,10 @@ class CommandHandler:
             if self.pass_mime:
                 # Loaded before the program starts: a source failure is transient and costs no run.
                 fd, mime_path = tempfile.mkstemp(prefix="ews-listener-", suffix=".eml")
-                with os.fdopen(fd, "wb") as f:  # mkstemp creates it 0600: other users cannot read
-                    f.write(message.mime())
+                # mkstemp creates it 0600: other users cannot read. Copied in pieces from the
+                # source's spooled stream, so a large message never sits whole in our memory.
+                with os.fdopen(fd, "wb") as f, message.open_mime() as mime:
+                    shutil.copyfileobj(mime, f)
             self._run(message, mime_path)
         finally:
             if mime_path is not None:
@@ -142,10 +184,10 @@ class CommandHandler:
                     f"was killed; stderr: {_tail(err) or '(empty)'}"
                 ) from None
             finally:
-                # Interrupted some other way (KeyboardInterrupt, a signal handler raising):
-                # the program must not keep running unsupervised.
-                if process.returncode is None:
-                    self._stop(process)
+                # Exited, or interrupted some other way (KeyboardInterrupt, a signal handler
+                # raising): neither the program nor what it left in the background may keep
+                # running unsupervised (guarded by test_background_children_end_with_the_run).
+                self._stop(process)
             code = process.returncode
             if code == 0:
                 return
@@ -163,11 +205,15 @@ class CommandHandler:
             raise HandlerPermanentError(f"command {program!r} exited with {code}; stderr: {stderr}")
 
     def _stop(self, process: subprocess.Popen[bytes]) -> None:
-        _kill_group(process, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=self.kill_grace)
-        # SIGKILL the group even when the leader exited: its children may ignore SIGTERM.
-        _kill_group(process, signal.SIGKILL)
+        """End the program's whole group: SIGTERM, then SIGKILL to whatever is left after
+        ``kill_grace``; a no-op costing one ``killpg`` when the group is already empty."""
+        if _kill_group(process, signal.SIGTERM):
+            deadline = time.monotonic() + self.kill_grace
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=self.kill_grace)  # reaped, it no longer counts as a member
+            # Wait for the group, not only the leader: its children may ignore SIGTERM.
+            if not _group_ends_by(process, deadline):
+                _kill_group(process, signal.SIGKILL)
         process.wait()
 
     def close(self) -> None:

@@ -131,13 +131,40 @@ class CommandHandlerConfig(_HandlerBase):
         default=5.0, ge=0, description="Seconds between SIGTERM and SIGKILL after a timeout."
     )
     env: dict[str, SecretStr] = Field(default_factory=dict, description="Extra environment.")
-    inherit_env: bool = Field(
-        default=True, description="Start from the listener's environment (false: only 'env')."
+    inherit_env: tuple[str, ...] = Field(
+        default=(),
+        description="Names passed on from the listener's environment besides PATH, LANG, HOME "
+        "and TZ; never one a secret source reads.",
     )
     cwd: Path | None = None
     pass_mime: bool = Field(
         default=True, description="Fetch the MIME into a file named by EWS_LISTENER_MIME_FILE."
     )
+
+    @field_validator("inherit_env", mode="before")
+    @classmethod
+    def _inherit_list(cls, value: Any) -> Any:
+        if value is False:
+            return ()
+        if value is True:
+            raise ValueError(
+                'must be a list of variable names, e.g. ["PYTHONPATH"]: the whole environment '
+                "is no longer passed on, since it holds the listener's secrets"
+            )
+        return value
+
+    @field_validator("inherit_env")
+    @classmethod
+    def _check_inherit(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"invalid environment variable name {name!r}")
+            if name.upper().startswith("EWS_LISTENER_"):
+                raise ValueError(
+                    f"{name!r}: EWS_LISTENER_* variables are the listener's own configuration "
+                    "(overrides may carry secrets); set what the program needs in 'env'"
+                )
+        return value
 
     @field_validator("env")
     @classmethod

@@ -16,7 +16,7 @@ from listener.secrets.azure import (
     ManagedIdentity,
     WorkloadIdentity,
 )
-from listener.secrets.local import EnvSecret, FileSecret, InlineSecret
+from listener.secrets.local import EnvSecret, FileSecret, InlineSecret, environment_reads
 from listener.secrets.spec import SecretSpec
 from listener.secrets.vault import (
     HashicorpVaultSecret,
@@ -39,4 +39,5 @@ __all__ = [
     "VaultAuthSpec",
     "VaultTokenAuth",
     "WorkloadIdentity",
+    "environment_reads",
 ]

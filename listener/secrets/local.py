@@ -8,15 +8,16 @@ names so the unit file and the configuration do not need to agree on a path.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from listener.errors import SecretError
 from listener.secrets._base import CachedSecret
 
-__all__ = ["EnvSecret", "FileSecret", "InlineSecret"]
+__all__ = ["EnvSecret", "FileSecret", "InlineSecret", "environment_reads"]
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _CREDENTIAL_NAME = r"^[A-Za-z0-9_.@:-]+$"
@@ -119,3 +120,27 @@ class FileSecret(CachedSecret):
         if not text.strip():
             raise SecretError(f"{self.describe()}: the file {path} is empty")
         return text
+
+
+def environment_reads(
+    value: Any, where: tuple[str, ...] = ()
+) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """(variable, location) for every environment variable a secret source in ``value`` reads.
+
+    ``value`` is a configuration table, raw (as parsed from TOML) or validated: an ``env`` source
+    reads its ``name``, a ``file`` source with ``credential`` reads ``CREDENTIALS_DIRECTORY``.
+    Nested sources (a Key Vault identity's secret, a Vault token) are found too. The command
+    handler refuses to pass any of them to a program.
+    """
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, Mapping):
+        if value.get("source") == "env" and isinstance(value.get("name"), str):
+            yield value["name"], where
+        elif value.get("source") == "file" and isinstance(value.get("credential"), str):
+            yield "CREDENTIALS_DIRECTORY", where
+        for key, item in value.items():
+            yield from environment_reads(item, (*where, str(key)))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from environment_reads(item, (*where, str(index)))

@@ -73,18 +73,16 @@ def test_pass_mime_false_does_not_fetch(
     assert loader.mime_calls == 0
 
 
-def test_inherit_env_false_passes_only_what_is_configured(
+def test_env_is_passed_and_home_comes_from_the_listener(
     tmp_path: Path, make_message: MakeMessage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without inheritance, the listener's own environment (and its secrets) stays out."""
+    """``env`` reaches the program; HOME is one of the few variables always passed on."""
     monkeypatch.setenv("HOME", "/home/listener")
     out = tmp_path / "record.json"
-    handler = CommandHandler(
-        "cmd", [PY, "-c", RECORD, str(out)], env={"EXTRA": "1"}, inherit_env=False
-    )
+    handler = CommandHandler("cmd", [PY, "-c", RECORD, str(out)], env={"EXTRA": "1"})
     handler(make_message())
     record = json.loads(out.read_text())
-    assert record["home"] is None
+    assert record["home"] == "/home/listener"
     assert record["extra"] == "1"
 
 
