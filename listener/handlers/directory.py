@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -20,12 +21,26 @@ from pathlib import Path
 from listener.handlers._names import unique_filenames
 from listener.handlers.config import DirectoryHandlerConfig
 from listener.handlers.errors import HandlerTransientError
-from listener.model import Message, idempotency_key
+from listener.model import Message
 
 __all__ = ["DirectoryHandler"]
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` sets it for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # no /proc (macOS): the brief swap is the only portable way
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:
@@ -66,7 +81,7 @@ class DirectoryHandler:
         key = message.idempotency_key
         if _SAFE_KEY.match(key) and ".." not in key:
             return key
-        return idempotency_key(message.mailbox, message.item_id, message.internet_message_id)
+        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -117,7 +132,9 @@ class DirectoryHandler:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from the watching program
+        # mkstemp's 0600 would hide the file from the watching program; what open() would have
+        # made honours the umask (UMask=0077 in the systemd unit keeps everything private).
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, self._inside(base, target))
         temporaries.remove(tmp)
         created.append(target)
@@ -141,8 +158,9 @@ class DirectoryHandler:
                 f.flush()
                 os.fsync(f.fileno())
         _fsync_dir(staging)
-        # mkdtemp's 0700 would hide the folder from the watching program; files are 0644 too.
-        os.chmod(staging, 0o755)  # noqa: S103 - a directory must be searchable to be read
+        # mkdtemp's 0700 would hide the folder from the watching program: what mkdir() would
+        # have made instead, honouring the umask like the files.
+        os.chmod(staging, 0o777 & ~_umask())
         final = self._inside(base, base / f"{stem}.attachments")
         if final.is_symlink() or final.is_file():
             final.unlink()

@@ -67,6 +67,23 @@ def _is_memory(url: URL) -> bool:
     return url.database in {None, "", ":memory:"}
 
 
+def _create_private(path: Path) -> None:
+    """Create the empty database file 0600: it holds subjects, senders and error texts.
+
+    SQLite opens an existing empty file as a new database, and creates the -wal and -shm files
+    with the database file's permissions (https://www.sqlite.org/tempfiles.html; ``unixOpen``
+    copies the mode), so all three stay private whatever the umask (guarded by
+    ``tests/store/test_file_modes.py``).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return  # another store created it a moment ago: SQLite takes it from here
+    except OSError:
+        return  # the directory checks below say what is wrong, in the user's terms
+    os.close(fd)
+
+
 def _prepare_sqlite_file(url: URL, *, create: bool) -> URL:
     """Create the file's directory and fail early, clearly, when the file cannot be written."""
     path = Path(str(url.database)).expanduser()
@@ -81,6 +98,7 @@ def _prepare_sqlite_file(url: URL, *, create: bool) -> URL:
                 f"cannot create the directory of state database {where}: {error.strerror}: fix "
                 f"the permissions or point state.url elsewhere"
             ) from None
+        _create_private(path)
     # os.access answers for this process's real user; root passes and SQLite has the last word.
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise StoreError(

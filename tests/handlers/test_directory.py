@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from listener.handlers import DirectoryHandler
-from listener.model import Message, idempotency_key
+from listener.model import Message
 from tests.handlers.conftest import FakeLoader, MakeMessage
 
 HOSTILE = [
@@ -111,11 +112,11 @@ def test_leftover_attachments_folder_is_replaced(tmp_path: Path, make_message: M
 
 
 def test_hostile_idempotency_key_is_not_a_path(tmp_path: Path, make_message: MakeMessage) -> None:
-    """A key that is not a plain token (read from JSON) is replaced by the computed one."""
+    """A key that is not a plain token (read from JSON) is replaced by its sha256 digest."""
     out = tmp_path / "out"
     message = make_message(idempotency_key="../../evil")
     DirectoryHandler("dir", out)(message)
-    expected = idempotency_key(message.mailbox, message.item_id, message.internet_message_id)
+    expected = hashlib.sha256(b"../../evil").hexdigest()
     assert tree(out) == {f"{expected}.eml", f"{expected}.json"}
     assert tree(tmp_path) == {"out", f"out/{expected}.eml", f"out/{expected}.json"}
 
