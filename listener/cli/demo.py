@@ -1,5 +1,7 @@
-"""``ews-listener demo`` (``make demo``): the emulator with two demo mailboxes and a feed of
-realistic mail, and the real daemon watching them with ``config/demo.toml``.
+"""``ews-listener emulator`` and ``ews-listener demo``: the bundled EWS emulator, alone or watched.
+
+``demo`` (``make demo``) runs the emulator with two demo mailboxes and a feed of realistic mail,
+and the real daemon watching them with ``config/demo.toml``.
 
 The emulator runs in its own process group so Ctrl-C stops both cleanly and leaves nothing
 behind: the daemon shuts down in order, then the emulator gets SIGTERM (SIGKILL after 10 s).
@@ -16,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from listener.errors import EXIT_OK, EXIT_UNAVAILABLE
+from listener.cli._common import Commands, echo, load_config
+from listener.errors import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
-__all__ = ["run_demo"]
+__all__ = ["cmd_emulator", "register", "run_demo"]
 
 DEMO_STATE = Path("var/emulator")
 # config/demo.toml points at these; change both together.
@@ -81,7 +84,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Start the emulator, run the daemon until Ctrl-C, stop both."""
-    from listener.cli import load_config  # noqa: PLC0415
     from listener.daemon import run_daemon  # noqa: PLC0415
     from listener.observability import configure_logging  # noqa: PLC0415
 
@@ -93,20 +95,52 @@ def run_demo(args: argparse.Namespace) -> int:
         try:
             info = _wait_ready(emulator, DEMO_STATE / "emulator.json")
         except RuntimeError as e:
-            print(f"demo: {e} (are ports {EWS_PORT} and {TOKEN_PORT} free?)", file=sys.stderr)
+            echo(f"demo: {e} (are ports {EWS_PORT} and {TOKEN_PORT} free?)", err=True)
             return EXIT_UNAVAILABLE
         # The demo app's secret is made up by the emulator at start; hand it over the way a
         # real deployment would: through the environment (config/demo.toml reads it from there).
         os.environ["EWS_DEMO_CLIENT_SECRET"] = str(info["client_secret"])
         settings = load_config(args)
         configure_logging(fmt=args.log_format or "console", level=args.log_level or "info")
-        print(
+        echo(
             f"demo: emulator at {info.get('ews_url')}, watching "
             f"{', '.join(settings.mailboxes)}; messages are archived under var/demo/. "
             "Ctrl-C stops everything.",
-            file=sys.stderr,
+            err=True,
         )
         return run_daemon(settings)
     finally:
         _stop(emulator)
     return EXIT_OK
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    """Hand every argument after ``emulator`` to the emulator's own command line."""
+    from listener.emulator.cli import main as emulator_main  # noqa: PLC0415 - starts servers
+
+    try:
+        return int(emulator_main(args.emulator_args))
+    except SystemExit as exc:  # its --help, or a usage error (argparse exits 2; sysexits: 64)
+        return EXIT_OK if exc.code in (None, 0) else EXIT_USAGE
+
+
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """Add ``emulator`` (its arguments pass through, see ``_main.parse``) and ``demo``."""
+    emulator = commands.add_parser(
+        "emulator",
+        help="run the bundled EWS emulator and token server (see --help of the emulator)",
+        add_help=False,
+    )
+    emulator.set_defaults(func=cmd_emulator, passthrough="emulator_args")
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="the emulator with demo mailboxes and a feed, and the daemon watching them",
+    )
+    demo.add_argument("--feed", type=float, default=0.5, help="messages per second")
+    demo.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(args)

@@ -1,0 +1,89 @@
+"""``ews-listener mailbox test``: token, impersonation, folder and item count of one mailbox."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from listener.cli._common import Commands, echo, settings, startup_errors, usage
+from listener.errors import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE
+
+__all__ = ["check_mailbox", "cmd_mailbox_test", "register"]
+
+
+@startup_errors
+def cmd_mailbox_test(args: argparse.Namespace) -> int:
+    return check_mailbox(settings(args), args.address)
+
+
+def check_mailbox(config: Any, wanted: str, *, credential: str | None = None) -> int:
+    """Token, impersonation, folder and item count of the mailbox called or addressed ``wanted``.
+
+    Also ``credentials validate NAME --mailbox ADDRESS`` (then only mailboxes of ``credential``).
+    """
+    from listener.app import App  # noqa: PLC0415 - imports exchangelib
+
+    wanted = wanted.lower()
+    names = [
+        n
+        for n, m in config.mailboxes.items()
+        if (n.lower() == wanted or m.address.lower() == wanted)
+        and (credential is None or m.credential == credential)
+    ]
+    if not names:
+        which = f" using credential {credential!r}" if credential else ""
+        echo(f"error: no mailbox {wanted!r}{which} in the configuration", err=True)
+        return EXIT_USAGE
+    app = App(config, store=_NullStore(), handlers={})  # type: ignore[arg-type]
+    ok = True
+    try:
+        for name in names:
+            mailbox = config.mailboxes[name]
+            echo(f"{name} ({mailbox.address}, credential {mailbox.credential}):")
+            ok = _mailbox_steps(app, name, mailbox) and ok
+    finally:
+        app.close()
+    return EXIT_OK if ok else EXIT_UNEXPECTED
+
+
+def _mailbox_steps(app: Any, name: str, mailbox: Any) -> bool:
+    """Each step on one line; stop at the first that fails."""
+    source = app.connections.source(app.target(name, mailbox))
+    step = "token"
+    try:
+        token = app.providers.get(mailbox.credential).get_token()
+        echo(f"  token   ok   expires {token.expires_at.isoformat(timespec='seconds')}")
+        step = "folder"
+        folder = source.watched_folder()
+        echo(f"  folder  ok   {source.folder!r} opened with impersonation")
+        step = "items"
+        total = folder.total_count if folder.total_count is not None else "?"
+        unread = len(source.unread())
+        echo(f"  items   ok   {total} item(s), {unread} unread")
+    except Exception as e:
+        echo(f"  {step:<7} FAIL {type(e).__name__}: {e}")
+        return False
+    return True
+
+
+class _NullStore:
+    """``mailbox test`` touches no state."""
+
+    def close(self) -> None:
+        return
+
+
+def register(commands: Commands, common: argparse.ArgumentParser) -> None:
+    """Add ``mailbox test``."""
+    mailbox = commands.add_parser("mailbox", parents=[common], help="check configured mailboxes")
+    actions = mailbox.add_subparsers(dest="mailbox_command", metavar="ACTION")
+    test = actions.add_parser(
+        "test",
+        parents=[common],
+        help="token, impersonation, folder and item count of one mailbox",
+        description="Get a token, open the mailbox with impersonation, resolve its folder and "
+        "count its items. Exit 0 when every step works, 1 otherwise.",
+    )
+    test.add_argument("address", help="the mailbox's address or configured name")
+    test.set_defaults(func=cmd_mailbox_test)
+    mailbox.set_defaults(func=lambda _args: usage(mailbox))
