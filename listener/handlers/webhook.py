@@ -7,6 +7,12 @@ handed over again after a crash carries the same key).
 TLS goes through an ``ssl.SSLContext`` we build: httpx uses a given context as is, so neither
 ``REQUESTS_CA_BUNDLE`` nor ``SSL_CERT_FILE`` in the environment can change whom we trust (both
 are set on machines where ``requests`` is configured for something else).
+
+The response body is streamed and at most :data:`BODY_LIMIT` bytes of it are read (for the error
+text); the rest is dropped with the connection. Read whole, a 400 MiB 2xx answer took the
+listener from 41 to 842 MB (issue 11; guarded by ``tests/handlers/test_webhook_limits.py``).
+Header values are registered for log redaction when the handler is built: they are usually API
+keys.
 """
 
 from __future__ import annotations
@@ -27,10 +33,13 @@ from listener.abc import SecretSource
 from listener.handlers.config import WebhookHandlerConfig, redact_url
 from listener.handlers.errors import HandlerPermanentError, HandlerTransientError
 from listener.model import Message
+from listener.observability.redaction import register_secret
 
-__all__ = ["SIGNATURE_HEADER", "WebhookHandler", "parse_retry_after", "sign"]
+__all__ = ["BODY_LIMIT", "SIGNATURE_HEADER", "WebhookHandler", "parse_retry_after", "sign"]
 
 SIGNATURE_HEADER = "X-Ews-Listener-Signature"
+# Bytes of a response body read at most; only an excerpt of it reaches the error text.
+BODY_LIMIT = 64 * 1024
 _EXCERPT_CHARS = 200
 
 
@@ -56,10 +65,23 @@ def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time
     return max(0.0, when.timestamp() - now())
 
 
-def _excerpt(response: httpx.Response) -> str:
+def _head(response: httpx.Response, limit: int = BODY_LIMIT) -> bytes:
+    """The first ``limit`` bytes of a streamed body (decoded from gzip etc.); the rest unread."""
+    data = bytearray()
     try:
-        text = response.text
-    except Exception:  # undecodable body: say so rather than fail the classification
+        for chunk in response.iter_bytes(chunk_size=min(limit, 16 * 1024)):
+            data += chunk
+            if len(data) >= limit:
+                break
+    except httpx.HTTPError:
+        pass  # a body cut short or undecodable: what arrived is enough for the excerpt
+    return bytes(data[:limit])
+
+
+def _excerpt(response: httpx.Response, head: bytes) -> str:
+    try:
+        text = head.decode(response.encoding or "utf-8", errors="replace")
+    except LookupError:  # an encoding Python does not know: say so rather than fail
         return "(undecodable body)"
     text = " ".join(text.split())  # one line, no control characters from the receiver
     if not text:
@@ -94,6 +116,8 @@ class WebhookHandler:
         self._secret = secret
         self.attachments_inline_max = attachments_inline_max
         self._headers = dict(headers or {})
+        for value in self._headers.values():
+            register_secret(value)
         self._client = httpx.Client(
             verify=client_context(ca_bundle),
             timeout=timeout,
@@ -134,7 +158,10 @@ class WebhookHandler:
             # Sources cache their value; read per call so a refreshed secret is picked up.
             headers[SIGNATURE_HEADER] = sign(self._secret.read(), body)
         try:
-            response = self._client.post(self._url, content=body, headers=headers)
+            with self._client.stream("POST", self._url, content=body, headers=headers) as response:
+                # Read even on success: a short body lets the connection be reused; a long one
+                # is cut at BODY_LIMIT and closing the stream drops the connection unread.
+                head = _head(response)
         except httpx.TransportError as e:
             # Connection refused or reset, TLS failure, timeout: the receiver may be back soon.
             # str(e) can quote the URL; say only the kind of failure and where.
@@ -144,7 +171,7 @@ class WebhookHandler:
         status = response.status_code
         if 200 <= status < 300:
             return
-        excerpt = _excerpt(response)
+        excerpt = _excerpt(response, head)
         if status in (408, 429) or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             hint = f", retry after {retry_after:g} s" if retry_after is not None else ""
