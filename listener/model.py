@@ -6,6 +6,12 @@ a :class:`ContentLoader` the mail source attaches; the loader is not part of the
 its equality or its hash, and nothing loaded is cached on the value (a handler that needs the
 bytes twice keeps them itself).
 
+Content streams: ``Message.open_mime()`` and ``Attachment.open()`` return a readable binary file
+the caller closes, spooled to disk by the source past a threshold (the EWS source keeps at most
+1 MiB of it in memory), so a handler that copies it costs bounded memory whatever the size.
+``mime()`` and ``content()`` read the whole stream into ``bytes``: simple, and as large as the
+content (benchmarks/README.md, "Memory", has the figures).
+
 Times are timezone-aware UTC and serialise as ISO 8601 with a ``Z`` suffix; a naive datetime is
 taken to be UTC already.
 """
@@ -14,9 +20,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Protocol
+from typing import IO, Annotated, Any, Literal, Protocol
 
 from pydantic import (
     AfterValidator,
@@ -32,6 +39,7 @@ from pydantic import (
 __all__ = [
     "Address",
     "Attachment",
+    "BytesContentLoader",
     "ContentLoader",
     "Importance",
     "Message",
@@ -67,15 +75,40 @@ UtcDatetime = Annotated[
 
 
 class ContentLoader(Protocol):
-    """Fetches the heavy parts of a message on demand (implemented by each mail source)."""
+    """Fetches the heavy parts of a message on demand (implemented by each mail source).
 
-    def load_mime(self, message: Message) -> bytes:
+    Each method returns a new readable binary file positioned at its start; the caller closes
+    it. A source should not hold the whole content in memory (spool it to disk past a threshold).
+    """
+
+    def open_mime(self, message: Message) -> IO[bytes]:
         """The full RFC 5322 source of the message."""
         ...
 
-    def load_attachment(self, message: Message, attachment: Attachment) -> bytes:
+    def open_attachment(self, message: Message, attachment: Attachment) -> IO[bytes]:
         """The content of one attachment; item attachments come back as RFC 5322 (.eml)."""
         ...
+
+
+class BytesContentLoader(Protocol):
+    """The first form of :class:`ContentLoader`, returning ``bytes``; ``bind`` still takes it."""
+
+    def load_mime(self, message: Message) -> bytes: ...
+
+    def load_attachment(self, message: Message, attachment: Attachment) -> bytes: ...
+
+
+class _FromBytes:
+    """A :class:`ContentLoader` over a :class:`BytesContentLoader` (the bytes are in memory)."""
+
+    def __init__(self, loader: BytesContentLoader) -> None:
+        self._loader = loader
+
+    def open_mime(self, message: Message) -> IO[bytes]:
+        return io.BytesIO(self._loader.load_mime(message))
+
+    def open_attachment(self, message: Message, attachment: Attachment) -> IO[bytes]:
+        return io.BytesIO(self._loader.load_attachment(message, attachment))
 
 
 class _Value(BaseModel):
@@ -109,7 +142,7 @@ class Address(_Value):
 
 
 class Attachment(_Value):
-    """Metadata of one attachment; ``content()`` loads the bytes."""
+    """Metadata of one attachment; ``open()`` streams the content, ``content()`` loads it whole."""
 
     attachment_id: str = Field(description="Opaque id of the attachment in the mail source.")
     name: str = Field(description="File name as sent; never trust it as a path.")
@@ -133,12 +166,20 @@ class Attachment(_Value):
             data = {k: v for k, v in data.items() if k != "content_base64"}
         return data
 
-    def content(self) -> bytes:
-        """The attachment's bytes (an attached item comes back as RFC 5322)."""
+    def open(self) -> IO[bytes]:
+        """The content as a readable binary file (close it; ``with attachment.open() as f:``).
+
+        An attached item comes back as RFC 5322. Fetched from the mail source on each call.
+        """
         message = self._message
         if message is None or message._loader is None:
             raise RuntimeError(f"attachment {self.name!r} is not bound to a mail source")
-        return message._loader.load_attachment(message, self)
+        return message._loader.open_attachment(message, self)
+
+    def content(self) -> bytes:
+        """The attachment's bytes, all in memory (prefer :meth:`open` for large files)."""
+        with self.open() as f:
+            return f.read()
 
 
 class Message(_Value):
@@ -198,9 +239,11 @@ class Message(_Value):
         for attachment in self.attachments:
             attachment._message = self
 
-    def bind(self, loader: ContentLoader) -> Message:
+    def bind(self, loader: ContentLoader | BytesContentLoader) -> Message:
         """Attach the loader that serves ``mime()`` and attachment content; returns self."""
-        self._loader = loader
+        if not hasattr(loader, "open_mime"):
+            loader = _FromBytes(loader)
+        self._loader = loader  # type: ignore[assignment]
         return self
 
     @property
@@ -208,11 +251,17 @@ class Message(_Value):
         """Whether ``mime()`` and attachment content can be loaded."""
         return self._loader is not None
 
-    def mime(self) -> bytes:
-        """The full RFC 5322 source, fetched from the mail source (not cached)."""
+    def open_mime(self) -> IO[bytes]:
+        """The full RFC 5322 source as a readable binary file, fetched from the mail source on
+        each call (close it; ``with message.open_mime() as f:``)."""
         if self._loader is None:
             raise RuntimeError("this message is not bound to a mail source")
-        return self._loader.load_mime(self)
+        return self._loader.open_mime(self)
+
+    def mime(self) -> bytes:
+        """The full RFC 5322 source, all in memory (not cached; prefer :meth:`open_mime`)."""
+        with self.open_mime() as f:
+            return f.read()
 
     def header(self, name: str) -> str | None:
         """The first header called ``name`` (case-insensitive), or None."""
@@ -231,7 +280,12 @@ class Message(_Value):
             for out, attachment in zip(data["attachments"], self.attachments, strict=True):
                 # An unknown size is not inlined: loading it to find out could pull a huge file.
                 if attachment.size is not None and attachment.size <= attachments_inline_max:
-                    out["content_base64"] = base64.b64encode(attachment.content()).decode()
+                    with attachment.open() as f:
+                        # Read one byte past the limit: a size the server under-reported must
+                        # not bring a large file into memory (and is then not inlined).
+                        content = f.read(attachments_inline_max + 1)
+                    if len(content) <= attachments_inline_max:
+                        out["content_base64"] = base64.b64encode(content).decode()
         return data
 
     def to_json(self, *, attachments_inline_max: int = 0) -> str:

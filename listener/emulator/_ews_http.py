@@ -1,12 +1,12 @@
 """The request handler of the EWS emulator: one keep-alive connection, one request at a time.
 
 A request goes through, in this order (each step can end it the way Exchange Online would):
-``Content-Length`` (400/411/413 before a byte of the body is read) → Bearer token (401 +
-``x-ms-diagnostics``) → body (read only now) → SOAP parse → schema validation
-(``ErrorSchemaValidation``) → operation lookup → ``full_access_as_app`` role (``ErrorAccessDenied``)
-→ ``ExchangeImpersonation`` + ``X-AnchorMailbox`` → mailbox exists (``ErrorNonExistentMailbox``)
-→ RBAC for Applications scope (``ErrorImpersonateUserDenied``) → fault engine (injected faults,
-concurrency limit) → the operation (``ops/``) → response validation (test switch) → request log.
+``Content-Length`` (400/411/413 before a byte of the body is read) → Bearer token and its
+``full_access_as_app`` role (401 + ``x-ms-diagnostics``) → body (read only now) → SOAP parse →
+schema validation (``ErrorSchemaValidation``) → operation lookup → ``ExchangeImpersonation`` +
+``X-AnchorMailbox`` → mailbox exists (``ErrorNonExistentMailbox``) → RBAC for Applications scope
+(``ErrorImpersonateUserDenied``) → fault engine (injected faults, concurrency limit) → the
+operation (``ops/``) → response validation (test switch) → request log.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from lxml import etree
 
 from listener.emulator import ops
 from listener.emulator._http import QuietHandler
+from listener.emulator._unauthorized import NO_PERMISSION, unauthorized_headers
 from listener.emulator.schema import SchemaValidator
 from listener.emulator.soap import (
+    NON_EXISTENT_MAILBOX_TEXT,
     Envelope,
     Fault,
     SoapError,
@@ -48,28 +50,8 @@ AUDIENCE = "https://outlook.office365.com"
 EWS_PATH = "/ews/exchange.asmx"
 ROLE = "full_access_as_app"
 
-# Exchange Online's challenge, verbatim apart from the values we cannot know: exchangelib only
-# looks at the status, but other clients parse these parameters.
-_CHALLENGE = (
-    'Bearer client_id="00000002-0000-0ff1-ce00-000000000000", '
-    'trusted_issuers="00000001-0000-0000-c000-000000000000@*", '
-    'token_types="app_asserted_user_v1 service_asserted_app_v1", error="invalid_token"'
-)
-_DIAGNOSTIC_CODES = {
-    "invalid_signature": 2000000,
-    "invalid_token": 2000001,
-    "token_expired": 2000002,
-}
-
-
 # Fault kinds after which the operation still runs (a delay, or a cut in the answer).
 _PASS_THROUGH = ("latency", "drop")
-
-_REASONS = {
-    "token_expired": "The token has expired.",
-    "invalid_token": "The token is invalid.",
-    "invalid_signature": "The token has an invalid signature.",
-}
 
 
 @dataclass(frozen=True)
@@ -89,17 +71,14 @@ class RequestRecord:
 
 
 class _Rejected(Exception):
-    def __init__(self, code: str, message: str, status: int = 500) -> None:
+    def __init__(
+        self, code: str, message: str, values: Mapping[str, str] | None = None, status: int = 500
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.values = values
         self.status = status
-
-
-def _diagnostics(category: str, reason: str) -> str:
-    code = _DIAGNOSTIC_CODES.get(category, 2000001)
-    safe = reason.replace('"', "'").replace("\r", " ").replace("\n", " ")
-    return f'{code};reason="{safe}";error_category="{category}"'
 
 
 def _impersonated(envelope: Envelope) -> str | None:
@@ -126,7 +105,10 @@ class EwsHandler(QuietHandler):
 
     def do_GET(self) -> None:
         # Exchange answers an unauthenticated GET of the endpoint with the same 401 challenge.
-        self.send_body(401, b"", "text/plain", {"WWW-Authenticate": _CHALLENGE})
+        headers = {
+            "WWW-Authenticate": self._unauthorized_headers("invalid_token")["WWW-Authenticate"]
+        }
+        self.send_body(401, b"", "text/plain", headers)
 
     def do_POST(self) -> None:
         started = time.perf_counter()
@@ -190,7 +172,7 @@ class EwsHandler(QuietHandler):
             spec, mailbox = self._admit(emulator, envelope, claims, record)
         except _Rejected as exc:
             record["error_code"] = exc.code
-            return self._fault(exc.code, exc.message, status=exc.status)
+            return self._fault(exc.code, exc.message, values=exc.values, status=exc.status)
         context = ops.OpContext(
             emulator=emulator,
             store=emulator.store,
@@ -224,16 +206,22 @@ class EwsHandler(QuietHandler):
             self._unauthorized(str(category), str(getattr(exc, "reason", "")))
             return None
         record["client_id"] = claims.get("appid") or claims.get("azp")
+        if ROLE not in (claims.get("roles") or []):
+            # Exchange Online refuses an app token without the role at the door (HTTP 401), not
+            # with an ErrorAccessDenied fault after parsing the request.
+            record["error_code"] = "invalid_grant"
+            self._unauthorized("invalid_grant", NO_PERMISSION)
+            return None
         return claims
 
-    def _unauthorized(self, category: str, reason: str) -> None:
+    def _unauthorized(self, category: str, reason: str | None = None) -> None:
         unread, self._unread = self._unread, 0
         self.discard_body(unread)  # in 64 KiB pieces, so the connection stays usable
-        headers = {
-            "WWW-Authenticate": _CHALLENGE,
-            "x-ms-diagnostics": _diagnostics(category, reason),
-        }
-        self.send_body(401, b"", "text/html", headers)
+        self.send_body(401, b"", "text/html", self._unauthorized_headers(category, reason))
+
+    def _unauthorized_headers(self, category: str, reason: str | None = None) -> dict[str, str]:
+        authority = getattr(self.emulator.token_server, "url", None)
+        return unauthorized_headers(category, reason, authority)
 
     def _validate_request(self, validator: SchemaValidator, envelope: Envelope) -> str | None:
         for element in (*envelope.headers, envelope.body):
@@ -255,11 +243,6 @@ class EwsHandler(QuietHandler):
             # an unknown element, with ErrorInvalidRequest; exchangelib reads that as "wrong
             # API version", tries its other versions and then raises ErrorInvalidServerVersion.
             raise _Rejected("ErrorInvalidRequest", "The request is invalid.")
-        roles = claims.get("roles") or []
-        if ROLE not in roles:
-            raise _Rejected(
-                "ErrorAccessDenied", "Access is denied. Check credentials and try again."
-            )
         address = _impersonated(envelope)
         if address is None:
             if not spec.needs_mailbox:
@@ -278,7 +261,7 @@ class EwsHandler(QuietHandler):
         mailbox = emulator.store.mailbox(address)
         if mailbox is None:
             raise _Rejected(
-                "ErrorNonExistentMailbox", "The SMTP address has no mailbox associated with it."
+                "ErrorNonExistentMailbox", NON_EXISTENT_MAILBOX_TEXT, {"SmtpAddress": address}
             )
         if not emulator.allowed(record.get("client_id"), address):
             raise _Rejected(
@@ -322,7 +305,7 @@ class EwsHandler(QuietHandler):
             return self._fault(exc.code, exc.message, values=exc.values)
         except StoreError as exc:
             record["error_code"] = exc.code
-            return self._fault(exc.code, str(exc))
+            return self._fault(exc.code, str(exc), values=exc.values)
         except Exception:
             log.exception("EWS emulator: %s failed", spec.name)
             record["error_code"] = "ErrorInternalServerError"
@@ -371,8 +354,7 @@ class EwsHandler(QuietHandler):
             self.send_body(fault.status, b"", "text/html", headers)
             return fault.status
         if fault.kind == "unauthorized":
-            reason = _REASONS.get(fault.code, "The token is invalid.")
-            self._unauthorized(fault.code, reason)
+            self._unauthorized(fault.code)
             return 401
         if fault.kind == "server_busy":
             if fault.back_off_ms is not None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from lxml import etree
 
+from listener.emulator._unauthorized import unauthorized_headers
 from listener.emulator.soap import (
     Fault,
     build_envelope,
@@ -65,13 +66,6 @@ KINDS = (
 )
 
 _BUSY_TEXT = "The server cannot service this request right now. Try again later."
-
-# x-ms-diagnostics codes Exchange Online sends with a 401 (DESIGN.md, protocol facts).
-_DIAGNOSTICS = {
-    "token_expired": (2000002, "The token has expired."),
-    "invalid_token": (2000001, "The token is invalid."),
-    "invalid_signature": (2000000, "The token has an invalid signature."),
-}
 
 
 @dataclass(frozen=True)
@@ -335,20 +329,6 @@ class Rendered:
 
 
 _XML = "text/xml; charset=utf-8"
-
-
-def unauthorized_headers(category: str) -> dict[str, str]:
-    """The headers of Exchange Online's 401 for ``token_expired``/``invalid_token``/…"""
-    number, reason = _DIAGNOSTICS.get(category, _DIAGNOSTICS["invalid_token"])
-    return {
-        "WWW-Authenticate": (
-            'Bearer client_id="00000002-0000-0ff1-ce00-000000000000", '
-            'trusted_issuers="00000001-0000-0000-c000-000000000000@*", '
-            'token_types="app_asserted_user_v1 service_asserted_app_v1", '
-            'error="invalid_token"'
-        ),
-        "x-ms-diagnostics": f'{number};reason="{reason}";error_category="{category}"',
-    }
 
 
 def render(fault: Fault, operation: str) -> Rendered:

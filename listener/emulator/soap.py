@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 __all__ = [
+    "ACCESS_DENIED_TEXT",
     "ENS",
     "MNS",
+    "NON_EXISTENT_MAILBOX_TEXT",
     "SERVER_VERSION",
     "SOAPNS",
     "TNS",
@@ -51,6 +53,10 @@ SERVER_VERSION = {
 }
 
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+#: Exchange Online's wording, in faults and in response messages alike; clients match on it.
+NON_EXISTENT_MAILBOX_TEXT = "The SMTP address has no mailbox associated with it."
+ACCESS_DENIED_TEXT = "Access is denied. Check credentials and try again."
 
 
 def m(tag: str) -> str:
@@ -168,9 +174,17 @@ def server_version_info() -> etree._Element:
 
 
 def build_envelope(body_child: etree._Element | None, *, with_version: bool = True) -> bytes:
-    """Serialize a response envelope around ``body_child`` (a ``m:…Response`` or ``s:Fault``)."""
-    root = etree.Element(f"{{{SOAPNS}}}Envelope", nsmap=_NSMAP)
-    if with_version:
+    """Serialize a response envelope around ``body_child`` (a ``m:…Response`` or ``s:Fault``).
+
+    A fault is written as Exchange writes one (ews-samples/from-clients/*.fault.xml): no
+    ``s:Header`` (exchangelib: "normal when the response contains SOAP-level errors") and only
+    the ``s`` prefix on the envelope. With ``t`` declared on the envelope, lxml dropped the
+    ``xmlns:a`` of ``<faultcode>a:ErrorNonExistentMailbox</faultcode>`` as redundant when the
+    fault moved in, leaving the ``a:`` of its text unbound (issue 11, point 17).
+    """
+    fault = body_child is not None and body_child.tag == f"{{{SOAPNS}}}Fault"
+    root = etree.Element(f"{{{SOAPNS}}}Envelope", nsmap={"s": SOAPNS} if fault else _NSMAP)
+    if with_version and not fault:
         header = etree.SubElement(root, f"{{{SOAPNS}}}Header")
         header.append(server_version_info())
     body = etree.SubElement(root, f"{{{SOAPNS}}}Body")
@@ -189,8 +203,10 @@ def soap_fault(
 ) -> etree._Element:
     """An ``s:Fault`` as Exchange writes it (ews-samples/from-clients/*.fault.xml).
 
-    exchangelib reads ``detail/e:ResponseCode`` and maps it to its exception of the same name; for
-    ``ErrorServerBusy`` it reads the first ``t:MessageXml/t:Value`` named ``BackOffMilliseconds``.
+    Each element declares its own prefix (``xmlns:a`` on ``faultcode``, ``xmlns:e`` on the error
+    elements, ``xmlns:t`` on ``t:MessageXml``), so the fault is namespace-well-formed wherever it
+    is put. exchangelib reads ``detail/e:ResponseCode`` and maps it to its exception of the same
+    name; for ``ErrorServerBusy`` it reads the ``t:Value`` named ``BackOffMilliseconds``.
     """
     fault = etree.Element(f"{{{SOAPNS}}}Fault", nsmap={"s": SOAPNS})
     faultcode = etree.SubElement(fault, "faultcode", nsmap={faultcode_prefix: TNS})
@@ -199,11 +215,12 @@ def soap_fault(
     faultstring.set("{http://www.w3.org/XML/1998/namespace}lang", "en-US")
     faultstring.text = message
     detail = etree.SubElement(fault, "detail")
-    sub(detail, f"{{{ENS}}}ResponseCode", code)
-    sub(detail, f"{{{ENS}}}Message", message)
+    for tag, text in (("ResponseCode", code), ("Message", message)):
+        element = etree.SubElement(detail, f"{{{ENS}}}{tag}", nsmap={"e": ENS})
+        element.text = _NOT_XML.sub("", text)
     extra = list(message_xml)
     if values or extra:
-        xml = etree.SubElement(detail, t("MessageXml"))
+        xml = etree.SubElement(detail, t("MessageXml"), nsmap={"t": TNS})
         for name, value in (values or {}).items():
             sub(xml, t("Value"), value, {"Name": name})
         for element in extra:

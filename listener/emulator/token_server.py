@@ -33,7 +33,7 @@ from listener.emulator.ca import EmulatorCA
 
 __all__ = ["AuthMethod", "RejectCategory", "TokenRejected", "TokenRequest", "TokenServer"]
 
-RejectCategory = Literal["invalid_signature", "token_expired", "invalid_token"]
+RejectCategory = Literal["invalid_signature", "token_expired", "invalid_token", "invalid_resource"]
 
 _GUID_NAMESPACE = uuid.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")  # uuid.NAMESPACE_URL
 
@@ -41,7 +41,8 @@ _GUID_NAMESPACE = uuid.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")  # uuid.NAME
 class TokenRejected(Exception):
     """``verify()`` refused a token; ``category`` maps to EWS's x-ms-diagnostics codes.
 
-    ``invalid_signature`` → 2000000, ``invalid_token`` → 2000001, ``token_expired`` → 2000002.
+    ``invalid_signature`` → 2000000, ``invalid_token`` → 2000001, ``token_expired`` → 2000002,
+    ``invalid_resource`` (a token for another audience) → 2000003.
     The text never contains the token.
     """
 
@@ -237,7 +238,8 @@ class TokenServer(LoopbackServer):
             ) from None
         expected = audience if audience is not None else self.audience
         if claims.get("aud") != expected:
-            raise TokenRejected(f"the audience is not {expected!r}", "invalid_token")
+            # Exchange Online's reason, verbatim: it names the claim, not the value.
+            raise TokenRejected("The audience claim value is invalid 'aud'.", "invalid_resource")
         tid = str(claims.get("tid", ""))
         with self._lock:
             known = tid in self._tenants

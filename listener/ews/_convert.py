@@ -5,11 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from exchangelib import FileAttachment, HTMLBody, ItemAttachment
 
+from listener.errors import PermanentError
 from listener.model import Address, Attachment, Importance, Message
 
-__all__ = ["FETCH_FIELDS", "to_message"]
+__all__ = ["FETCH_FIELDS", "ConversionError", "conversion_bug", "to_message"]
+
+log = structlog.get_logger("listener.ews")
 
 # Only what a Message needs: no MimeContent, no attachment content (both load on demand).
 FETCH_FIELDS = (
@@ -34,6 +38,30 @@ FETCH_FIELDS = (
     "message_id",
     "conversation_id",
 )
+
+
+class ConversionError(PermanentError):
+    """Our code failed on what Exchange sent: a bug in ews-listener, not a failure that heals.
+
+    Retrying runs the same code on the same answer, so the message is dead-lettered at once
+    (permanent) instead of retried for hours, with a reason that names the exception; the
+    traceback is logged once as ``ews.conversion_bug``. Issue 11, point 5: a zero-byte attachment
+    raised exchangelib's ``ValueError: FileAttachment must have an account`` inside our content
+    loader and was retried as if Exchange were down.
+    """
+
+
+def conversion_bug(doing: str, error: Exception) -> ConversionError:
+    """Log ``error`` with its traceback and return the :class:`ConversionError` to raise."""
+    log.error(
+        "ews.conversion_bug", doing=doing, error=f"{type(error).__name__}: {error}", exc_info=error
+    )
+    return ConversionError(
+        f"bug in ews-listener's conversion ({doing}): {type(error).__name__}: {error}; "
+        "not retried: please report it with the ews.conversion_bug traceback from the log, "
+        "then `dead-letters replay` once fixed"
+    )
+
 
 _IMPORTANCE: dict[str, Importance] = {"Low": "low", "Normal": "normal", "High": "high"}
 

@@ -11,22 +11,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import requests
 from exchangelib import Account
 from exchangelib import Message as EwsMessage
 from exchangelib import errors as ews_errors
-from exchangelib.attachments import AttachmentId
 from exchangelib.folders import Folder, FolderCollection
 from exchangelib.items import ALWAYS_OVERWRITE, ID_ONLY, MOVE_TO_DELETED_ITEMS, SAVE_ONLY
 from exchangelib.queryset import Q
-from exchangelib.services import GetAttachment, SyncFolderItems
+from exchangelib.services import SyncFolderItems
 
 from listener.abc import ChangePage, FetchFailure, ItemRef
 from listener.errors import ListenerError, SourceError, TokenError
-from listener.ews._convert import FETCH_FIELDS, to_message
+from listener.ews._convert import FETCH_FIELDS, conversion_bug, to_message
 from listener.ews._folders import FolderResolver
+from listener.ews._streaming import AttachmentStream, ElementNotFound, MimeStream, spool
 from listener.ews._transport import TokenBridge
 from listener.model import Attachment, Message
 
@@ -268,8 +268,12 @@ class EwsMailSource:
                 continue
             try:
                 message = to_message(item, mailbox=self.mailbox, folder=self.folder)
-            except Exception as e:  # a malformed item must not sink its batch
-                out.append(FetchFailure(ref, f"cannot read the item: {type(e).__name__}: {e}"))
+            except Exception as e:
+                # Exchange answered and exchangelib parsed it: what failed is our conversion. Not
+                # worth retrying for hours (the same item fails the same way): dead-letter it at
+                # once, and say it is a bug to report (one item; its batch goes on).
+                bug = conversion_bug("converting the item", e)
+                out.append(FetchFailure(ref, str(bug), transient=False))
                 continue
             out.append(message.bind(self))
         return out
@@ -371,46 +375,69 @@ class EwsMailSource:
 
         return self._errors(self._bulk(refs, run, "DeleteItem"))
 
+    def find(self, folder_path: str, internet_message_id: str) -> ItemRef | None:
+        with self._translated():
+            folder = self._call(lambda: self.folders.resolve(folder_path), "GetFolder")
+
+            def first() -> ItemRef | None:
+                found = folder.filter(message_id=internet_message_id).only("id", "changekey")
+                for item in found[:1]:
+                    return ItemRef(item.id, item.changekey)
+                return None
+
+            return self._call(first, "FindItem")
+
     def close(self) -> None:
         # Sessions belong to the shared Protocol; its owner (EwsConnections) closes them.
         self._account = None
 
     # --- ContentLoader ------------------------------------------------------------------------
 
-    def load_mime(self, message: Message) -> bytes:
-        with self._translated():
-            items = self._call(
-                lambda: list(
-                    self.account.fetch(ids=[(message.item_id, None)], only_fields=["mime_content"])
-                ),
-                "GetItem",
-            )
-        item = items[0]
-        if isinstance(item, BaseException):
-            raise translate_error(item)
-        return bytes(item.mime_content or b"")
+    def open_mime(self, message: Message) -> IO[bytes]:
+        """The item's MIME, streamed from GetItem into a spooled file (see ``_streaming``)."""
 
-    def load_attachment(self, message: Message, attachment: Attachment) -> bytes:
-        with self._translated():
-            results = self._call(
-                lambda: list(
-                    GetAttachment(account=self.account).call(
-                        items=[AttachmentId(id=attachment.attachment_id)],
-                        include_mime_content=attachment.kind == "item",
-                        body_type=None,
-                        filter_html_content=None,
-                        additional_fields=None,
-                    )
-                ),
-                "GetAttachment",
-            )
-        result = results[0]
-        if isinstance(result, BaseException):
-            raise translate_error(result)
-        if attachment.kind == "item":
-            item = result.item
-            return bytes(getattr(item, "mime_content", None) or b"")
-        return bytes(result.content or b"")
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from MimeStream(account=self.account).mime(message.item_id)
+            except ElementNotFound:
+                return  # an item without MimeContent (exchangelib's mime_content was None)
+
+        return self._content(chunks, "GetItem", f"the MIME content of {message.subject!r}")
+
+    def open_attachment(self, message: Message, attachment: Attachment) -> IO[bytes]:
+        """An attachment's content, streamed from GetAttachment into a spooled file."""
+
+        def chunks() -> Iterator[bytes]:
+            stream = AttachmentStream(account=self.account)
+            try:
+                yield from stream.content(attachment.attachment_id, item=attachment.kind == "item")
+            except ElementNotFound:
+                # Exchange may leave t:Content out for an empty file; exchangelib's own
+                # FileAttachment.content then fell back to a request it cannot make ("must have
+                # an account"), which dead-lettered such mail (issue 11, point 5).
+                if attachment.size == 0 or attachment.kind == "item":
+                    return
+                raise SourceError(
+                    f"GetAttachment answered without the content of {attachment.name!r} "
+                    f"({attachment.size} bytes)",
+                    code="ContentMissing",
+                    transient=True,
+                ) from None
+
+        return self._content(chunks, "GetAttachment", f"attachment {attachment.name!r}")
+
+    def _content(
+        self, chunks: Callable[[], Iterator[bytes]], operation: str, what: str
+    ) -> IO[bytes]:
+        try:
+            with self._translated():
+                return self._call(lambda: spool(chunks()), operation)
+        except SourceError:
+            raise  # the server's or the network's answer, or our token: may heal
+        except Exception as e:
+            # Everything _translated lets through is our code (or exchangelib used wrongly): a bug
+            # that retrying cannot fix, reported once with its traceback and dead-lettered.
+            raise conversion_bug(f"reading {what}", e) from e
 
     def ref(self, message: Message) -> ItemRef:
         return ItemRef(message.item_id, message.change_key)

@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import IO
 
 from listener.handlers._names import unique_filenames
 from listener.handlers.config import DirectoryHandlerConfig
@@ -97,7 +98,8 @@ class DirectoryHandler:
         temporaries: list[Path] = []
         try:
             eml = self._inside(base, base / f"{stem}.eml")
-            self._write_file(base, eml, message.mime(), created, temporaries)
+            with message.open_mime() as mime:  # streamed: a large message is never whole in memory
+                self._write_file(base, eml, mime, created, temporaries)
             if self.attachments and message.attachments:
                 self._write_attachments(base, stem, message, created, temporaries)
             body = message.to_json().encode("utf-8")
@@ -121,7 +123,7 @@ class DirectoryHandler:
         self,
         base: Path,
         target: Path,
-        data: bytes,
+        data: bytes | IO[bytes],
         created: list[Path],
         temporaries: list[Path],
     ) -> None:
@@ -129,7 +131,10 @@ class DirectoryHandler:
         tmp = Path(tmp_name)
         temporaries.append(tmp)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                shutil.copyfileobj(data, f)
             f.flush()
             os.fsync(f.fileno())
         # mkstemp's 0600 would hide the file from the watching program; what open() would have
@@ -153,8 +158,9 @@ class DirectoryHandler:
         names = unique_filenames(a.name for a in message.attachments)
         for attachment, name in zip(message.attachments, names, strict=True):
             target = self._inside(staging.resolve(), staging / name)
-            with open(target, "xb") as f:  # "x": never follow or overwrite anything there
-                f.write(attachment.content())
+            # "x": never follow or overwrite anything there; the content is copied in pieces.
+            with open(target, "xb") as f, attachment.open() as content:
+                shutil.copyfileobj(content, f)
                 f.flush()
                 os.fsync(f.fileno())
         _fsync_dir(staging)

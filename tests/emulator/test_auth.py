@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from exchangelib.errors import (
-    ErrorAccessDenied,
     ErrorImpersonateUserDenied,
     ErrorNonExistentMailbox,
     UnauthorizedError,
@@ -107,10 +106,3 @@ def test_app_scope_denies_other_mailboxes(emu: EwsEmulator, make_account: Accoun
     with pytest.raises(ErrorImpersonateUserDenied):
         bob.inbox.refresh()
     make_account(BOB).inbox.refresh()  # an app without a scope reaches every mailbox
-
-
-def test_token_without_role_raises_access_denied(make_account: AccountFactory) -> None:
-    """A token without the full_access_as_app role raises ErrorAccessDenied."""
-    account = make_account(roles=("Mail.Read",))
-    with pytest.raises(ErrorAccessDenied):
-        account.inbox.refresh()

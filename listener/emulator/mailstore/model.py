@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -262,9 +263,11 @@ DISTINGUISHED_FOLDERS: tuple[tuple[str, str, str | None, str], ...] = (
 class StoreError(Exception):
     """A store operation cannot be done; ``code`` is the EWS response code to answer with."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, values: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
+        #: ``t:Value`` entries for ``m:MessageXml`` (``SmtpAddress`` of ErrorNonExistentMailbox).
+        self.values: Mapping[str, str] = dict(values or {})
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from lxml import etree
 
 from listener.emulator.mailstore.model import well_formed_id
 from listener.emulator.ops import OpContext
-from listener.emulator.soap import t
+from listener.emulator.soap import ACCESS_DENIED_TEXT, NON_EXISTENT_MAILBOX_TEXT, t
 from listener.emulator.store import Folder, Item, Mailbox, StoreError
 
 __all__ = [
@@ -35,9 +35,13 @@ def _mailbox_for(ctx: OpContext, element: etree._Element) -> Mailbox:
     if named and named.strip().lower() != ctx.mailbox.address.lower():
         other = ctx.store.mailbox(named.strip())
         if other is None:
-            raise StoreError("ErrorNonExistentMailbox", "The mailbox does not exist.")
+            raise StoreError(
+                "ErrorNonExistentMailbox",
+                NON_EXISTENT_MAILBOX_TEXT,
+                {"SmtpAddress": named.strip()},
+            )
         if not ctx.emulator.allowed(ctx.client_id, other.address):
-            raise StoreError("ErrorAccessDenied", "Access is denied.")
+            raise StoreError("ErrorAccessDenied", ACCESS_DENIED_TEXT)
         return other
     return ctx.mailbox
 

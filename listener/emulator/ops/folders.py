@@ -25,7 +25,13 @@ def get_folder(ctx: OpContext, request: etree._Element) -> OpResult:
                 rendered = folder_element(folder)
         except StoreError as exc:
             messages.append(
-                error_message("GetFolderResponseMessage", exc.code, str(exc), container="Folders")
+                error_message(
+                    "GetFolderResponseMessage",
+                    exc.code,
+                    str(exc),
+                    values=exc.values,
+                    container="Folders",
+                )
             )
             continue
         message = success("GetFolderResponseMessage")
@@ -60,7 +66,9 @@ def find_folder(ctx: OpContext, request: etree._Element) -> OpResult:
                 page = found[offset : offset + size]
                 rendered = [folder_element(f) for f in page]
         except StoreError as exc:
-            messages.append(error_message("FindFolderResponseMessage", exc.code, str(exc)))
+            messages.append(
+                error_message("FindFolderResponseMessage", exc.code, str(exc), values=exc.values)
+            )
             continue
         message = success("FindFolderResponseMessage")
         end = offset + len(page)
@@ -100,7 +108,11 @@ def create_folder(ctx: OpContext, request: etree._Element) -> OpResult:
         except StoreError as exc:
             messages.append(
                 error_message(
-                    "CreateFolderResponseMessage", exc.code, str(exc), container="Folders"
+                    "CreateFolderResponseMessage",
+                    exc.code,
+                    str(exc),
+                    values=exc.values,
+                    container="Folders",
                 )
             )
             continue

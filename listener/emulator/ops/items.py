@@ -36,7 +36,9 @@ def find_item(ctx: OpContext, request: etree._Element) -> OpResult:
         try:
             folder = resolve_folder(ctx, parent)
         except StoreError as exc:
-            messages.append(error_message("FindItemResponseMessage", exc.code, str(exc)))
+            messages.append(
+                error_message("FindItemResponseMessage", exc.code, str(exc), values=exc.values)
+            )
             continue
         with ctx.store.lock:
             candidates = list(folder.items.values())
@@ -102,7 +104,13 @@ def get_item(ctx: OpContext, request: etree._Element) -> OpResult:
                 item = find_item_by_id(ctx, element.get("Id") or "")
             except StoreError as exc:
                 messages.append(
-                    error_message("GetItemResponseMessage", exc.code, str(exc), container="Items")
+                    error_message(
+                        "GetItemResponseMessage",
+                        exc.code,
+                        str(exc),
+                        values=exc.values,
+                        container="Items",
+                    )
                 )
                 continue
             message = success("GetItemResponseMessage")

@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import hmac
 import struct
+from collections.abc import Mapping
 
 from lxml import etree
 
@@ -63,8 +64,8 @@ def decode_state(key: bytes, folder: Folder, state: str) -> int | None:
     return int(csn)
 
 
-def _error(code: str, text: str) -> etree._Element:
-    message = error_message("SyncFolderItemsResponseMessage", code, text)
+def _error(code: str, text: str, *, values: Mapping[str, str] | None = None) -> etree._Element:
+    message = error_message("SyncFolderItemsResponseMessage", code, text, values=values)
     sub(message, m("SyncState"), "")
     sub(message, m("IncludesLastItemInRange"), "true")
     return message
@@ -124,7 +125,7 @@ def sync_folder_items(ctx: OpContext, request: etree._Element) -> OpResult:
                     )
                     sub(entry, t("IsRead"), "true" if change.is_read else "false")
     except StoreError as exc:
-        message = _error(exc.code, str(exc))
+        message = _error(exc.code, str(exc), values=exc.values)
     changed = message.find(m("Changes"))
     ctx.notes["changes"] = len(changed) if changed is not None else 0
     return Reply(response("SyncFolderItems", [message]))

@@ -160,7 +160,13 @@ def update_item(ctx: OpContext, request: etree._Element) -> OpResult:
                 ctx.store.update(item, apply, read_only=read_only)
         except StoreError as exc:
             messages.append(
-                error_message("UpdateItemResponseMessage", exc.code, str(exc), container="Items")
+                error_message(
+                    "UpdateItemResponseMessage",
+                    exc.code,
+                    str(exc),
+                    values=exc.values,
+                    container="Items",
+                )
             )
             continue
         message = success("UpdateItemResponseMessage")
@@ -196,7 +202,9 @@ def _move_or_copy(ctx: OpContext, request: etree._Element, name: str) -> OpResul
                 else:
                     result = ctx.store.copy(item, destination)
         except StoreError as exc:
-            messages.append(error_message(tag, exc.code, str(exc), container="Items"))
+            messages.append(
+                error_message(tag, exc.code, str(exc), values=exc.values, container="Items")
+            )
             continue
         message = success(tag)
         items = sub(message, m("Items"))
@@ -238,7 +246,9 @@ def delete_item(ctx: OpContext, request: etree._Element) -> OpResult:
                     target = "recoverableitemsdeletions" if soft else "deleteditems"
                     ctx.store.move(item, ctx.mailbox.distinguished[target])
         except StoreError as exc:
-            messages.append(error_message("DeleteItemResponseMessage", exc.code, str(exc)))
+            messages.append(
+                error_message("DeleteItemResponseMessage", exc.code, str(exc), values=exc.values)
+            )
             continue
         messages.append(success("DeleteItemResponseMessage"))
     return Reply(response("DeleteItem", messages))
@@ -305,7 +315,13 @@ def create_item(ctx: OpContext, request: etree._Element) -> OpResult:
                 _send_locally(ctx, item)
         except StoreError as exc:
             messages.append(
-                error_message("CreateItemResponseMessage", exc.code, str(exc), container="Items")
+                error_message(
+                    "CreateItemResponseMessage",
+                    exc.code,
+                    str(exc),
+                    values=exc.values,
+                    container="Items",
+                )
             )
             continue
         message = success("CreateItemResponseMessage")
