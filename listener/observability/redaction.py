@@ -6,8 +6,9 @@ Two kinds of knowledge feed it:
   read, so that value is masked wherever it shows up later, whatever surrounds it (an exception
   text from msal, a URL a library logs, a ``repr`` of a request).
 * **Shapes**: bearer tokens, ``Authorization`` header values, ``client_secret=…`` and friends in
-  query strings, form bodies, JSON and Python reprs, JWTs anywhere, and URL userinfo. These catch
-  tokens that were never registered (an access token minted by the server).
+  form bodies, JSON and Python reprs, JWTs anywhere, and in URLs the userinfo and every query
+  value (``?code=FUNCTIONKEY``, ``?sig=…``: receivers put keys there under any name). These
+  catch tokens that were never registered (an access token minted by the server).
 
 It runs on every log line, so the shapes are one precompiled alternation (one scan per string) and
 strings shorter than the shortest thing that can be masked are returned untouched.
@@ -60,27 +61,36 @@ _PARAM_NAMES = (
 )
 _NAMES = "|".join(_PARAM_NAMES)
 
-_SHAPES = re.compile(
-    "|".join(
-        (
-            # JWT: three base64url segments, the header always starts '{"' -> 'eyJ'. The signature
-            # may be empty (alg "none"), so the third segment is optional in length.
-            r"(?P<jwt>\beyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*)",
-            # URL userinfo: scheme://user:password@host -> scheme://***@host
-            r"(?P<url>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#@\"'<>]+@",
-            # Authorization / Proxy-Authorization header values, in "Name: value" lines, dict reprs
-            # ('Authorization': 'Basic …') and JSON. The scheme word is masked too: harmless.
-            r"(?P<auth>(?i:\b(?:proxy-)?authorization)[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n]+",
-            # A bearer token anywhere else (WWW-Authenticate echoes, exception texts).
-            r"(?P<bearer>(?i:\bbearer)\s+)[A-Za-z0-9._~+/-]+=*",
-            # "client_secret": "…" and 'client_secret': '…' (JSON, Python reprs).
-            rf"(?P<key>[\"'](?i:{_NAMES})[\"']\s*:\s*)"
-            r"(?P<quoted>\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*')",
-            # client_secret=… in query strings and form bodies (value ends at & or whitespace).
-            rf"(?P<param>(?i:\b(?:{_NAMES}))=)[^&\s\"',;]+",
-        )
-    )
+# A URL's query: every value is masked, names kept (…?code=***&v=***); receivers put keys there
+# under any name. Tried first; its part before the "?" then goes through the other shapes.
+_URL_QUERY = r"(?P<urlquery>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s?#\"'<>]*\?)(?P<query>[^\s#\"'<>]+)"
+_OTHER_SHAPES = (
+    # URL userinfo: scheme://user:password@host -> scheme://***@host
+    r"(?P<url>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#@\"'<>]+@",
+    # JWT: three base64url segments, the header always starts '{"' -> 'eyJ'. The signature
+    # may be empty (alg "none"), so the third segment is optional in length.
+    r"(?P<jwt>\beyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*)",
+    # Authorization / Proxy-Authorization header values, in "Name: value" lines, dict reprs
+    # ('Authorization': 'Basic …') and JSON. The scheme word is masked too: harmless.
+    r"(?P<auth>(?i:\b(?:proxy-)?authorization)[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n]+",
+    # A bearer token anywhere else (WWW-Authenticate echoes, exception texts).
+    r"(?P<bearer>(?i:\bbearer)\s+)[A-Za-z0-9._~+/-]+=*",
+    # "client_secret": "…" and 'client_secret': '…' (JSON, Python reprs).
+    rf"(?P<key>[\"'](?i:{_NAMES})[\"']\s*:\s*)"
+    r"(?P<quoted>\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*')",
+    # client_secret=… in query strings and form bodies (value ends at & or whitespace).
+    rf"(?P<param>(?i:\b(?:{_NAMES}))=)[^&\s\"',;]+",
 )
+_SHAPES = re.compile("|".join((_URL_QUERY, *_OTHER_SHAPES)))
+_INNER = re.compile("|".join(_OTHER_SHAPES))  # for the part of a URL before its query
+_QUERY_PART = re.compile(r"(?P<name>[^&;=]*=)?(?P<value>[^&;]+)")
+
+
+def _mask_query(query: str) -> str:
+    def one(part: re.Match[str]) -> str:
+        return f"{part.group('name') or ''}{MASK}"
+
+    return _QUERY_PART.sub(one, query)
 
 
 def _mask_shape(match: re.Match[str]) -> str:
@@ -92,6 +102,9 @@ def _mask_shape(match: re.Match[str]) -> str:
         return f"{match.group('key')}{quote}{MASK}{quote}"
     if group == "url":
         return f"{match.group('url')}{MASK}@"
+    if group == "query":
+        head = match.group("urlquery")
+        return _INNER.sub(_mask_shape, head) + _mask_query(match.group("query"))
     # auth, bearer, param: keep the prefix, mask the value.
     assert group is not None
     return f"{match.group(group)}{MASK}"

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 
 from listener.abc import DeadLetter, LedgerEntry, PendingEntry
+from listener.observability.redaction import redact
 from listener.store import _migrations
 from listener.store import _schema as tb
 from listener.store._engine import WRITE_OPTION
@@ -330,7 +331,9 @@ def _pending_row(entry: PendingEntry) -> dict[str, Any]:
         "handlers": list(entry.handlers),
         "attempts": entry.attempts,
         "next_attempt_at": entry.next_attempt_at,
-        "last_error": entry.last_error,
+        # Masked here, the one way into the store: handlers' error texts quote what programs
+        # wrote to stderr and receivers answered, tokens included (issue 11).
+        "last_error": redact(entry.last_error),
         "first_seen_at": entry.first_seen_at,
     }
 
@@ -348,7 +351,7 @@ def _dead_row(letter: DeadLetter) -> dict[str, Any]:
         "change_key": letter.change_key,
         "idempotency_key": letter.idempotency_key,
         "handlers": list(letter.handlers),
-        "error": letter.error,
+        "error": redact(letter.error),  # masked, as in _pending_row
         "permanent": letter.permanent,
         "attempts": letter.attempts,
         "subject": letter.subject,
