@@ -1,0 +1,1 @@
+"""The command lines the documentation and deployment files show."""
