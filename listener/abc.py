@@ -6,7 +6,7 @@ Microsoft Graph source), ``Handler`` (``handlers/``) and ``StateStore`` (``store
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -146,6 +146,14 @@ class MailSource(Protocol):
         """Move to Deleted Items in bulk; per ref None or the error text."""
         ...
 
+    def find(self, folder_path: str, internet_message_id: str) -> ItemRef | None:
+        """The item of ``folder_path`` that carries ``internet_message_id``, or None.
+
+        How ``dead-letters replay`` finds mail whose move to the dead-letter folder happened but
+        whose new item id was never recorded (the process died, or the answer was lost).
+        """
+        ...
+
     def close(self) -> None:
         """Release what this source holds (sessions are shared and closed by their owner)."""
         ...
@@ -181,6 +189,7 @@ class LedgerEntry:
     item_id: str
     internet_message_id: str | None
     handed_at: datetime
+    fingerprint: str | None = None  # listener.model.message_fingerprint of what was handed over
 
 
 @dataclass(frozen=True)
@@ -213,6 +222,10 @@ class DeadLetter:
     attempts: int
     subject: str
     created_at: datetime
+    internet_message_id: str | None = None
+    # The dead-letter folder the mail was moved (or was being moved) to: if the process died
+    # between that move and the record of the new item id, replay finds it there by Message-ID.
+    moved_to: str | None = None
 
 
 class StateStore(Protocol):
@@ -222,6 +235,15 @@ class StateStore(Protocol):
 
     def done(self, keys: Sequence[str]) -> set[tuple[str, str]]:
         """The (idempotency_key, handler) pairs already in the ledger among ``keys``."""
+        ...
+
+    def handed_over(self, keys: Sequence[str]) -> dict[tuple[str, str], str | None]:
+        """The ledger's (idempotency_key, handler) pairs among ``keys``, with the fingerprint of
+        the message handed over under each (None for entries older than store schema 3)."""
+        ...
+
+    def adopt_legacy_keys(self, addresses: Mapping[str, str]) -> int:
+        """Re-key ledger entries written before store schema 3 (mailbox name → SMTP address)."""
         ...
 
     def dead_lettered(self, keys: Sequence[str]) -> set[str]:
@@ -242,12 +264,15 @@ class StateStore(Protocol):
         pending: Sequence[PendingEntry] = (),
         resolved: Sequence[str] = (),
         dead: Sequence[DeadLetter] = (),
+        relocated: Sequence[tuple[str, str, str | None]] = (),
     ) -> None:
         """Record one page's outcome in ONE transaction.
 
         Adds ``successes`` to the ledger, upserts ``pending`` (keyed by mailbox + item id), deletes
-        the pending entries whose item ids are in ``resolved``, adds ``dead`` letters, and, when
-        ``sync_state`` is not None, moves the folder's sync state to it.
+        the pending entries whose item ids are in ``resolved``, adds ``dead`` letters, gives the
+        dead letters named by ``relocated`` (old item id, new item id, new change key) the id
+        their mail has after its move to the dead-letter folder, and, when ``sync_state`` is not
+        None, moves the folder's sync state to it.
         """
         ...
 

@@ -44,7 +44,11 @@ __all__ = [
     "Importance",
     "Message",
     "UtcDatetime",
+    "disambiguated_key",
     "idempotency_key",
+    "legacy_idempotency_key",
+    "message_fingerprint",
+    "message_id_key",
     "message_json_schema",
 ]
 
@@ -222,7 +226,11 @@ class Message(_Value):
     attachments: tuple[Attachment, ...] = ()
     idempotency_key: str = Field(
         default="",
-        description="Stable key of this hand-over: sha256 of mailbox, item id and Message-ID.",
+        description=(
+            "Stable key of this message in its mailbox: sha256 of the mailbox address and the"
+            " Internet Message-ID (the same after moves, retries, replays, resyncs and a switch"
+            " of protocol)."
+        ),
     )
 
     _loader: ContentLoader | None = PrivateAttr(default=None)
@@ -230,8 +238,7 @@ class Message(_Value):
     def model_post_init(self, context: Any, /) -> None:
         """Fill in the idempotency key and point each attachment back at this message."""
         if not self.idempotency_key:
-            key = idempotency_key(self.mailbox, self.item_id, self.internet_message_id)
-            object.__setattr__(self, "idempotency_key", key)
+            object.__setattr__(self, "idempotency_key", idempotency_key(self))
         # An Attachment instance passed to two messages must not load through the wrong one:
         # give each message its own (cheap, metadata-only) copies when one is already owned.
         if any(a._message is not None and a._message is not self for a in self.attachments):
@@ -295,14 +302,73 @@ class Message(_Value):
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
-def idempotency_key(mailbox: str, item_id: str, internet_message_id: str | None) -> str:
-    """sha256 over mailbox, EWS item id and Internet Message-ID: stable across retries and restarts.
+def idempotency_key(message: Message) -> str:
+    """The key of ``message`` in its mailbox: what a receiver that honours keys acts on once.
 
-    The same message handed over again (after a crash) carries the same key, so a handler that
-    remembers keys does its work once.
+    The rule (README, "Delivery contract"): sha256 over the mailbox's SMTP address (lower case)
+    and the Internet Message-ID as the message carries it (surrounding white space removed). It
+    holds no folder, item id, change key or protocol, so a move, a retry, a replay, a resync and
+    a switch of the mailbox from EWS to Microsoft Graph keep it. Without a Message-ID (items made
+    in the mailbox itself rather than received: drafts, some posts and calendar items) the basis is
+    what a move keeps: received and sent time, sender and subject. Two different messages that
+    share a Message-ID are told apart by the poller with :func:`message_fingerprint`.
+    """
+    if (message.internet_message_id or "").strip():
+        return message_id_key(message.mailbox, message.internet_message_id or "")
+    basis = "\x1f".join(
+        (
+            "nomid",
+            _to_second(message.received_at),
+            _to_second(message.sent_at),
+            _sender_email(message),
+            message.subject,
+        )
+    )
+    return _sha256(message.mailbox, basis)
+
+
+def message_id_key(mailbox: str, internet_message_id: str) -> str:
+    """:func:`idempotency_key` of a message of ``mailbox`` that carries ``internet_message_id``."""
+    return _sha256(mailbox, f"mid:{internet_message_id.strip()}")
+
+
+def _sha256(mailbox: str, basis: str) -> str:
+    return hashlib.sha256(f"{mailbox.strip().lower()}\x1f{basis}".encode()).hexdigest()
+
+
+def message_fingerprint(message: Message) -> str:
+    """Who sent ``message`` and when: what no mail client lets a person edit, in either protocol.
+
+    Stored beside each ledger entry; a message whose key is in the ledger under another
+    fingerprint is a different message that reuses a Message-ID (broken mailers do), and the
+    poller gives it a key of its own (:func:`disambiguated_key`) instead of skipping it.
+    """
+    raw = f"{_to_second(message.sent_at)}\x1f{_sender_email(message)}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def disambiguated_key(key: str, fingerprint: str) -> str:
+    """The key of a message whose Message-ID another message of its mailbox already carries."""
+    return hashlib.sha256(f"{key}\x1f{fingerprint}".encode()).hexdigest()
+
+
+def legacy_idempotency_key(mailbox: str, item_id: str, internet_message_id: str | None) -> str:
+    """The key before store schema 3 (it hashed the EWS item id, so a move changed it).
+
+    Kept only to recognise what was handed over before an upgrade; see ``Poller``.
     """
     raw = "\x1f".join((mailbox.lower(), item_id, internet_message_id or ""))
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _to_second(value: datetime | None) -> str:
+    # Whole seconds: what both EWS and Graph report, whatever precision a store keeps.
+    return _iso_z(value.replace(microsecond=0)) if value else ""
+
+
+def _sender_email(message: Message) -> str:
+    who = message.from_ or message.sender
+    return (who.email or "").lower() if who else ""
 
 
 def message_json_schema() -> dict[str, Any]:

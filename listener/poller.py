@@ -14,12 +14,14 @@ idempotency key.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,7 +38,12 @@ from listener.abc import (
     StateStore,
 )
 from listener.errors import PermanentError, SourceError
-from listener.model import Message
+from listener.model import (
+    Message,
+    disambiguated_key,
+    legacy_idempotency_key,
+    message_fingerprint,
+)
 from listener.polling import FailurePolicy, PollerSettings, PollResult
 
 __all__ = ["FailurePolicy", "PollResult", "Poller", "PollerSettings"]
@@ -65,8 +72,10 @@ class _Page:
     pending: list[PendingEntry] = field(default_factory=list)
     dead: list[tuple[ItemRef, DeadLetter]] = field(default_factory=list)
     resolved: list[str] = field(default_factory=list)
+    # (old item id, new item id, new change key) of dead letters moved to the dead-letter folder
+    relocated: list[tuple[str, str, str | None]] = field(default_factory=list)
     complete: bool = True
-    saved: bool = False  # committed (by the poll, or by flush() at a forced shutdown)
+    saved: bool = False  # its records are committed (by the poll, or by flush() at shutdown)
 
 
 Router = Callable[[Message], Sequence[str]]
@@ -75,6 +84,15 @@ Observer = Callable[[str, Mapping[str, Any]], None]
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _seconds(value: object) -> float:
+    """A handler's ``retry_after`` as seconds; 0 for anything that is not a usable number."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
 
 
 class Poller:
@@ -104,6 +122,7 @@ class Poller:
         self._rng = rng or random.Random()
         self._commit_lock = threading.Lock()
         self._unsaved: _Page | None = None
+        self._flushed = False
 
     @property
     def name(self) -> str:
@@ -114,8 +133,13 @@ class Poller:
     def poll(self) -> PollResult:
         """One poll: due retries, then every page of new changes until the folder is drained."""
         result = PollResult(self.name)
-        with structlog.contextvars.bound_contextvars(
-            mailbox=self.name, credential=self.settings.credential, poll_id=uuid.uuid4().hex[:12]
+        with (
+            structlog.contextvars.bound_contextvars(
+                mailbox=self.name,
+                credential=self.settings.credential,
+                poll_id=uuid.uuid4().hex[:12],
+            ),
+            self._saving_on_error(),
         ):
             state = self._starting_state(result)
             self._retry_due(result)  # 1
@@ -132,20 +156,32 @@ class Poller:
                 for batch, last in _batches(page.created, self.settings.batch_size):
                     fetched = self._not_before(floor, self.source.fetch(batch))  # 3
                     outcome = self._hand_over(fetched, result)  # 4
-                    if self._stop.is_set():
-                        # Shutting down: commit now, tidy up after the restart (it syncs this
-                        # page again and tidies what the ledger says is done).
-                        outcome.complete = False
-                    else:
-                        self._post_process(outcome, result)  # 5
-                    done = outcome.complete and last
-                    self._commit(outcome, page.sync_state if done else None)  # 6
+                    # Shutting down: commit now, tidy up after the restart (it syncs this page
+                    # again and tidies what the ledger says is done).
+                    outcome.complete = outcome.complete and not self._stop.is_set()
+                    self._settle(outcome, result, page.sync_state if last else None)  # 5, 6
                     if not outcome.complete:
                         return result
                 if page.last_page:
                     break
                 state = page.sync_state
         return result
+
+    @contextmanager
+    def _saving_on_error(self) -> Iterator[None]:
+        """Whatever ends a poll early, what its handlers did is committed (sync state untouched).
+
+        An exception after a handler returned (a bug, a store or observer failure) would
+        otherwise lose the record of that hand-over, and the message would be handed over again.
+        """
+        try:
+            yield
+        except BaseException:
+            try:
+                self._save_unsaved()
+            except Exception:
+                log.exception("poll.save_after_error_failed")
+            raise
 
     def _resync_floor(self, error: SourceError) -> datetime | None:
         """The server lost our sync state: sync again from the start of the folder.
@@ -194,7 +230,17 @@ class Poller:
         unread = self.source.unread() if self.settings.start_from == "unread" else ()
         end = self.source.current_state()
         parked = [
-            PendingEntry(self.name, r.item_id, r.change_key, "", (), 0, now, "", now)
+            PendingEntry(
+                mailbox=self.name,
+                item_id=r.item_id,
+                change_key=r.change_key,
+                idempotency_key="",
+                handlers=(),
+                attempts=0,
+                next_attempt_at=now,
+                last_error="",
+                first_seen_at=now,
+            )
             for r in unread
         ]
         self.store.commit(self.name, self.settings.folder, sync_state=end, pending=parked)
@@ -210,11 +256,10 @@ class Poller:
                 return
             entries = {e.item_id: e for e in due}
             fetched = self.source.fetch([ItemRef(e.item_id, None) for e in due])
+            # Only what _hand_over reached leaves the queue (resolved, re-parked or dead): a stop
+            # in the middle of the batch leaves the rest pending, due at once after the restart.
             outcome = self._hand_over(fetched, result, retrying=entries)
-            outcome.resolved.extend(e.item_id for e in due if e.item_id not in outcome.resolved)
-            # entries still failing are re-parked by _hand_over with a later next_attempt_at
-            self._post_process(outcome, result)
-            self._commit(outcome, None)
+            self._settle(outcome, result, None, tidy=True)
             if len(due) < self.settings.batch_size or not outcome.complete:
                 return
 
@@ -229,9 +274,8 @@ class Poller:
         page = _Page()
         self._unsaved = page
         retrying = retrying or {}
-        messages = [m for m in fetched if isinstance(m, Message)]
-        keys = [m.idempotency_key for m in messages]
-        done = self.store.done(keys) if keys else set()
+        fetched, done = self._identify(fetched)
+        keys = [m.idempotency_key for m in fetched if isinstance(m, Message)]
         # A page synced again after a crash in its middle brings back what an earlier batch of
         # it dead-lettered; leave those to `dead-letters replay` (found by the chaos run).
         dead = self.store.dead_lettered(keys) if keys and not retrying else set()
@@ -248,10 +292,70 @@ class Poller:
             self._deliver(item, done, page, result, retrying.get(item.item_id))
         return page
 
+    def _identify(
+        self, fetched: Sequence[Message | FetchFailure]
+    ) -> tuple[list[Message | FetchFailure], dict[tuple[str, str], str]]:
+        """The fetched items with the key each is handed over under, and what the ledger has.
+
+        The key is the message's (``listener.model.idempotency_key``). Two exceptions:
+
+        * a message whose key the ledger holds under another fingerprint (or that shares its key
+          with a different message earlier in this batch) reuses a Message-ID: it gets a key of
+          its own, so it is handed over rather than taken for the other one;
+        * a message without a Message-ID may have been handed over before store schema 3 under
+          the key of that time (mailbox + item id): that entry counts as its own.
+
+        Returns the items and the ledger's (key, handler) pairs → fingerprint for them.
+        """
+        messages = [m for m in fetched if isinstance(m, Message)]
+        if not messages:
+            return list(fetched), {}
+        legacy = {
+            legacy_idempotency_key(m.mailbox, m.item_id, None): m.idempotency_key
+            for m in messages
+            if not m.internet_message_id
+        }
+        found = self.store.handed_over([*(m.idempotency_key for m in messages), *legacy])
+        known: dict[str, str | None] = {}  # key → fingerprint it was handed over with
+        done: dict[tuple[str, str], str] = {}
+        for (found_key, handler), print_ in found.items():
+            key = legacy.get(found_key, found_key)
+            done[(key, handler)] = print_ or ""
+            if print_ and known.get(key) is None:
+                known[key] = print_
+        out: list[Message | FetchFailure] = []
+        seen: dict[str, str] = {}  # key → fingerprint of the message this batch gave it to
+        rekeyed: list[str] = []
+        for item in fetched:
+            if not isinstance(item, Message):
+                out.append(item)
+                continue
+            key, print_ = item.idempotency_key, message_fingerprint(item)
+            owner = known.get(key) or seen.get(key)
+            if owner is not None and owner != print_:
+                new = disambiguated_key(key, print_)
+                log.warning(
+                    "message.shared_message_id",
+                    internet_message_id=item.internet_message_id,
+                    key=new,
+                    action="a different message already has this Message-ID: own key",
+                )
+                rekeyed.append(new)
+                key = new
+            seen.setdefault(key, print_)
+            out.append(
+                item
+                if key == item.idempotency_key
+                else item.model_copy(update={"idempotency_key": key})
+            )
+        if rekeyed:
+            done.update({k: p or "" for k, p in self.store.handed_over(rekeyed).items()})
+        return out, done
+
     def _deliver(
         self,
         message: Message,
-        done: set[tuple[str, str]],
+        done: Mapping[tuple[str, str], str],
         page: _Page,
         result: PollResult,
         previous: PendingEntry | None,
@@ -285,7 +389,7 @@ class Poller:
             except Exception as e:
                 transient[name] = f"{type(e).__name__}: {e}"
                 # A webhook's Retry-After (429/503) is a floor for the next attempt.
-                retry_after = max(retry_after, float(getattr(e, "retry_after", None) or 0.0))
+                retry_after = max(retry_after, _seconds(getattr(e, "retry_after", None)))
                 log.warning(
                     "handler.transient_failure", handler=name, error=transient[name], exc_info=True
                 )
@@ -293,12 +397,13 @@ class Poller:
             else:
                 page.ledger.append(
                     LedgerEntry(
-                        message.idempotency_key,
-                        name,
-                        self.name,
-                        message.item_id,
-                        message.internet_message_id,
-                        self._clock(),
+                        idempotency_key=message.idempotency_key,
+                        handler=name,
+                        mailbox=self.name,
+                        item_id=message.item_id,
+                        internet_message_id=message.internet_message_id,
+                        handed_at=self._clock(),
+                        fingerprint=message_fingerprint(message),
                     )
                 )
                 self._observe("handled", {"handler": name, "seconds": time.monotonic() - started})
@@ -329,21 +434,22 @@ class Poller:
                 attempts,
                 permanent=bool(permanent),
                 subject=message.subject,
+                internet_message_id=message.internet_message_id,
             )
             return
         now = self._clock()
-        delay = max(self.settings.failure.delay(attempts, self._rng), retry_after)
+        delay = self.settings.failure.retry_delay(attempts, self._rng, at_least=retry_after)
         page.pending.append(
             PendingEntry(
-                self.name,
-                message.item_id,
-                message.change_key,
-                message.idempotency_key,
-                tuple(failed),
-                attempts,
-                now + timedelta(seconds=delay),
-                error,
-                previous.first_seen_at if previous else now,
+                mailbox=self.name,
+                item_id=message.item_id,
+                change_key=message.change_key,
+                idempotency_key=message.idempotency_key,
+                handlers=tuple(failed),
+                attempts=attempts,
+                next_attempt_at=now + timedelta(seconds=delay),
+                last_error=error,
+                first_seen_at=previous.first_seen_at if previous else now,
             )
         )
         result.failed += 1
@@ -366,17 +472,18 @@ class Poller:
         attempts = (previous.attempts if previous else 0) + 1
         if failure.transient and attempts < self.settings.failure.max_attempts:
             now = self._clock()
+            delay = self.settings.failure.retry_delay(attempts, self._rng)
             page.pending.append(
                 PendingEntry(
-                    self.name,
-                    ref.item_id,
-                    ref.change_key,
-                    previous.idempotency_key if previous else "",
-                    previous.handlers if previous else (),
-                    attempts,
-                    now + timedelta(seconds=self.settings.failure.delay(attempts, self._rng)),
-                    failure.error,
-                    previous.first_seen_at if previous else now,
+                    mailbox=self.name,
+                    item_id=ref.item_id,
+                    change_key=ref.change_key,
+                    idempotency_key=previous.idempotency_key if previous else "",
+                    handlers=previous.handlers if previous else (),
+                    attempts=attempts,
+                    next_attempt_at=now + timedelta(seconds=delay),
+                    last_error=failure.error,
+                    first_seen_at=previous.first_seen_at if previous else now,
                 )
             )
             result.failed += 1
@@ -410,19 +517,23 @@ class Poller:
         permanent: bool,
         subject: str,
         movable: bool = True,
+        internet_message_id: str | None = None,
     ) -> None:
+        folder = self.settings.failure.dead_letter_folder
         letter = DeadLetter(
-            None,
-            self.name,
-            ref.item_id,
-            ref.change_key,
-            key,
-            handlers,
-            error,
-            permanent,
-            attempts,
-            subject,
-            self._clock(),
+            id=None,
+            mailbox=self.name,
+            item_id=ref.item_id,
+            change_key=ref.change_key,
+            idempotency_key=key,
+            handlers=handlers,
+            error=error,
+            permanent=permanent,
+            attempts=attempts,
+            subject=subject,
+            created_at=self._clock(),
+            internet_message_id=internet_message_id,
+            moved_to=folder if movable else None,
         )
         page.dead.append((ref if movable else ItemRef("", None), letter))
         page.resolved.append(ref.item_id)
@@ -430,6 +541,29 @@ class Poller:
         for name in handlers or ("-",):
             self._observe("dead_lettered", {"handler": name})
         log.warning("message.dead_lettered", error=error, attempts=attempts, permanent=permanent)
+
+    # --- steps 5 and 6 --------------------------------------------------------------------------
+
+    def _settle(
+        self, page: _Page, result: PollResult, sync_state: str | None, *, tidy: bool = False
+    ) -> None:
+        """Post-process and commit one batch; the sync state moves only with a complete page.
+
+        A dead letter is recorded before its mail is moved to the dead-letter folder (one commit
+        more, only for such batches): a crash at any point leaves the letter, and the letter says
+        where the mail went (see ``DeadLetter.moved_to``). A stopping poll skips the tidy-up of a
+        page (``tidy=False``): the restart syncs the page again and tidies what the ledger says.
+        """
+        if not page.complete:
+            sync_state = None
+        if page.complete or tidy:
+            if (
+                any(ref.item_id for ref, _ in page.dead)
+                and self.settings.failure.dead_letter_folder
+            ):
+                self._commit(page, None)
+            self._post_process(page, result)  # 5
+        self._commit(page, sync_state)  # 6
 
     # --- step 5: post-processing ----------------------------------------------------------------
 
@@ -448,25 +582,19 @@ class Poller:
                         "post_process.failed", action=action, item_id=ref.item_id, error=error
                     )
         folder = self.settings.failure.dead_letter_folder
-        movable = [(ref, letter) for ref, letter in page.dead if ref.item_id]
+        movable = [ref for ref, _ in page.dead if ref.item_id]
         if folder and movable:
             try:
-                moved: Sequence[ItemRef | str] = self.source.move(
-                    [ref for ref, _ in movable], folder
-                )
+                moved: Sequence[ItemRef | str] = self.source.move(movable, folder)
             except SourceError as e:
                 # The letters keep the ids the items still have in the watched folder.
                 log.warning("dead_letter.move_failed", folder=folder, error=str(e))
                 moved = [str(e)] * len(movable)
-            updated = {
-                letter.item_id: (
-                    letter
-                    if isinstance(new, str)
-                    else replace(letter, item_id=new.item_id, change_key=new.change_key)
-                )
-                for (_, letter), new in zip(movable, moved, strict=True)
-            }
-            page.dead = [(ref, updated.get(letter.item_id, letter)) for ref, letter in page.dead]
+            page.relocated = [
+                (ref.item_id, new.item_id, new.change_key)
+                for ref, new in zip(movable, moved, strict=True)
+                if not isinstance(new, str)
+            ]
 
     def _after_success(
         self, refs: Sequence[ItemRef], action: str, argument: str | None
@@ -488,76 +616,111 @@ class Poller:
     # --- step 6: commit -------------------------------------------------------------------------
 
     def _commit(self, page: _Page, sync_state: str | None) -> None:
+        """Commit the page's records (once) with ``sync_state`` and the dead-letter moves."""
         with self._commit_lock:
+            if self._flushed:
+                return  # flush() ran at a forced shutdown: the process is leaving
             if page.saved:
-                return  # flush() saved it at a forced shutdown: the process is leaving
-            self.store.commit(
-                self.name,
-                self.settings.folder,
-                sync_state=sync_state,
-                successes=page.ledger,
-                pending=page.pending,
-                resolved=[i for i in page.resolved if i not in {p.item_id for p in page.pending}],
-                dead=[letter for _, letter in page.dead],
-            )
-            page.saved = True
+                # Recorded already, before the move of its dead letters.
+                if sync_state is not None or page.relocated:
+                    self.store.commit(
+                        self.name,
+                        self.settings.folder,
+                        sync_state=sync_state,
+                        relocated=page.relocated,
+                    )
+                    page.relocated = []
+                return
+            self._commit_records(page, sync_state)
+
+    def _commit_records(self, page: _Page, sync_state: str | None) -> None:
+        parked = {p.item_id for p in page.pending}
+        self.store.commit(
+            self.name,
+            self.settings.folder,
+            sync_state=sync_state,
+            successes=list(page.ledger),
+            pending=list(page.pending),
+            resolved=[i for i in page.resolved if i not in parked],
+            dead=[letter for _, letter in page.dead],
+            relocated=page.relocated,
+        )
+        page.relocated = []
+        page.saved = True
 
     def flush(self) -> bool:
         """Save what the handlers of a stuck poll did, without moving the sync state.
 
         Called at shutdown when this poll outlives the grace period (blocked in a request to
         Exchange or the token endpoint): without it, the hand-overs of its batch would be
-        repeated after the restart. (Found by the chaos run: a SIGTERM during a token outage.)
+        repeated after the restart. The process is leaving: this poller commits nothing after.
         """
+        self._flushed = True
+        return self._save_unsaved()
+
+    def _save_unsaved(self) -> bool:
         with self._commit_lock:
             page = self._unsaved
             if page is None or page.saved or not (page.ledger or page.pending or page.dead):
                 return False
-            self._commit_locked_without_state(page)
+            self._commit_records(page, None)
             return True
-
-    def _commit_locked_without_state(self, page: _Page) -> None:
-        self.store.commit(
-            self.name,
-            self.settings.folder,
-            sync_state=None,
-            successes=list(page.ledger),
-            pending=list(page.pending),
-            resolved=[i for i in page.resolved if i not in {p.item_id for p in page.pending}],
-            dead=[letter for _, letter in page.dead],
-        )
-        page.saved = True
 
     # --- dead-letter replay ---------------------------------------------------------------------
 
     def replay(self, letters: Sequence[DeadLetter]) -> PollResult:
         """Hand dead letters over again (their recorded handlers, or the routes when none)."""
         result = PollResult(self.name)
-        with structlog.contextvars.bound_contextvars(
-            mailbox=self.name, credential=self.settings.credential, poll_id="replay"
+        with (
+            structlog.contextvars.bound_contextvars(
+                mailbox=self.name, credential=self.settings.credential, poll_id="replay"
+            ),
+            self._saving_on_error(),
         ):
+            refs, fetched = self._fetch_letters(letters)
             entries = {
-                d.item_id: PendingEntry(
-                    self.name,
-                    d.item_id,
-                    d.change_key,
-                    d.idempotency_key,
-                    d.handlers,
-                    0,
-                    self._clock(),
-                    d.error,
-                    d.created_at,
+                ref.item_id: PendingEntry(
+                    mailbox=self.name,
+                    item_id=ref.item_id,
+                    change_key=ref.change_key,
+                    idempotency_key=d.idempotency_key,
+                    handlers=d.handlers,
+                    attempts=0,
+                    next_attempt_at=self._clock(),
+                    last_error=d.error,
+                    first_seen_at=d.created_at,
                 )
-                for d in letters
+                for d, ref in zip(letters, refs, strict=True)
             }
-            fetched = self.source.fetch([ItemRef(d.item_id, None) for d in letters])
             outcome = self._hand_over(fetched, result, retrying=entries)
-            self._post_process(outcome, result)
-            self._commit(outcome, None)
+            self._settle(outcome, result, None, tidy=True)
             # Every letter handled here now lives on in the ledger, the pending queue or a new
             # dead letter; a crash before this line only means a replay that finds it done.
             processed = set(outcome.resolved) | {p.item_id for p in outcome.pending}
             self.store.remove_dead_letters(
-                [d.id for d in letters if d.id is not None and d.item_id in processed]
+                [
+                    d.id
+                    for d, ref in zip(letters, refs, strict=True)
+                    if d.id is not None and ref.item_id in processed
+                ]
             )
         return result
+
+    def _fetch_letters(
+        self, letters: Sequence[DeadLetter]
+    ) -> tuple[list[ItemRef], list[Message | FetchFailure]]:
+        """Fetch the mail of ``letters``; mail moved to the dead-letter folder after its letter
+        was recorded, but before its new id was, is looked up there by its Message-ID."""
+        refs = [ItemRef(d.item_id, None) for d in letters]
+        fetched = list(self.source.fetch(refs))
+        for i, (letter, item) in enumerate(zip(letters, fetched, strict=True)):
+            if not (isinstance(item, FetchFailure) and item.gone):
+                continue
+            if not (letter.moved_to and letter.internet_message_id):
+                continue
+            found = self.source.find(letter.moved_to, letter.internet_message_id)
+            if found is not None:
+                log.info("dead_letter.found_by_message_id", folder=letter.moved_to)
+                refs[i] = found
+                fetched[i] = self.source.fetch([found])[0]
+        return refs, fetched

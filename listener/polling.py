@@ -6,6 +6,7 @@ Plain values, free of any mail protocol: the configuration maps onto them (``lis
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Literal
@@ -27,8 +28,24 @@ class FailurePolicy:
     dead_letter_folder: str | None = None
 
     def delay(self, attempts: int, rng: random.Random) -> float:
-        base = min(self.backoff * self.multiplier ** max(attempts - 1, 0), self.backoff_max)
+        # min() before the power can overflow: 2.0 ** 1100 is an OverflowError, not a float.
+        exponent = min(max(attempts - 1, 0), 1000)
+        try:
+            base = min(self.backoff * self.multiplier**exponent, self.backoff_max)
+        except OverflowError:
+            base = self.backoff_max
         return base * (1 + rng.uniform(-self.jitter, self.jitter))
+
+    def retry_delay(self, attempts: int, rng: random.Random, *, at_least: float = 0.0) -> float:
+        """Seconds until the next attempt: the back-off, or ``at_least`` (a ``Retry-After``)
+        when longer, but never past ``backoff_max``.
+
+        A receiver's ``Retry-After`` is a hint, not a command: ``99999999999999999999`` or a
+        date in 9999 must neither overflow the clock nor park a message for centuries (tests:
+        ``test_retry_after_is_clamped_to_backoff_max``). The attempt counts either way.
+        """
+        hint = at_least if math.isfinite(at_least) and at_least > 0 else 0.0
+        return max(self.delay(attempts, rng), min(hint, self.backoff_max))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import Connection, func, insert, inspect, select, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Connection,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+)
 
 from listener.store import _schema
 from listener.store._errors import StoreError
@@ -34,9 +49,41 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
+# The version 1 shapes of the tables later steps change (schema 3: ledger, dead_letters).
+_V1 = MetaData()
+_LEDGER_V1 = Table(
+    "ledger",
+    _V1,
+    Column("idempotency_key", Text, primary_key=True),
+    Column("handler", Text, primary_key=True),
+    Column("mailbox", Text, nullable=False),
+    Column("item_id", Text, nullable=False),
+    Column("internet_message_id", Text, nullable=True),
+    Column("handed_at", _schema.UtcDateTime, nullable=False),
+    Index("ix_ledger_mailbox", "mailbox"),
+)
+_DEAD_LETTERS_V1 = Table(
+    "dead_letters",
+    _V1,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("mailbox", Text, nullable=False),
+    Column("item_id", Text, nullable=False),
+    Column("change_key", Text, nullable=True),
+    Column("idempotency_key", Text, nullable=False),
+    Column("handlers", JSON, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("permanent", Boolean, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("created_at", _schema.UtcDateTime, nullable=False),
+    Index("ix_dead_letters_mailbox", "mailbox"),
+    sqlite_autoincrement=True,
+)
+
+
 def _create_v1(conn: Connection) -> None:
-    tables = [_schema.sync_state, _schema.ledger, _schema.pending, _schema.dead_letters]
-    _schema.metadata.create_all(conn, tables=tables, checkfirst=True)
+    _schema.metadata.create_all(conn, tables=[_schema.sync_state, _schema.pending], checkfirst=True)
+    _V1.create_all(conn, checkfirst=True)
 
 
 def _index_dead_letter_keys(conn: Connection) -> None:
@@ -48,9 +95,31 @@ def _index_dead_letter_keys(conn: Connection) -> None:
     )
 
 
+def _key_by_message_id(conn: Connection) -> None:
+    # Issue 11: the idempotency key no longer hashes the EWS item id. Rows written before keep
+    # key_scheme 1 until SqlStateStore.adopt_legacy_keys re-keys them (that needs each mailbox's
+    # SMTP address, which only the configuration knows); the partial index finds them cheaply.
+    # Columns are added only where missing: a database of version 0 may already have them.
+    added = {
+        "ledger": ("fingerprint TEXT", "key_scheme INTEGER NOT NULL DEFAULT 1"),
+        "dead_letters": ("internet_message_id TEXT", "moved_to TEXT"),
+    }
+    for table, columns in added.items():
+        present = {c["name"] for c in inspect(conn).get_columns(table)}
+        for column in columns:
+            if column.split()[0] not in present:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column}"))
+    conn.execute(
+        text("CREATE INDEX IF NOT EXISTS ix_ledger_legacy ON ledger (mailbox) WHERE key_scheme = 1")
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sync_state, ledger, pending and dead_letters", _create_v1),
     Migration(2, "index dead letters by idempotency key", _index_dead_letter_keys),
+    Migration(
+        3, "idempotency keys by Message-ID; dead letters findable after a move", _key_by_message_id
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "KEY_SCHEME",
     "UtcDateTime",
     "dead_letters",
     "ledger",
@@ -67,6 +68,9 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 metadata = MetaData()
 
+# The ledger's current key scheme (see the ``key_scheme`` column).
+KEY_SCHEME = 2
+
 schema_version = Table(
     "schema_version",
     metadata,
@@ -92,6 +96,11 @@ ledger = Table(
     Column("item_id", Text, nullable=False),
     Column("internet_message_id", Text, nullable=True),
     Column("handed_at", UtcDateTime, nullable=False),
+    # Schema 3: who sent the message and when (listener.model.message_fingerprint), to tell a
+    # different message that reuses a Message-ID from the one handed over under its key.
+    Column("fingerprint", Text, nullable=True),
+    # 1: a key written before schema 3 (it hashed the EWS item id); 2: the Message-ID key.
+    Column("key_scheme", Integer, nullable=False, default=KEY_SCHEME),
     Index("ix_ledger_mailbox", "mailbox"),
 )
 
@@ -126,6 +135,10 @@ dead_letters = Table(
     Column("attempts", Integer, nullable=False),
     Column("subject", Text, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    # Schema 3: how to find the mail again when a crash came between its move to the
+    # dead-letter folder and the record of its new item id.
+    Column("internet_message_id", Text, nullable=True),
+    Column("moved_to", Text, nullable=True),
     Index("ix_dead_letters_mailbox", "mailbox"),
     sqlite_autoincrement=True,
 )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import structlog
 from sqlalchemy import (
     Connection,
     Engine,
@@ -18,11 +19,13 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 
 from listener.abc import DeadLetter, LedgerEntry, PendingEntry
+from listener.model import message_id_key
 from listener.observability.redaction import redact
 from listener.store import _migrations
 from listener.store import _schema as tb
@@ -30,6 +33,8 @@ from listener.store._engine import WRITE_OPTION
 from listener.store._errors import StoreError, describe_url, translate_errors
 
 __all__ = ["SqlStateStore"]
+
+log = structlog.get_logger("listener.store")
 
 T = TypeVar("T")
 
@@ -128,15 +133,64 @@ class SqlStateStore:
 
     def done(self, keys: Sequence[str]) -> set[tuple[str, str]]:
         """The (idempotency_key, handler) pairs already in the ledger among ``keys``."""
-        unique = sorted(set(keys))
-        found: set[tuple[str, str]] = set()
+        return set(self.handed_over(keys))
+
+    def handed_over(self, keys: Sequence[str]) -> dict[tuple[str, str], str | None]:
+        """The ledger's (idempotency_key, handler) pairs among ``keys``, each with the
+        fingerprint of the message handed over under it (None when written before schema 3)."""
+        found: dict[tuple[str, str], str | None] = {}
+        c = tb.ledger.c
         with self._read("reading the ledger") as conn:
-            for chunk in _chunks(unique):
-                query = select(tb.ledger.c.idempotency_key, tb.ledger.c.handler).where(
-                    tb.ledger.c.idempotency_key.in_(chunk)
+            for chunk in _chunks(sorted(set(keys))):
+                query = select(c.idempotency_key, c.handler, c.fingerprint).where(
+                    c.idempotency_key.in_(chunk)
                 )
-                found.update((key, handler) for key, handler in conn.execute(query))
+                found.update(((key, h), fp) for key, h, fp in conn.execute(query))
         return found
+
+    def adopt_legacy_keys(self, addresses: Mapping[str, str]) -> int:
+        """Re-key the ledger entries written before schema 3 for these mailboxes.
+
+        ``addresses`` maps a mailbox's configured name (the ledger's ``mailbox``) to its SMTP
+        address. An entry with a Message-ID gets the key ``listener.model.message_id_key`` gives
+        (the one the message has now, wherever it lives in the mailbox), in one transaction;
+        entries without one keep their old key, which the poller still looks up for mail that
+        has no Message-ID. Returns how many entries were re-keyed; cheap once none are left.
+        """
+        c = tb.ledger.c
+        legacy = select(tb.ledger).where(
+            c.key_scheme == 1, c.mailbox.in_(sorted(addresses)), c.internet_message_id.is_not(None)
+        )
+        moved = 0
+        with self._write("re-keying the ledger") as conn:
+            rows = [row._asdict() for row in conn.execute(legacy)]
+            if not rows:
+                return 0
+            renamed = [
+                {
+                    **row,
+                    "idempotency_key": message_id_key(
+                        addresses[row["mailbox"]], row["internet_message_id"]
+                    ),
+                    "key_scheme": tb.KEY_SCHEME,
+                }
+                for row in rows
+            ]
+            stmt = self._insert(tb.ledger).on_conflict_do_nothing(
+                index_elements=[c.idempotency_key, c.handler]
+            )
+            conn.execute(stmt, renamed)
+            for row in rows:
+                conn.execute(
+                    delete(tb.ledger).where(
+                        c.idempotency_key == row["idempotency_key"],
+                        c.handler == row["handler"],
+                        c.key_scheme == 1,
+                    )
+                )
+                moved += 1
+        log.info("store.keys_adopted", database=self.where, entries=moved)
+        return moved
 
     def dead_lettered(self, keys: Sequence[str]) -> set[str]:
         """The idempotency keys among ``keys`` that have a dead letter."""
@@ -178,6 +232,7 @@ class SqlStateStore:
         pending: Sequence[PendingEntry] = (),
         resolved: Sequence[str] = (),
         dead: Sequence[DeadLetter] = (),
+        relocated: Sequence[tuple[str, str, str | None]] = (),
     ) -> None:
         """Record one page's outcome in ONE transaction (see ``listener.abc.StateStore.commit``).
 
@@ -217,6 +272,15 @@ class SqlStateStore:
                 )
             if dead:
                 conn.execute(insert(tb.dead_letters), [_dead_row(d) for d in dead])
+            for old_id, new_id, change_key in relocated:
+                conn.execute(
+                    update(tb.dead_letters)
+                    .where(
+                        tb.dead_letters.c.mailbox == mailbox,
+                        tb.dead_letters.c.item_id == old_id,
+                    )
+                    .values(item_id=new_id, change_key=change_key)
+                )
             if sync_state is not None:
                 self._set_sync_state(conn, mailbox, folder, sync_state)
 
@@ -270,7 +334,7 @@ class SqlStateStore:
         if mailbox is not None:
             query = query.where(tb.ledger.c.mailbox == mailbox)
         with self._read("reading the ledger") as conn:
-            return [LedgerEntry(**row._asdict()) for row in conn.execute(query)]
+            return [_ledger_entry(row) for row in conn.execute(query)]
 
     def ledger_count(self, mailbox: str | None = None) -> int:
         """How many (message, handler) hand-overs the ledger holds."""
@@ -319,7 +383,15 @@ def _ledger_row(entry: LedgerEntry) -> dict[str, Any]:
         "item_id": entry.item_id,
         "internet_message_id": entry.internet_message_id,
         "handed_at": entry.handed_at,
+        "fingerprint": entry.fingerprint,
+        "key_scheme": tb.KEY_SCHEME,
     }
+
+
+def _ledger_entry(row: Row[Any]) -> LedgerEntry:
+    values = row._asdict()
+    del values["key_scheme"]
+    return LedgerEntry(**values)
 
 
 def _pending_row(entry: PendingEntry) -> dict[str, Any]:
@@ -356,6 +428,8 @@ def _dead_row(letter: DeadLetter) -> dict[str, Any]:
         "attempts": letter.attempts,
         "subject": letter.subject,
         "created_at": letter.created_at,
+        "internet_message_id": letter.internet_message_id,
+        "moved_to": letter.moved_to,
     }
 
 

@@ -9,7 +9,14 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from listener.model import Address, Attachment, Message, idempotency_key, message_json_schema
+from listener.model import (
+    Address,
+    Attachment,
+    Message,
+    idempotency_key,
+    message_id_key,
+    message_json_schema,
+)
 
 
 class FakeLoader:
@@ -115,11 +122,13 @@ def test_unknown_fields_are_refused() -> None:
 
 
 def test_idempotency_key_is_stable_and_specific() -> None:
-    """The key ignores mailbox case and changes with the item id or Message-ID."""
+    """The key ignores mailbox case and the item id; it changes with the Message-ID."""
     a = full_message()
-    assert a.idempotency_key == idempotency_key("orders@example.com", "AAMk=", "<1@example.net>")
+    assert a.idempotency_key == message_id_key("orders@example.com", "<1@example.net>")
+    assert a.idempotency_key == idempotency_key(a)
     assert full_message(mailbox="ORDERS@example.com").idempotency_key == a.idempotency_key
-    assert full_message(item_id="other").idempotency_key != a.idempotency_key
+    assert full_message(item_id="other").idempotency_key == a.idempotency_key
+    assert full_message(internet_message_id="<2@example.net>").idempotency_key != a.idempotency_key
     assert full_message(internet_message_id=None).idempotency_key != a.idempotency_key
     assert len(a.idempotency_key) == 64
 

@@ -21,6 +21,7 @@ class FakeItem:
     categories: list[str] = field(default_factory=list)
     folder: str = "inbox"
     received_at: datetime | None = None
+    message_id: str | None = None  # the Internet Message-ID; a move keeps it
 
 
 class FakeSource:
@@ -38,10 +39,23 @@ class FakeSource:
         self.calls: list[str] = []
         self.now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)  # received time of the next delivery
 
-    def deliver(self, subject: str, *, is_read: bool = False, sender: str = "a@example.com") -> str:
+    def deliver(
+        self,
+        subject: str,
+        *,
+        is_read: bool = False,
+        sender: str = "a@example.com",
+        message_id: str | None = "",
+    ) -> str:
+        """A new item; ``message_id`` "" gives it a unique one, None none at all."""
         item_id = f"ID{next(self._ids)}"
         self.items[item_id] = FakeItem(
-            item_id, subject, sender=sender, is_read=is_read, received_at=self.now
+            item_id,
+            subject,
+            sender=sender,
+            is_read=is_read,
+            received_at=self.now,
+            message_id=f"<{item_id}@example.com>" if message_id == "" else message_id,
         )
         self.log.append(item_id)
         return item_id
@@ -90,7 +104,7 @@ class FakeSource:
                     folder=self.folder,
                     item_id=item.item_id,
                     change_key="ck",
-                    internet_message_id=f"<{item.item_id}@example.com>",
+                    internet_message_id=item.message_id,
                     subject=item.subject,
                     from_=Address(email=item.sender),
                     is_read=item.is_read,
@@ -126,6 +140,13 @@ class FakeSource:
         for ref in refs:
             self.items[ref.item_id].folder = "deleteditems"
         return [None] * len(refs)
+
+    def find(self, folder_path: str, internet_message_id: str) -> ItemRef | None:
+        self.calls.append(f"find:{folder_path}")
+        for item in self.in_folder(folder_path):
+            if item.message_id == internet_message_id:
+                return ItemRef(item.item_id, "ck")
+        return None
 
     def close(self) -> None:
         return

@@ -243,15 +243,15 @@ def test_refuses_a_newer_schema(store_url: str) -> None:
     engine = raw_engine(store_url)
     with engine.begin() as conn:
         conn.execute(
-            sa.text("INSERT INTO schema_version (version, applied_at) VALUES (3, :t)"),
-            {"t": T0.replace(tzinfo=None)},
+            sa.text("INSERT INTO schema_version (version, applied_at) VALUES (:v, :t)"),
+            {"v": SCHEMA_VERSION + 1, "t": T0.replace(tzinfo=None)},
         )
     engine.dispose()
     with pytest.raises(StoreError) as caught:
         open_store(store_url)
     assert (
-        f"has schema version 3, this ews-listener knows up to {SCHEMA_VERSION}: upgrade "
-        "ews-listener or point state.url elsewhere"
+        f"has schema version {SCHEMA_VERSION + 1}, this ews-listener knows up to "
+        f"{SCHEMA_VERSION}: upgrade ews-listener or point state.url elsewhere"
     ) in str(caught.value)
 
 
