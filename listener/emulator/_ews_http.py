@@ -12,6 +12,7 @@ operation (``ops/``) → response validation (test switch) → request log.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ from listener.emulator.soap import (
     m,
     parse_envelope,
     soap_fault,
+    streaming_envelope,
     sub,
     t,
 )
@@ -97,6 +99,7 @@ class EwsHandler(QuietHandler):
 
     _cut_after = 0  # > 0: send only this many bytes of the next answer, then drop
     _unread = 0  # body bytes not read yet (a refused token: read and thrown away)
+    _logged: RequestRecord | None = None  # this request's entry in the request log
 
     @property
     def emulator(self) -> EwsEmulator:
@@ -134,9 +137,10 @@ class EwsHandler(QuietHandler):
             return
         self._pending = None
         record, started = pending
-        self.emulator.request_log.append(
-            RequestRecord(status=status, duration=time.perf_counter() - started, **record)
+        self._logged = RequestRecord(
+            status=status, duration=time.perf_counter() - started, **record
         )
+        self.emulator.request_log.append(self._logged)
 
     # Every branch returns the HTTP status it sent; ``record`` collects the request log fields.
     def _serve(self, emulator: EwsEmulator, record: dict[str, Any]) -> int:
@@ -313,7 +317,7 @@ class EwsHandler(QuietHandler):
         if "detail" in context.notes:
             record["detail"] = str(context.notes["detail"])
         if isinstance(result, ops.Stream):
-            return self._stream(result)
+            return self._stream(emulator, result)
         record["error_code"] = record["error_code"] or _first_error(result.body)
         if emulator.validate_responses and emulator.validator is not None:
             problem = emulator.validator.validate(result.body)
@@ -434,20 +438,43 @@ class EwsHandler(QuietHandler):
             self.wfile.flush()
         self.drop_connection()
 
-    def _stream(self, result: ops.Stream) -> int:
+    def _stream(self, emulator: EwsEmulator, result: ops.Stream) -> int:
         self.send_response(result.status)
         self.send_header("Content-Type", "text/xml; charset=utf-8")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        validator = emulator.validator if emulator.validate_responses else None
+        problem: str | None = None
         try:
-            for chunk in result.chunks:
+            for body_child in result.chunks:
+                if validator is not None and problem is None:
+                    problem = validator.validate(body_child)
+                    if problem is not None:
+                        log.warning("EWS emulator: invalid streamed envelope: %s", problem)
+                chunk = streaming_envelope(body_child)
                 self.wfile.write(f"{len(chunk):X}\r\n".encode() + chunk + b"\r\n")
                 self.wfile.flush()
+            # The request was logged when the status line went out; its verdict on the streamed
+            # envelopes is known only now, before the last chunk tells the client the stream ended.
+            if validator is not None:
+                self._amend_record(
+                    response_valid=problem is None,
+                    schema_error=f"response: {problem}" if problem else None,
+                )
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except OSError:
             self.close_connection = True
         return result.status
+
+    def _amend_record(self, **changes: Any) -> None:
+        """Replace this request's record in the request log by one with ``changes``."""
+        logged = self._logged
+        if logged is None:
+            return
+        log_ = self.emulator.request_log
+        with contextlib.suppress(ValueError, IndexError):  # rotated out of a full log
+            log_[log_.index(logged)] = dataclasses.replace(logged, **changes)
 
 
 def _first_error(body: etree._Element) -> str | None:

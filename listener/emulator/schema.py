@@ -41,6 +41,19 @@ def resolve_schema_dir(explicit: str | Path | None) -> Path | None:
     return None
 
 
+_MNS = "http://schemas.microsoft.com/exchange/services/2006/messages"
+_TNS = "http://schemas.microsoft.com/exchange/services/2006/types"
+
+#: (path, the tag the schema wants there) for what Exchange sends against its own schema.
+#: Streamed notifications: ``types.xsd`` types ``m:Notifications`` as
+#: ``NonEmptyArrayOfNotificationsType``, whose child is ``t:Notification``, but Exchange writes
+#: ``m:Notification`` (the MS docs capture in ews-samples, and the EWS Managed API reads only that
+#: name), so the emulator writes ``m:Notification`` too.
+_KNOWN_DEPARTURES = (
+    (f".//{{{_MNS}}}Notifications/{{{_MNS}}}Notification", f"{{{_TNS}}}Notification"),
+)
+
+
 @functools.lru_cache(maxsize=4)
 def _compile(directory: str) -> etree.XMLSchema:
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
@@ -56,9 +69,17 @@ class SchemaValidator:
         self._lock = threading.Lock()
 
     def validate(self, element: etree._Element) -> str | None:
-        """None when valid, else the first violation as ``line:column: message``."""
+        """None when valid, else the first violation as ``line:column: message``.
+
+        Exchange's known departures from its own schema (``_KNOWN_DEPARTURES``) are undone in
+        the copy that is validated, so everything else is still checked.
+        """
         # A detached deep copy: validating a subtree in place would see the envelope as the root.
-        document = etree.ElementTree(copy.deepcopy(element))
+        copied = copy.deepcopy(element)
+        for path, tag in _KNOWN_DEPARTURES:
+            for found in copied.iterfind(path):
+                found.tag = tag
+        document = etree.ElementTree(copied)
         with self._lock:
             if self._schema.validate(document):
                 return None

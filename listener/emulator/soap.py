@@ -31,6 +31,7 @@ __all__ = [
     "parse_envelope",
     "server_version_info",
     "soap_fault",
+    "streaming_envelope",
     "sub",
     "t",
 ]
@@ -191,6 +192,35 @@ def build_envelope(body_child: etree._Element | None, *, with_version: bool = Tr
     if body_child is not None:
         body.append(body_child)
     return etree.tostring(root, xml_declaration=True, encoding="utf-8")
+
+
+def streaming_envelope(body_child: etree._Element) -> bytes:
+    """One envelope of a streamed (GetStreamingEvents) response, byte for byte as Exchange's.
+
+    Exchange streams each envelope with the SOAP namespace as the *default* namespace, no XML
+    declaration, and ``soap11`` prefixes on Header and Body::
+
+        <Envelope xmlns="http://schemas.xmlsoap.org/soap/envelope/"><soap11:Header …
+
+    The EWS Managed API and its ports find envelopes in the stream by that literal start tag, so
+    ``<?xml …?><s:Envelope …>`` made them see no event at all (issue 11, point 16). exchangelib
+    finds them by local name and reads either.
+    """
+    # lxml-stubs type nsmap keys as str; None (the default namespace) is what lxml documents.
+    version = etree.Element(
+        t("ServerVersionInfo"),
+        attrib=SERVER_VERSION,
+        nsmap={None: TNS},  # type: ignore[dict-item]
+    )
+    return b"".join(
+        (
+            f'<Envelope xmlns="{SOAPNS}"><soap11:Header xmlns:soap11="{SOAPNS}">'.encode(),
+            etree.tostring(version),
+            f'</soap11:Header><soap11:Body xmlns:soap11="{SOAPNS}">'.encode(),
+            etree.tostring(body_child, encoding="utf-8", xml_declaration=False),
+            b"</soap11:Body></Envelope>",
+        )
+    )
 
 
 def soap_fault(

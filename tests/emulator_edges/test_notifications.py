@@ -129,10 +129,11 @@ def test_streaming_with_unknown_subscription(
         list(inbox.get_streaming_events("AAAAbogus", connection_timeout=1))
 
 
-def test_streamed_envelopes_are_complete_and_schema_valid(
-    emulator: EwsEmulator, account: AccountFactory, token_server: TokenServer
-) -> None:
-    """The raw stream: chunked, complete envelopes, OK first, Closed last, each body valid."""
+# What the EWS Managed API (and its ports) search the stream for: the start tag of each envelope.
+ENVELOPE_START = f'<Envelope xmlns="{SOAPNS}">'
+
+
+def _stream_raw(emulator: EwsEmulator, account: AccountFactory, token_server: TokenServer) -> bytes:
     subscription_id = account(FailFast()).inbox.subscribe_to_streaming()
     _deliver(emulator)
     body = (
@@ -144,9 +145,15 @@ def test_streamed_envelopes_are_complete_and_schema_valid(
     with httpx.Client(verify=emulator.ca.client_context()) as client:
         response = soap_post(client, emulator, token_server, body)
     assert response.headers["transfer-encoding"] == "chunked"
-    documents = [
-        "<?xml" + part for part in response.content.decode().split("<?xml") if part.strip()
-    ]
+    return response.content
+
+
+def test_streamed_envelopes_are_complete_and_schema_valid(
+    emulator: EwsEmulator, account: AccountFactory, token_server: TokenServer
+) -> None:
+    """The raw stream: chunked, complete envelopes, OK first, Closed last, each body valid."""
+    content = _stream_raw(emulator, account, token_server).decode()
+    documents = [ENVELOPE_START + part for part in content.split(ENVELOPE_START) if part.strip()]
     statuses = []
     validator = SchemaValidator(SCHEMA_DIR) if SCHEMA_DIR else None
     for document in documents:
@@ -158,4 +165,33 @@ def test_streamed_envelopes_are_complete_and_schema_valid(
     assert statuses[0] == "OK"
     assert statuses[-1] == "Closed"
     assert len(documents) >= 3  # events, at least one keep-alive (0.1 s), Closed
-    assert b"NewMailEvent" in response.content
+    assert "NewMailEvent" in content
+
+
+def test_streamed_envelopes_use_exchange_streaming_form(
+    emulator: EwsEmulator, account: AccountFactory, token_server: TokenServer
+) -> None:
+    """Each envelope starts with the literal the Managed API looks for; events in m:Notification."""
+    content = _stream_raw(emulator, account, token_server).decode()
+    assert "<?xml" not in content  # a declaration in mid-stream breaks a fragment reader
+    assert content.startswith(ENVELOPE_START)
+    assert "<s:Envelope" not in content
+    documents = [ENVELOPE_START + part for part in content.split(ENVELOPE_START) if part.strip()]
+    notifications = [
+        element
+        for document in documents
+        for element in etree.fromstring(document.encode()).iter(f"{{{MNS}}}Notification")
+    ]
+    assert notifications, "the delivery's events are in m:Notifications/m:Notification"
+    assert b"t:Notification" not in content.encode()
+
+
+def test_streamed_envelopes_are_validated_by_the_server(
+    emulator: EwsEmulator, account: AccountFactory, token_server: TokenServer
+) -> None:
+    """With response validation on, the stream's request log entry carries the verdict."""
+    if SCHEMA_DIR is None:
+        pytest.fail("EWS_SCHEMA_DIR or ../shared/ews-schema is needed for this test")
+    _stream_raw(emulator, account, token_server)
+    (record,) = [r for r in emulator.request_log if r.operation == "GetStreamingEvents"]
+    assert (record.response_valid, record.schema_error) == (True, None)

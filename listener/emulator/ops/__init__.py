@@ -18,8 +18,9 @@ How to add an operation
    Exchange answers the whole request with an ``s:Fault`` (HTTP 500), ``raise OpFault(code, text)``.
 2. Import the module in ``load()`` below so the decorator runs.
 3. A streaming operation (GetStreamingEvents) returns ``Stream(chunks)``: the server sends the
-   headers with ``Transfer-Encoding: chunked`` and writes each chunk (a complete envelope, see
-   ``soap.build_envelope``) as it is produced, flushing after each; the iterator may block (e.g. on
+   headers with ``Transfer-Encoding: chunked`` and writes each chunk (a body child, which it wraps
+   in a complete envelope, see ``soap.streaming_envelope``, validates when response validation is
+   on, and sends) as it is produced, flushing after each; the iterator may block (e.g. on
    ``ctx.store.wait_events``) and should stop when ``ctx.closing`` is set. ``ctx.http`` is the raw
    ``BaseHTTPRequestHandler`` for anything more unusual.
 
@@ -87,9 +88,9 @@ class Reply:
 
 @dataclass(frozen=True)
 class Stream:
-    """A chunked response; each chunk is sent (and flushed) as soon as the iterator yields it."""
+    """A chunked response; each body child is sent (and flushed) as soon as the iterator yields."""
 
-    chunks: Iterator[bytes]
+    chunks: Iterator[etree._Element]
     status: int = 200
 
 

@@ -8,10 +8,13 @@ Time is measured in a configurable "minute" (``configure(emulator, minute=…)``
 subscription timeouts and ``ConnectionTimeout`` of GetStreamingEvents are given in minutes by the
 protocol, and tests shrink the minute to a fraction of a second instead of waiting.
 
-Shapes follow messages.xsd/types.xsd: ``m:Notification`` in GetEvents, ``m:Notifications`` holding
-``t:Notification`` in GetStreamingEvents (the MS docs sample writes ``m:Notification`` there, which
-the schema rejects; exchangelib reads either), and a streamed response is a sequence of complete
-envelopes ending with ``ConnectionStatus`` ``Closed``
+Shapes follow messages.xsd/types.xsd and real captures: ``m:Notification`` in GetEvents, and
+``m:Notifications`` holding ``m:Notification`` in GetStreamingEvents. There the schema says
+``t:Notification``, but Exchange writes ``m:Notification`` (the MS docs capture
+how-to-stream-notifications….04) and the EWS Managed API reads only that name; exchangelib reads
+either. ``schema.SchemaValidator`` knows this one departure. A streamed response is a sequence of
+complete envelopes in Exchange's streaming form (``soap.streaming_envelope``) ending with
+``ConnectionStatus`` ``Closed``
 (ews-samples/from-clients/exchangelib.GetStreamingEventsResponse.ConnectionClosed.xml).
 """
 
@@ -40,7 +43,7 @@ from listener.emulator.ops import (
     response,
     success,
 )
-from listener.emulator.soap import build_envelope, error_message, m, sub, t
+from listener.emulator.soap import error_message, m, sub, t
 from listener.emulator.store import Event, Folder, Mailbox, MailStore
 
 __all__ = [
@@ -445,7 +448,7 @@ def _stream(
     registry: Subscriptions,
     live: list[Subscription],
     duration: float,
-) -> Iterator[bytes]:
+) -> Iterator[etree._Element]:
     store = ctx.store
     deadline = registry.clock() + duration
     for subscription in live:
@@ -463,7 +466,7 @@ def _stream(
                 subscription.position = max(subscription.position, position)
                 subscription.last_seen = now
             if ready or first or now - last_sent >= registry.keepalive_interval:
-                yield _streaming_envelope(store, ready, "OK")
+                yield _streaming_response(store, ready, "OK")
                 first = False
                 last_sent = now
                 continue
@@ -474,7 +477,7 @@ def _stream(
                 store.changed.wait_for(
                     functools.partial(_has_news, store, live, positions), timeout=max(wait, 0.0)
                 )
-        yield _streaming_envelope(store, [], "Closed")
+        yield _streaming_response(store, [], "Closed")
     finally:
         for subscription in live:
             subscription.connections -= 1
@@ -485,19 +488,19 @@ def _has_news(store: MailStore, live: Sequence[Subscription], positions: dict[st
     return any(store.last_event_seq(s.mailbox) > positions[s.mailbox.address] for s in live)
 
 
-def _streaming_envelope(
+def _streaming_response(
     store: MailStore,
     ready: Sequence[tuple[Subscription, list[Event], int]],
     status: str,
-) -> bytes:
+) -> etree._Element:
     message = success("GetStreamingEventsResponseMessage")
     if ready:
         container = sub(message, m("Notifications"))
         for subscription, events, position in ready:
-            notification = sub(container, t("Notification"))
+            notification = sub(container, m("Notification"))
             _fill_notification(notification, store, subscription, events, position, None, None)
     sub(message, m("ConnectionStatus"), status)
-    return build_envelope(response("GetStreamingEvents", [message]))
+    return response("GetStreamingEvents", [message])
 
 
 # --- Unsubscribe -------------------------------------------------------------------------------
