@@ -9,9 +9,13 @@ Everything here exists because of an exchangelib behaviour (5.6.0):
   ``TokenProvider``.
 - A server-side 401 never calls ``refresh()``; the source catches ``UnauthorizedError``, invalidates
   the token and retries once (see ``source.py``).
-- ``BaseProtocol.HTTP_ADAPTER_CLS`` is one class for the whole process, and ``requests`` lets
-  ``REQUESTS_CA_BUNDLE`` override a session's ``verify``; so the adapter looks the CA bundle up by
-  URL itself, which survives that environment variable.
+- ``BaseProtocol.HTTP_ADAPTER_CLS`` is one class for the whole process, ``requests`` lets
+  ``REQUESTS_CA_BUNDLE`` override a session's ``verify``, and ``verify=True`` means certifi's
+  bundle rather than the system store. So the adapter ignores ``verify`` and hands urllib3 an
+  ``ssl.SSLContext`` by the listener's one trust rule (``listener.auth._tls``): the mailbox's
+  ``ca_bundle`` for URLs of exactly its endpoint's scheme, host and port, else the system store.
+  (It used to fall back to the environment's bundle and to match endpoints by string prefix, so
+  ``https://mail.contoso.com`` also covered ``https://mail.contoso.com.evil.net``: issue 11.)
 - ``BaseProtocol.decrease_poolsize()`` (called on ``ErrorServerBusy`` and
   ``ErrorExceededConnectionCount``) takes the pool lock, then waits for a free session with
   ``get_session()``; when every session is in use and the pool is below its maximum,
@@ -27,6 +31,7 @@ Everything here exists because of an exchangelib behaviour (5.6.0):
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from datetime import UTC, datetime
@@ -44,6 +49,7 @@ from exchangelib.errors import (
 from exchangelib.protocol import BaseProtocol, FailFast
 from exchangelib.util import _get_retry_after
 
+from listener._tls import Origin, origin, trust_context
 from listener.abc import AccessToken, TokenProvider
 
 __all__ = ["ListenerRetryPolicy", "TokenBridge", "install_adapter", "register_ca_bundle"]
@@ -53,13 +59,17 @@ __all__ = ["ListenerRetryPolicy", "TokenBridge", "install_adapter", "register_ca
 _LIFETIME_MARGIN = 120.0
 
 _ca_lock = threading.Lock()
-_ca_by_prefix: dict[str, str] = {}
+_ca_by_origin: dict[Origin, str] = {}
+# One context per bundle (None: the system store), built on first use: urllib3 keeps a pool per
+# context, so sharing them keeps connections pooled.
+_contexts: dict[str | None, ssl.SSLContext] = {}
 
 
-def register_ca_bundle(url_prefix: str, ca_bundle: str) -> None:
-    """Trust ``ca_bundle`` (a PEM file) for every EWS request to a URL under ``url_prefix``."""
+def register_ca_bundle(endpoint: str, ca_bundle: str) -> None:
+    """Trust ``ca_bundle`` (a PEM file), and only it, for EWS requests to ``endpoint``'s exact
+    scheme, host and port (the path does not matter)."""
     with _ca_lock:
-        _ca_by_prefix[url_prefix.lower()] = ca_bundle
+        _ca_by_origin[origin(endpoint)] = ca_bundle
     install_adapter()
 
 
@@ -104,12 +114,17 @@ def _decrease_poolsize(self: BaseProtocol) -> None:
 
 
 def _ca_for(url: str) -> str | None:
-    lowered = url.lower()
     with _ca_lock:
-        for prefix, bundle in _ca_by_prefix.items():
-            if lowered.startswith(prefix):
-                return bundle
-    return None
+        return _ca_by_origin.get(origin(url))
+
+
+def _context_for(url: str) -> ssl.SSLContext:
+    bundle = _ca_for(url)
+    with _ca_lock:
+        context = _contexts.get(bundle)
+        if context is None:
+            context = _contexts[bundle] = trust_context(bundle)
+        return context
 
 
 class _WholeChunks(requests.Response):
@@ -128,25 +143,36 @@ class _WholeChunks(requests.Response):
 
 
 class _CaBundleAdapter(requests.adapters.HTTPAdapter):
-    """Verifies TLS with the CA bundle configured for the URL, whatever the environment says."""
+    """Verifies TLS by the listener's trust rule for the URL, whatever ``verify`` and the
+    environment say (guarded by ``tests/auth/test_trust_rule.py``)."""
 
     def build_response(self, req: Any, resp: Any) -> requests.Response:
         response = super().build_response(req, resp)
         response.__class__ = _WholeChunks
         return response
 
-    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-        bundle = _ca_for(url)
-        super().cert_verify(conn=conn, url=url, verify=bundle or verify, cert=cert)  # type: ignore[no-untyped-call]
-
-    def get_connection_with_tls_context(
-        self, request: Any, verify: Any, proxies: Any = None, cert: Any = None
+    def build_connection_pool_key_attributes(
+        self, request: Any, verify: Any, cert: Any = None
     ) -> Any:
-        # requests >= 2.32.3 picks the connection pool (and its SSL context) here.
-        bundle = _ca_for(request.url or "")
-        return super().get_connection_with_tls_context(
-            request=request, verify=bundle or verify, proxies=proxies, cert=cert
+        # requests >= 2.32.3 picks the connection pool here; the context is part of its key.
+        host_params: dict[str, Any]
+        pool_kwargs: dict[str, Any]
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(  # type: ignore[assignment]
+            request, True, cert
         )
+        if host_params.get("scheme") == "https":
+            pool_kwargs.pop("ca_certs", None)
+            pool_kwargs.pop("ca_cert_dir", None)
+            pool_kwargs["ssl_context"] = _context_for(request.url or "")
+        return host_params, pool_kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        # requests would point the connection at certifi's file or REQUESTS_CA_BUNDLE, which
+        # urllib3 then loads into our context: clear them (verify=False) and require a
+        # certificate, so the context alone decides.
+        super().cert_verify(conn=conn, url=url, verify=False, cert=cert)  # type: ignore[no-untyped-call]
+        if url.lower().startswith("https"):
+            conn.cert_reqs = "CERT_REQUIRED"
 
 
 class ListenerRetryPolicy(FailFast):  # type: ignore[misc]

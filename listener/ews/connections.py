@@ -148,7 +148,7 @@ class EwsConnections:
             if found is not None:
                 return found
             if target.ca_bundle:
-                register_ca_bundle(target.endpoint.rsplit("/EWS/", 1)[0], target.ca_bundle)
+                register_ca_bundle(target.endpoint, target.ca_bundle)
             bridge = TokenBridge(
                 self._providers(target.credential), target.client_id, identity=target.address
             )

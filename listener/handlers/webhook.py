@@ -29,9 +29,14 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
+from listener._tls import trust_context
 from listener.abc import SecretSource
 from listener.handlers.config import WebhookHandlerConfig, redact_url
-from listener.handlers.errors import HandlerPermanentError, HandlerTransientError
+from listener.handlers.errors import (
+    HandlerConfigError,
+    HandlerPermanentError,
+    HandlerTransientError,
+)
 from listener.model import Message
 from listener.observability.redaction import register_secret
 
@@ -90,10 +95,12 @@ def _excerpt(response: httpx.Response, head: bytes) -> str:
 
 
 def client_context(ca_bundle: Path | str | None) -> ssl.SSLContext:
-    """Trust ``ca_bundle`` only when given, else the system store (never the environment's)."""
-    if ca_bundle is not None:
-        return ssl.create_default_context(cafile=str(ca_bundle))
-    return ssl.create_default_context()
+    """Trust ``ca_bundle`` only when given, else the system store: the rule of every outgoing
+    connection (``listener.auth._tls``); a bundle that cannot load is a configuration error."""
+    try:
+        return trust_context(ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise HandlerConfigError(f"cannot load ca_bundle {ca_bundle}: {exc}") from None
 
 
 class WebhookHandler:
