@@ -52,7 +52,9 @@ __all__ = [
 
 
 def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
+    # Full precision: Exchange keeps sub-second times (and writes whole seconds on the wire,
+    # ``_render.format_datetime``); cut to seconds, mail received in one second tied in sorts.
+    return datetime.now(UTC)
 
 
 class MailStore:

@@ -118,7 +118,7 @@ def parse_mime(
 ) -> Item:
     """Parse ``raw`` into an unfiled ``Item``; ``attachment_id`` makes fresh attachment ids."""
     message = _PARSER.parsebytes(raw)
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = datetime.now(UTC)  # full precision, see ``store._now``
     bodies: dict[str, Message] = {}
     _find_bodies(message, bodies)
     item = Item(
@@ -135,7 +135,7 @@ def parse_mime(
         in_reply_to=str(message.get("In-Reply-To") or "").strip() or None,
         references=" ".join(str(message.get("References") or "").split()) or None,
         sent_at=_date(message),
-        received_at=(received_at or now).astimezone(UTC).replace(microsecond=0),
+        received_at=(received_at or now).astimezone(UTC),
         created_at=now,
         modified_at=now,
         importance=_importance(message),

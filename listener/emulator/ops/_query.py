@@ -206,10 +206,17 @@ def compile_restriction(restriction: etree._Element | None) -> Predicate | None:
 
 
 def sort_items(items: list[Item], sort_order: etree._Element | None) -> list[Item]:
-    """Items in ``m:SortOrder`` order; without one, newest received first (Exchange's default)."""
+    """Items in ``m:SortOrder`` order; without one, newest received first (Exchange's default).
+
+    Ties (two items received in the same instant, or equal in every sort key) go by arrival (the
+    item's serial) in the direction of the first key, as Exchange orders them.
+    """
     if sort_order is None or len(sort_order) == 0:
-        return sorted(items, key=lambda i: (i.received_at is None, i.received_at), reverse=True)
-    result = list(items)
+        return sorted(
+            items, key=lambda i: (i.received_at is None, i.received_at, i.serial), reverse=True
+        )
+    first_descending = sort_order[0].get("Order") == "Descending"
+    result = sorted(items, key=lambda i: i.serial, reverse=first_descending)
     # Stable sorts applied from the last key to the first give a multi-key order.
     for order in reversed(list(sort_order)):
         _, get = _field(order)

@@ -288,7 +288,6 @@ def _new_item(ctx: OpContext, element: etree._Element) -> Item:
     if importance in _IMPORTANCE:
         item.importance = importance
     item.is_read = bool_text(element.findtext(t("IsRead")), default=True)
-    item.is_draft = bool_text(element.findtext(t("IsDraft")))
     return item
 
 
@@ -303,6 +302,10 @@ def create_item(ctx: OpContext, request: etree._Element) -> OpResult:
     for element in items_xml if items_xml is not None else ():
         try:
             item = _new_item(ctx, element)
+            # IsDraft is read-only in EWS: Exchange derives it from MSGFLAG_UNSENT, which a saved,
+            # never-sent message has (whatever folder it is saved in, MIME imports included) and
+            # a sent copy and delivered mail do not.
+            item.is_draft = disposition == "SaveOnly"
             saved: Item | None = None
             if disposition in ("SaveOnly", "SendAndSaveCopy"):
                 if saved_ref is not None:
