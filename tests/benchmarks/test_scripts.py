@@ -44,3 +44,16 @@ def test_throughput_quick_hands_over_every_message_both_ways() -> None:
 def test_idle_quick_polls_and_stops_cleanly() -> None:
     out = _run(str(BENCH / "idle.py"), "--quick")
     assert "exit code 0" in out, out
+
+
+@pytest.mark.slow
+def test_memory_quick_hands_the_attachment_over_intact() -> None:
+    """memory.py --quick: both handlers get the 3 MiB attachment byte for byte (no RSS checked)."""
+    out = _run(str(BENCH / "memory.py"), "--quick")
+    rows = [line.split() for line in out.splitlines() if line.startswith(("directory ", "bytes "))]
+    assert [(row[0], row[-1]) for row in rows] == [
+        ("directory", "-"),
+        ("directory", "intact"),
+        ("bytes", "-"),
+        ("bytes", "intact"),
+    ], out
