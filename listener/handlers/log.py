@@ -1,4 +1,8 @@
-"""The ``log`` handler: one structured log line per message, for trying routes out."""
+"""The ``log`` handler: one structured log line per message, for trying routes out.
+
+The JSON line carries every field, the key in full; the console shows one short sentence
+(``listener/observability/console.py``: mailbox, sender, subject, attachments, 12-hex key).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ _LEVELS = {
 
 
 class LogHandler:
-    """Logs ``message.handled`` with mailbox, subject, from and idempotency key."""
+    """Logs ``message.handled`` with mailbox, from, subject, attachments and idempotency key."""
 
     def __init__(self, name: str, *, level: str = "info") -> None:
         self.name = name
@@ -38,13 +42,13 @@ class LogHandler:
         self._log.log(
             self._level,
             "message.handled",
-            handler=self.name,
             mailbox=message.mailbox,
-            folder=message.folder,
-            subject=message.subject,
             **{"from": sender.email if sender else None},
-            key=message.idempotency_key,
+            subject=message.subject,
             attachments=len(message.attachments),
+            key=message.idempotency_key,
+            folder=message.folder,
+            handler=self.name,
         )
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Literal, TextIO, cast
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from listener.observability.console import PersonRenderer
 from listener.observability.redaction import (
     MASK,
     is_secret_key,
@@ -137,12 +138,8 @@ def configure_logging(
         fmt = "console" if callable(isatty) and isatty() else "json"
     renderer: Processor
     if fmt == "console":
-        # plain_traceback: the Rich formatter would print local variables (secrets included)
-        # and bypass redaction; the exception is already text here anyway.
-        renderer = structlog.dev.ConsoleRenderer(
-            colors=bool(getattr(out, "isatty", lambda: False)()),
-            exception_formatter=structlog.dev.plain_traceback,
-        )
+        # Short times and keys, one sentence per handled message (see console.py).
+        renderer = PersonRenderer(colors=bool(getattr(out, "isatty", lambda: False)()))
     else:
         renderer = structlog.processors.JSONRenderer(ensure_ascii=False, default=repr)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -11,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests import REPO
+
+# 19:50:09 handled orders@demo.example ← taro.yamada@shop.example 'Subject' key=d84a43c8a209
+_HANDLED_LINE = re.compile(r"^\d\d:\d\d:\d\d handled \S+ ← .* key=[0-9a-f]{12}$")
 
 
 def _processes_under(path: Path) -> list[str]:
@@ -57,7 +61,11 @@ def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:
         log.seek(0)
         output = log.read()
         assert handled >= 3, f"no messages handled; make demo said:\n{output[-4000:]}"
-        assert "message.handled" in output
+        # One readable line per handled message: time, mailbox, sender, subject, short key.
+        readable = [line for line in output.splitlines() if _HANDLED_LINE.match(line)]
+        assert readable, f"no 'handled' line; make demo said:\n{output[-4000:]}"
+        assert all(len(line) <= 160 for line in readable), readable
+        assert not re.search(r"[0-9a-f]{64}", output), "a full 64-hex key on the console"
         assert (clone / ".venv" / "bin" / "ews-listener").exists()
         # Ctrl-C in a terminal: SIGINT to the whole foreground process group.
         os.killpg(demo.pid, signal.SIGINT)
