@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from listener.config import ENV_CONFIG, ENV_PREFIX, ConfigError, ConfigIssue, Settings
 from listener.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_USAGE
+from listener.observability.redaction import redact
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -45,10 +46,11 @@ Command = Callable[[argparse.Namespace], int]
 def echo(text: str = "", *, err: bool = False, end: str = "\n") -> None:
     """Print ``text`` to stdout (``err=True``: stderr). The one way the CLI prints.
 
-    Looked up at call time, so pytest's ``capsys`` and redirected streams see it.
+    Looked up at call time, so pytest's ``capsys`` and redirected streams see it. Masked here,
+    for every command: registered secrets, tokens, URL user-info and query values (issue 11).
     """
     stream = sys.stderr if err else sys.stdout
-    stream.write(text + end)
+    stream.write(redact(text) + end)
     stream.flush()
 
 

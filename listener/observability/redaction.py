@@ -73,8 +73,9 @@ _OTHER_SHAPES = (
     # Authorization / Proxy-Authorization header values, in "Name: value" lines, dict reprs
     # ('Authorization': 'Basic …') and JSON. The scheme word is masked too: harmless.
     r"(?P<auth>(?i:\b(?:proxy-)?authorization)[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n]+",
-    # A bearer token anywhere else (WWW-Authenticate echoes, exception texts).
-    r"(?P<bearer>(?i:\bbearer)\s+)[A-Za-z0-9._~+/-]+=*",
+    # A bearer token anywhere else (WWW-Authenticate echoes, exception texts); not a plain
+    # lower-case word: "OK: Bearer token valid until …" (credentials validate) is prose.
+    r"(?P<bearer>(?i:\bbearer)\s+)(?![a-z]+\b)[A-Za-z0-9._~+/-]+=*",
     # "client_secret": "…" and 'client_secret': '…' (JSON, Python reprs).
     rf"(?P<key>[\"'](?i:{_NAMES})[\"']\s*:\s*)"
     r"(?P<quoted>\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*')",
