@@ -153,4 +153,10 @@ def spool(chunks: Iterator[bytes]) -> IO[bytes]:
     except BaseException:
         out.close()
         raise
+    finally:
+        # A write that fails (a full $TMPDIR) leaves the stream unfinished: close it now, so its
+        # HTTP session goes back to the pool rather than when the traceback is collected.
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
     return out

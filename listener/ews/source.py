@@ -8,12 +8,16 @@ bound (DESIGN.md, "exchangelib facts").
 
 from __future__ import annotations
 
+import binascii
+import http.client
 import threading
+import xml.sax
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any, TypeVar
 
 import requests
+import urllib3
 from exchangelib import Account
 from exchangelib import Message as EwsMessage
 from exchangelib import errors as ews_errors
@@ -68,6 +72,22 @@ _ITEM_LEVEL = (
     ews_errors.ErrorResponseSchemaValidation,
 )
 _ITEM_LEVEL_CODES = frozenset(cls.__name__ for cls in _ITEM_LEVEL)
+
+
+# What the server or the network did, as opposed to our code. Beyond exchangelib's and requests'
+# own errors, a streamed answer (``_streaming``) is read from the raw socket, where urllib3 and
+# http.client raise theirs unwrapped (a connection cut mid-body: ProtocolError), and parsed by
+# SAX and base64 as it arrives (a truncated or corrupt answer). Anything else is a bug of ours
+# (``conversion_bug``). Guarded by test_a_server_failure_while_streaming_content_is_transient.
+_SERVER_OR_NETWORK = (
+    ews_errors.EWSError,
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    xml.sax.SAXException,
+    binascii.Error,
+    OSError,
+)
 
 
 def translate_error(error: BaseException) -> SourceError:
@@ -165,7 +185,7 @@ class EwsMailSource:
             yield
         except SourceError:
             raise
-        except (ews_errors.EWSError, requests.RequestException, OSError) as e:
+        except _SERVER_OR_NETWORK as e:
             raise translate_error(e) from e
         except Exception as e:
             # TokenError and friends from the token provider: transient for the mailbox.

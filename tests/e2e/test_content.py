@@ -10,6 +10,7 @@ import email
 import email.policy
 import json
 import os
+import time
 from dataclasses import asdict
 from email.message import EmailMessage
 from pathlib import Path
@@ -105,6 +106,36 @@ def test_large_attachment_streams_to_disk_intact(world: World) -> None:
     assert isinstance(eml, EmailMessage)
     [part] = eml.iter_attachments()
     assert part.get_content() == data
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [("http_500", {}), ("server_busy", {"back_off_ms": 50}), ("drop", {"after_bytes": 300_000})],
+    ids=["http-500", "server-busy", "cut-mid-content"],
+)
+def test_a_server_failure_while_streaming_content_is_transient(
+    world: World, kind: str, options: dict[str, Any]
+) -> None:
+    """GetAttachment failing (also mid-stream) is retried, not taken for our bug; then intact."""
+    world.ews.add_mailbox(MAILBOX)
+    out = world.root / "out"
+    config = _files_config(world, out)
+    data = os.urandom(2 * SPOOL_MAX_MEMORY)
+    world.ews.deliver(MAILBOX, _with_attachments("flaky server", {"drawings.bin": data}))
+    world.ews.faults.add(kind, operation="GetAttachment", mailbox=MAILBOX, count=1, **options)
+
+    first = world.cli("once", "--config", str(config), "--json")
+    summary = json.loads(first.stdout)["mailboxes"]["orders"]
+    assert (summary["failed"], summary["dead_lettered"]) == (1, 0), first.stdout + first.stderr
+    assert "bug in ews-listener" not in first.stdout + first.stderr
+    attempts = [r for r in world.ews.request_log if r.operation == "GetAttachment"]
+    assert len(attempts) == 1  # the handler stopped at the failed one: retried, not re-read
+
+    time.sleep(0.2)  # the retry back-off is 0.1 s
+    second = world.cli("once", "--config", str(config), "--json")
+    assert json.loads(second.stdout)["mailboxes"]["orders"]["handed_over"] == 1, second.stdout
+    [event_file] = out.glob("*.json")
+    assert (event_file.with_suffix(".attachments") / "drawings.bin").read_bytes() == data
 
 
 # --- our own conversion failing: a bug, reported and dead-lettered at once --------------------
