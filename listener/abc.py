@@ -99,8 +99,11 @@ class FetchFailure:
     """An item ``fetch`` could not turn into a ``Message``."""
 
     ref: ItemRef
-    error: str
+    error: str  # what a person reads in `dead-letters show`: say what failed and what to do
     gone: bool = False  # the item no longer exists (deleted or moved away)
+    # True: the server or the network failed (retried with back-off). False: retrying cannot
+    # help, the item is dead-lettered at once as permanent, e.g. when the source's own conversion
+    # of what the server sent fails: a bug to report, not an outage (issue 11, point 5).
     transient: bool = False
 
 
