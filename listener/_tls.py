@@ -12,11 +12,12 @@ endpoint (a mailbox's ``ca_bundle``), it applies to URLs of exactly that scheme,
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["Origin", "origin", "trust_context"]
+__all__ = ["Origin", "origin", "requests_verify", "trust_context"]
 
 Origin = tuple[str, str, int]
 _DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -39,3 +40,20 @@ def trust_context(ca_bundle: Path | str | None) -> ssl.SSLContext:
     if ca_bundle is None:
         return ssl.create_default_context()
     return ssl.create_default_context(cafile=str(ca_bundle))
+
+
+def requests_verify(ca_bundle: Path | str | None) -> str | bool:
+    """The rule as a ``verify`` value for clients built on ``requests`` (hvac, azure-core).
+
+    Always a path when one can be found: ``requests`` replaces ``verify=True`` with
+    ``REQUESTS_CA_BUNDLE`` and otherwise means certifi's bundle, never the system store. The
+    system store is OpenSSL's default file, else its default directory; ``True`` only when
+    neither exists (then certifi's bundle is what ``requests`` can do).
+    """
+    if ca_bundle is not None:
+        return str(ca_bundle)
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.capath):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return True

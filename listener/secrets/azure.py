@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from listener._tls import requests_verify
 from listener.errors import SecretError
 from listener.secrets._base import CachedSecret, check_url
 
@@ -109,16 +110,15 @@ class AzureKeyVaultSecret(CachedSecret):
         return f"azure_key_vault:{self.vault_url}/secrets/{self.name}{version}"
 
     def _transport_options(self) -> dict[str, Any]:
-        # A CA bundle path passed per request survives REQUESTS_CA_BUNDLE (requests only lets the
-        # environment win when verify is True or None).
-        options: dict[str, Any] = {
+        # A CA path passed per request survives REQUESTS_CA_BUNDLE (requests only lets the
+        # environment win when verify is True or None): ca_bundle, else the system store's
+        # path, the listener's one trust rule (listener._tls).
+        return {
             "connection_timeout": self.timeout,
             "read_timeout": self.timeout,
             "retry_total": self.retries,
+            "connection_verify": requests_verify(self.ca_bundle),
         }
-        if self.ca_bundle is not None:
-            options["connection_verify"] = str(self.ca_bundle)
-        return options
 
     def _azure_credential(self) -> TokenCredential:
         # Imported on use: the Azure SDK takes a while to import and most setups never need it.

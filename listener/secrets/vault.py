@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from listener._tls import requests_verify
 from listener.errors import SecretError
 from listener.secrets._base import CachedSecret, check_url
 
@@ -69,8 +70,9 @@ class HashicorpVaultSecret(CachedSecret):
         import hvac.exceptions  # noqa: PLC0415 - ditto
 
         # hvac passes ``verify`` on every request; a path there wins over REQUESTS_CA_BUNDLE,
-        # which would otherwise replace a session-level ``verify`` (requests' merge rules).
-        verify: str | bool = str(self.ca_bundle) if self.ca_bundle is not None else True
+        # which would otherwise replace a session-level ``verify`` (requests' merge rules). The
+        # listener's one trust rule: ca_bundle, else the system store (listener._tls).
+        verify = requests_verify(self.ca_bundle)
         client = hvac.Client(
             url=self.address, verify=verify, timeout=self.timeout, namespace=self.namespace
         )
