@@ -57,16 +57,20 @@ class App:
         self.handlers: Mapping[str, Handler] = (
             handlers if handlers is not None else build_handlers(settings.handlers)
         )
-        self.store: StateStore = store or open_store(
-            settings.state.url,
-            busy_timeout=settings.state.busy_timeout,
-            connect_timeout=settings.state.connect_timeout,
-        )
-        # Ledger entries written before store schema 3 get the key their message has now (it
-        # needs each mailbox's address); once done this is one indexed query that finds nothing.
-        self.store.adopt_legacy_keys(
-            {name: mailbox.address for name, mailbox in settings.mailboxes.items()}
-        )
+        self.store: StateStore
+        if store is not None:
+            self.store = store
+        else:
+            self.store = open_store(
+                settings.state.url,
+                busy_timeout=settings.state.busy_timeout,
+                connect_timeout=settings.state.connect_timeout,
+            )
+            # Ledger entries written before store schema 3 get the key their message has now (it
+            # needs each mailbox's address); once done, one indexed query that finds nothing.
+            self.store.adopt_legacy_keys(
+                {name: mailbox.address for name, mailbox in settings.mailboxes.items()}
+            )
         self._observe = observe
         self.sources: dict[str, EwsMailSource] = {}
         self.pollers: dict[str, Poller] = {}
