@@ -311,17 +311,21 @@ def test_the_lines_that_broke_are_extracted() -> None:
 # --- checking them -----------------------------------------------------------------------------
 
 
-def _fill(line: CommandLine) -> list[str]:
-    """Usage notation to arguments: ``[--seed N]`` → ``--seed 1``."""
-    argv = []
+def _fill(line: CommandLine) -> list[list[str]]:
+    """Usage notation to arguments, one list per alternative.
+
+    ``[--seed N]`` → ``--seed 1``; ``[--handler directory|bytes]`` → one argv with each choice.
+    """
+    argvs: list[list[str]] = [[]]
     for shown in line.argv:
         token = shown.strip("[]")
         if re.fullmatch(r"[A-Z][A-Z_]*", token):
             assert token in PLACEHOLDERS, f"{line}: placeholder {token}: add it to PLACEHOLDERS"
             token = PLACEHOLDERS[token]
-        if token:
-            argv.append(token)
-    return argv
+        choices = [choice for choice in token.split("|") if choice] if token else []
+        if choices:
+            argvs = [[*argv, choice] for argv in argvs for choice in choices]
+    return argvs
 
 
 def _command_words(line: CommandLine) -> list[list[str]]:
@@ -344,7 +348,7 @@ def test_ews_listener_line_parses(
     line: CommandLine, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An ``ews-listener`` line parses (emulator arguments too), and its ``--help`` exits 0."""
-    argv = _fill(line)
+    [argv] = _fill(line)  # a command line to copy, not usage notation
     try:
         args = parse(argv)
     except SystemExit as exc:
@@ -376,7 +380,7 @@ def test_ews_listener_span_names_commands(
 @pytest.mark.parametrize("line", [x for x in LINES if x.program == MAKE], ids=_ids)
 def test_make_target_exists(line: CommandLine) -> None:
     """``make TARGET`` names a target of the Makefile (``make -n`` exits 0)."""
-    words = _fill(line) if line.full else _command_words(line)[0]
+    words = _fill(line)[0] if line.full else _command_words(line)[0]
     targets = [word for word in words if not word.startswith("-")]
     assert targets, f"{line}: no target"
     done = subprocess.run(
@@ -414,17 +418,17 @@ raise SystemExit("the script ended without parsing a command line")
 @pytest.mark.parametrize("line", [x for x in LINES if x.program == BENCHMARK], ids=_ids)
 def test_benchmark_line_parses(line: CommandLine) -> None:
     """``python benchmarks/X.py FLAGS`` is accepted by that script's own parser."""
-    argv = _fill(line) if line.full else [line.argv[0]]
-    assert (REPO / argv[0]).is_file(), f"{line}: no such script"
-    done = subprocess.run(
-        [sys.executable, "-c", _PARSE_ONLY, *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, f"{line}: {done.stderr[-2000:]}"
+    for argv in _fill(line) if line.full else [[line.argv[0]]]:
+        assert (REPO / argv[0]).is_file(), f"{line}: no such script"
+        done = subprocess.run(
+            [sys.executable, "-c", _PARSE_ONLY, *argv],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, f"{shlex.join(argv)} ({line.where}): {done.stderr[-2000:]}"
 
 
 # --- the line that broke, run for real ---------------------------------------------------------
