@@ -67,9 +67,13 @@ _IMPORTANCE: dict[str, Importance] = {"Low": "low", "Normal": "normal", "High": 
 
 
 def _address(mailbox: Any) -> Address | None:
-    if mailbox is None or not getattr(mailbox, "email_address", None):
+    # ``MAILER DAEMON <>`` or ``From: foo`` reach us as a name without an address; keep the name
+    # (email "") rather than report no sender at all (issue 11, point 19).
+    email = getattr(mailbox, "email_address", None) if mailbox is not None else None
+    name = getattr(mailbox, "name", None) if mailbox is not None else None
+    if not email and not name:
         return None
-    return Address(email=mailbox.email_address, name=mailbox.name or None)
+    return Address(email=email or "", name=name or None)
 
 
 def _addresses(mailboxes: Any) -> tuple[Address, ...]:

@@ -3,6 +3,21 @@
 Any .eml can be delivered: headers, the text and HTML bodies, file attachments, inline parts with a
 ``Content-ID`` (inside ``multipart/related``) and attached messages (``message/rfc822`` become item
 attachments, parsed recursively).
+
+Nothing in the message is dropped (issue 11, point 19); where Exchange's behaviour is known it is
+followed, elsewhere the information is kept:
+
+- A part with a file name (``Content-Type: …; name=`` or ``Content-Disposition: …; filename=``) is
+  an attachment even without ``Content-Disposition: attachment``, text parts included, as in
+  Exchange (only a single-part message's own content stays its body).
+- A text part outside ``multipart/alternative`` that is not the body (a mailing list's footer after
+  an attachment, a second text part) becomes an attachment named ``ATT00001.txt``/``.htm``, the
+  names Exchange gives them. Other renderings inside ``multipart/alternative`` are not content.
+- A sender without an ``@`` (``From: foo``, ``MAILER DAEMON <>``) is kept as a mailbox with a
+  name and no address (rendered without ``t:EmailAddress``), not dropped. Recipient lists still
+  keep only real addresses.
+- Folded headers are unfolded as RFC 5322 §2.2.3 says (the CRLF goes, the tab or space after it
+  stays): ``Subject: a<CRLF><TAB>b`` is ``a<TAB>b``.
 """
 
 from __future__ import annotations
@@ -10,6 +25,7 @@ from __future__ import annotations
 import email.utils
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
 from email.errors import HeaderParseError
@@ -30,8 +46,10 @@ _IMPORTANCE = {"high": "High", "low": "Low", "normal": "Normal", "1": "High", "5
 
 def _decoded(value: object) -> str:
     text = str(value)
+    if "\n" in text or "\r" in text:
+        text = _LINE_BREAK.sub("", text)  # unfold: only the line break goes
     if "=?" not in text:
-        return " ".join(text.split()) if "\n" in text else text
+        return text
     try:
         return str(make_header(decode_header(text)))
     except _UNDECODABLE:
@@ -39,6 +57,7 @@ def _decoded(value: object) -> str:
         return _ENCODED_WORD.sub(_decoded_word, text)
 
 
+_LINE_BREAK = re.compile(r"\r?\n|\r")
 _UNDECODABLE = (LookupError, ValueError, UnicodeDecodeError, HeaderParseError)
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 
@@ -50,12 +69,32 @@ def _decoded_word(match: re.Match[str]) -> str:
         return match.group(0)
 
 
-def _addresses(message: Message, name: str) -> list[Address]:
+def _addresses(message: Message, name: str, *, keep_names: bool = False) -> list[Address]:
+    """The addresses of header ``name``; ``keep_names``: also those without an ``@``.
+
+    ``keep_names`` is for the originator headers (From, Sender), where ``MAILER DAEMON <>`` or
+    ``From: foo`` is the only sender there is. Recipient lists keep only real addresses: there
+    getaddresses turns junk (``not an address, @@@``) into fragments, not names.
+    """
     values = message.get_all(name)
     if not values:
         return []
-    pairs = email.utils.getaddresses([_decoded(v) for v in values])
-    return [Address(email=addr, name=display or "") for display, addr in pairs if "@" in addr]
+    found: list[Address] = []
+    for value in (_decoded(v) for v in values):
+        if keep_names and not _ADDRESS_SYNTAX.search(value):
+            # A bare phrase (``From: Mail Delivery System``): getaddresses keeps its first word.
+            if value.strip():
+                found.append(Address(email="", name=value.strip()))
+            continue
+        for display, addr in email.utils.getaddresses([value]):
+            if "@" in addr:
+                found.append(Address(email=addr, name=display or ""))
+            elif keep_names and (display or addr):  # ``MAILER DAEMON <>``: a name, no address
+                found.append(Address(email="", name=display or addr))
+    return found
+
+
+_ADDRESS_SYNTAX = re.compile(r"[@<>,;:\"]")
 
 
 def _date(message: Message) -> datetime | None:
@@ -89,17 +128,27 @@ def _text(part: Message) -> str:
         return data.decode("utf-8", "replace")
 
 
-def _find_bodies(part: Message, found: dict[str, Message]) -> None:
-    """The first inline text/plain and text/html parts, not descending into attached messages."""
+def _find_bodies(part: Message, found: dict[str, Message], *, top: bool = True) -> None:
+    """The body: the first inline text/plain and text/html parts of the first part that has one.
+
+    Both renderings come from one ``multipart/alternative``; outside one, the first text part
+    found is the body and later ones are not (``_collect`` makes them ATT00001.txt…). A named part
+    inside a multipart is an attachment, not a body candidate. Attached messages are not entered.
+    """
     content_type = part.get_content_type()
-    if content_type == "message/rfc822":
-        return
+    if part.get_content_maintype() == "message":
+        return  # an attached message, or a report's machine part (parsed as header blocks)
     if part.is_multipart():
+        alternative = content_type == "multipart/alternative"
         for child in part.get_payload():
             assert isinstance(child, Message)
-            _find_bodies(child, found)
+            _find_bodies(child, found, top=False)
+            if found and not alternative:
+                return
         return
     if part.get_content_disposition() == "attachment":
+        return
+    if not top and part.get_filename() is not None:
         return
     if content_type == "text/html":
         found.setdefault("html", part)
@@ -143,27 +192,44 @@ def parse_mime(
         delivery_receipt_requested=message.get("Return-Receipt-To") is not None,
     )
     item.conversation_topic = item.subject
-    senders = _addresses(message, "From")
+    senders = _addresses(message, "From", keep_names=True)
     item.from_ = senders[0] if senders else None
-    explicit_sender = _addresses(message, "Sender")
+    explicit_sender = _addresses(message, "Sender", keep_names=True)
     item.sender = explicit_sender[0] if explicit_sender else item.from_
     item.to = _addresses(message, "To")
     item.cc = _addresses(message, "Cc")
     item.bcc = _addresses(message, "Bcc")
     item.reply_to = _addresses(message, "Reply-To")
-    _collect(message, {id(p) for p in bodies.values()}, item, attachment_id, in_related=False)
+    _collect(message, _Walk({id(p) for p in bodies.values()}, item, attachment_id))
     return item
 
 
+@dataclass
+class _Walk:
+    """What ``_collect`` carries through the MIME tree of one message."""
+
+    bodies: set[int]
+    item: Item
+    attachment_id: Callable[[], str]
+    unnamed_texts: int = 0  # ATT00001.txt, ATT00002.htm, … as Exchange numbers them
+
+
+_REPORT_PARTS = frozenset(
+    {
+        "message/delivery-status",
+        "message/disposition-notification",
+        "message/global-delivery-status",
+        "message/global-disposition-notification",
+    }
+)
+_TEXT_SUFFIX = {"text/plain": "txt", "text/html": "htm"}
+
+
 def _collect(
-    part: Message,
-    bodies: set[int],
-    item: Item,
-    attachment_id: Callable[[], str],
-    *,
-    in_related: bool,
+    part: Message, walk: _Walk, *, in_related: bool = False, in_alternative: bool = False
 ) -> None:
-    if id(part) in bodies:
+    item, attachment_id = walk.item, walk.attachment_id
+    if id(part) in walk.bodies:
         return
     content_type = part.get_content_type()
     if content_type == "message/rfc822":
@@ -188,22 +254,33 @@ def _collect(
             )
         )
         return
+    if content_type in _REPORT_PARTS:
+        # The machine-readable part of an NDR or read receipt: Exchange keeps it in the report's
+        # properties, not as an attachment; it stays in the MimeContent.
+        return
     if part.is_multipart():
         related = in_related or content_type == "multipart/related"
+        alternative = content_type == "multipart/alternative"
         for child in part.get_payload():
             assert isinstance(child, Message)
-            _collect(child, bodies, item, attachment_id, in_related=related)
+            _collect(child, walk, in_related=related, in_alternative=alternative)
         return
     disposition = part.get_content_disposition()
-    if disposition is None and content_type.startswith("text/"):
-        # A further text part without a disposition belongs to the body Exchange shows.
-        return
-    payload = part.get_payload(decode=True)
+    filename = part.get_filename()
     content_id = str(part.get("Content-ID") or "").strip().strip("<>") or None
+    name = _decoded(filename or "") or content_id or "attachment"
+    if disposition is None and filename is None and content_type.startswith("text/"):
+        if in_alternative:
+            return  # another rendering of the body (text/enriched, a second text/plain)
+        # A text part that is not the body: Exchange makes it an attachment ATT00001.txt.
+        walk.unnamed_texts += 1
+        suffix = _TEXT_SUFFIX.get(content_type, content_type.partition("/")[2] or "txt")
+        name = f"ATT{walk.unnamed_texts:05d}.{suffix}"
+    payload = part.get_payload(decode=True)
     item.attachments.append(
         Attachment(
             attachment_id=attachment_id(),
-            name=_decoded(part.get_filename() or "") or content_id or "attachment",
+            name=name,
             content_type=content_type,
             content=payload if isinstance(payload, bytes) else b"",
             content_id=content_id,

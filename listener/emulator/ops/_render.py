@@ -101,8 +101,9 @@ def _mailbox(parent: etree._Element, tag: str, address: Address) -> None:
     mailbox = sub(parent, t(tag))
     if address.name:
         sub(mailbox, t("Name"), address.name)
-    sub(mailbox, t("EmailAddress"), address.email)
-    sub(mailbox, t("RoutingType"), "SMTP")
+    if address.email:  # ``MAILER DAEMON <>`` has a name and no address (mailstore/mime.py)
+        sub(mailbox, t("EmailAddress"), address.email)
+        sub(mailbox, t("RoutingType"), "SMTP")
     sub(mailbox, t("MailboxType"), "OneOff")
 
 
