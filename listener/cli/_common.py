@@ -31,10 +31,10 @@ __all__ = [
     "Commands",
     "Parser",
     "config_path",
+    "configured_settings",
     "echo",
     "global_options",
     "load_config",
-    "settings",
     "startup_errors",
     "usage",
 ]
@@ -96,16 +96,16 @@ def load_config(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
     return load_settings(config_path(args, env), env=os.environ if env is None else env)
 
 
-def settings(args: argparse.Namespace) -> Settings:
-    """Load the configuration and apply its logging section (command-line flags win)."""
+def configured_settings(args: argparse.Namespace) -> Settings:
+    """:func:`load_config`, then apply its logging section (command-line flags win)."""
     from listener.observability import configure_logging  # noqa: PLC0415 - heavy
 
-    loaded = load_config(args)
+    settings = load_config(args)
     configure_logging(
-        fmt=args.log_format or loaded.service.log_format,
-        level=args.log_level or loaded.service.log_level,
+        fmt=args.log_format or settings.service.log_format,
+        level=args.log_level or settings.service.log_level,
     )
-    return loaded
+    return settings
 
 
 def startup_errors(command: Command) -> Command:

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from datetime import UTC
 from typing import Any
 
-from listener.cli._common import Commands, echo, settings, startup_errors, usage
+from listener.cli._common import Commands, configured_settings, echo, startup_errors, usage
 from listener.errors import EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE
 
 __all__ = [
@@ -27,7 +27,7 @@ def _state(args: argparse.Namespace) -> Iterator[Any]:
     """The configured state store, for the dead-letter commands; closed afterwards."""
     from listener.store import open_store  # noqa: PLC0415
 
-    store = open_store(settings(args).state.url)
+    store = open_store(configured_settings(args).state.url)
     try:
         yield store
     finally:
@@ -80,7 +80,7 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
     if not args.all and not args.ids:
         echo("error: name dead-letter ids or pass --all", err=True)
         return EXIT_USAGE
-    app = App(settings(args))
+    app = App(configured_settings(args))
     ok = True
     try:
         letters = _selected(args, app.store)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from listener.cli._common import Commands, echo, settings, startup_errors, usage
+from listener.cli._common import Commands, configured_settings, echo, startup_errors, usage
 from listener.errors import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE
 
 __all__ = ["check_mailbox", "cmd_mailbox_test", "register"]
@@ -13,10 +13,10 @@ __all__ = ["check_mailbox", "cmd_mailbox_test", "register"]
 
 @startup_errors
 def cmd_mailbox_test(args: argparse.Namespace) -> int:
-    return check_mailbox(settings(args), args.address)
+    return check_mailbox(configured_settings(args), args.address)
 
 
-def check_mailbox(config: Any, wanted: str, *, credential: str | None = None) -> int:
+def check_mailbox(settings: Any, wanted: str, *, credential: str | None = None) -> int:
     """Token, impersonation, folder and item count of the mailbox called or addressed ``wanted``.
 
     Also ``credentials validate NAME --mailbox ADDRESS`` (then only mailboxes of ``credential``).
@@ -26,7 +26,7 @@ def check_mailbox(config: Any, wanted: str, *, credential: str | None = None) ->
     wanted = wanted.lower()
     names = [
         n
-        for n, m in config.mailboxes.items()
+        for n, m in settings.mailboxes.items()
         if (n.lower() == wanted or m.address.lower() == wanted)
         and (credential is None or m.credential == credential)
     ]
@@ -34,11 +34,11 @@ def check_mailbox(config: Any, wanted: str, *, credential: str | None = None) ->
         which = f" using credential {credential!r}" if credential else ""
         echo(f"error: no mailbox {wanted!r}{which} in the configuration", err=True)
         return EXIT_USAGE
-    app = App(config, store=_NullStore(), handlers={})  # type: ignore[arg-type]
+    app = App(settings, store=_NullStore(), handlers={})  # type: ignore[arg-type]
     ok = True
     try:
         for name in names:
-            mailbox = config.mailboxes[name]
+            mailbox = settings.mailboxes[name]
             echo(f"{name} ({mailbox.address}, credential {mailbox.credential}):")
             ok = _mailbox_steps(app, name, mailbox) and ok
     finally:

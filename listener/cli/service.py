@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from listener.cli._common import Commands, echo, settings, startup_errors
+from listener.cli._common import Commands, configured_settings, echo, startup_errors
 from listener.errors import EXIT_CONFIG, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE
 
 __all__ = ["cmd_health", "cmd_once", "cmd_run", "register"]
@@ -15,16 +15,17 @@ __all__ = ["cmd_health", "cmd_once", "cmd_run", "register"]
 def cmd_run(args: argparse.Namespace) -> int:
     from listener.daemon import run_daemon  # noqa: PLC0415 - imports exchangelib
 
-    return run_daemon(settings(args), http_port=args.metrics_port, fail_fast=args.fail_fast)
+    settings = configured_settings(args)
+    return run_daemon(settings, http_port=args.metrics_port, fail_fast=args.fail_fast)
 
 
 @startup_errors
 def cmd_once(args: argparse.Namespace) -> int:
     from listener.daemon import run_once, summary  # noqa: PLC0415
 
-    config = settings(args)
+    settings = configured_settings(args)
     try:
-        results = run_once(config, mailboxes=args.mailbox or None)
+        results = run_once(settings, mailboxes=args.mailbox or None)
     except KeyError as e:
         echo(f"error: {e.args[0]}", err=True)
         return EXIT_USAGE
@@ -48,8 +49,8 @@ def cmd_health(args: argparse.Namespace) -> int:
     if url is None:
         host, port = "127.0.0.1", args.port
         if port is None:
-            config = settings(args)
-            host, port = config.service.http_host, config.service.http_port
+            settings = configured_settings(args)
+            host, port = settings.service.http_host, settings.service.http_port
         if port is None:
             echo("error: no health endpoint: pass --url or set service.http_port", err=True)
             return EXIT_CONFIG
