@@ -337,13 +337,16 @@ def _sha256(mailbox: str, basis: str) -> str:
 
 
 def message_fingerprint(message: Message) -> str:
-    """Who sent ``message`` and when: what no mail client lets a person edit, in either protocol.
+    """Who sent ``message``, when, and its subject: the same in EWS and Graph, kept by a move.
 
     Stored beside each ledger entry; a message whose key is in the ledger under another
-    fingerprint is a different message that reuses a Message-ID (broken mailers do), and the
-    poller gives it a key of its own (:func:`disambiguated_key`) instead of skipping it.
+    fingerprint is a different message that reuses a Message-ID (broken mailers do, even with
+    the same sender and Date), and the poller gives it a key of its own
+    (:func:`disambiguated_key`) instead of skipping it. When in doubt this errs towards handing a
+    message over again (a person who edits a subject, then moves the item), never towards
+    skipping one.
     """
-    raw = f"{_to_second(message.sent_at)}\x1f{_sender_email(message)}"
+    raw = "\x1f".join((_to_second(message.sent_at), _sender_email(message), message.subject))
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 

@@ -252,10 +252,14 @@ def test_bad_headers(corpus_run: CorpusRun) -> None:
 
 
 def test_missing_message_id(corpus_run: CorpusRun) -> None:
-    """Without a Message-ID the key still identifies the item: mailbox + item id."""
+    """Without a Message-ID the key is built from what a move keeps, not from the item id."""
     message = corpus_run.message("missing_message_id")
     assert message.internet_message_id is None
-    assert message.idempotency_key == idempotency_key(MAILBOX, message.item_id, None)
+    assert message.idempotency_key == idempotency_key(message)
+    moved = Message.model_validate(
+        {**message.to_dict(), "item_id": "AAMk-moved", "folder": "Archive", "idempotency_key": ""}
+    )
+    assert moved.idempotency_key == message.idempotency_key
 
 
 def test_duplicate_message_id_both_handed_over(corpus_run: CorpusRun) -> None:
