@@ -11,6 +11,7 @@ from listener.cli import main
 from listener.emulator.ca import EmulatorCA
 from listener.emulator.token_server import TokenServer
 from listener.errors import EXIT_CONFIG, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE
+from tests import REPO
 from tests.auth.conftest import CLIENT_ID, KEY_PASSWORD, SCOPE, SECRET, TENANT
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "example.toml"
@@ -225,3 +226,24 @@ def test_validate_unreachable(
     code = main(["credentials", "validate", "sales", "--attempts", "1", "--config", str(path)])
     assert code == EXIT_UNEXPECTED
     assert "cannot reach" in capsys.readouterr().out
+
+
+def test_cli_modules_import_in_one_direction() -> None:
+    """The CLI package imports one way: _main → command modules → _common, never back."""
+    import ast
+
+    package = REPO / "listener" / "cli"
+    commands = {p.stem for p in package.glob("*.py")} - {"__init__", "_main", "_common"}
+    assert {"service", "dead_letters", "demo"} <= commands
+    for path in package.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("listener.cli"):
+                tail = (node.module or "").removeprefix("listener.cli").lstrip(".")
+                imported |= {tail} if tail else {a.name for a in node.names}
+        if path.stem == "_common":
+            assert not imported, f"_common imports {imported}"
+        elif path.stem in commands:
+            # One lazy, documented exception: credentials validate --mailbox reuses mailbox test.
+            allowed = {"_common"} | ({"mailbox"} if path.stem == "credentials" else set())
+            assert imported <= allowed, f"{path.name} imports {imported - allowed}"

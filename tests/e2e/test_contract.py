@@ -7,6 +7,7 @@ store written by the previous release. Nothing is mocked.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
@@ -14,7 +15,9 @@ import sqlite3
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 
@@ -211,3 +214,56 @@ def test_upgrade_from_a_schema_2_store_hands_nothing_over_again(world: World) ->
     report = json.loads(after.stdout)["mailboxes"]
     assert report["archive"]["already_done"] == 1
     assert report["orders"]["already_done"] == 2
+
+
+class _Busy(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver that always answers 429 with an absurd Retry-After."""
+
+    def do_POST(self) -> None:
+        event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        huge = "99999999999999999999" if "[huge]" in event["subject"] else None
+        self.send_response(429)
+        self.send_header("Retry-After", huge or "Fri, 31 Dec 9999 23:59:59 GMT")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def test_retry_after_from_a_webhook_is_clamped_to_backoff_max(world: World) -> None:
+    """A 429 with Retry-After 10^20 s or a date in 9999: parked for backoff_max, polls go on."""
+    world.ews.add_mailbox(BOX)
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        config = world.config(
+            {
+                "orders": {
+                    "address": BOX,
+                    "credential": "sales",
+                    "routes": [{"handlers": ["hook"]}],
+                    "on_failure": {"backoff": 1, "backoff_max": 60, "max_attempts": 3},
+                }
+            },
+            extra=(
+                '\n[handlers.hook]\ntype = "webhook"\n'
+                f'url = "http://127.0.0.1:{receiver.server_port}/hook"\n'
+            ),
+        )
+        assert world.cli("once", "--config", str(config)).returncode == 0
+        world.deliver(BOX, "[huge] order")
+        world.deliver(BOX, "[date] order")
+        started = time.time()
+        result = world.cli("once", "--json", "--config", str(config))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert json.loads(result.stdout)["mailboxes"]["orders"]["failed"] == 2
+        parked = rows(world, "SELECT attempts, next_attempt_at FROM pending")
+        assert len(parked) == 2
+        for attempts, at in parked:
+            assert attempts == 1
+            due = datetime.fromisoformat(str(at)).replace(tzinfo=UTC).timestamp()
+            assert started < due <= time.time() + 60 * 1.1 + 1
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
