@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -62,3 +63,18 @@ def make_message(loader: FakeLoader) -> MakeMessage:
         return Message.model_validate(data).bind(loader)
 
     return make
+
+
+def ends_within(pid: int, seconds: float) -> bool:
+    """Whether process ``pid`` ends within ``seconds`` (a zombie waiting for a reaper counts as
+    ended). The kernel delivers SIGKILL asynchronously: poll, don't sleep blind."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.01)
+    return False

@@ -12,7 +12,7 @@ import pytest
 
 from listener.errors import PermanentError, TransientError
 from listener.handlers import CommandHandler, HandlerPermanentError, HandlerTransientError
-from tests.handlers.conftest import FakeLoader, MakeMessage
+from tests.handlers.conftest import FakeLoader, MakeMessage, ends_within
 
 PY = sys.executable
 
@@ -32,15 +32,6 @@ record = {
 }
 open(out, "w").write(json.dumps(record))
 """
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for a reaper counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_success_gets_event_mime_file_and_key(
@@ -148,10 +139,7 @@ def test_timeout_kills_the_whole_process_group(
         handler(make_message())
     assert time.monotonic() - started < 30
     grandchild = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
-    while _alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.01)  # the kernel delivers SIGKILL asynchronously; poll, don't sleep blind
-    assert not _alive(grandchild)
+    assert ends_within(grandchild, 10)
 
 
 def test_argv_must_not_be_empty() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from textwrap import dedent
 
@@ -14,19 +13,10 @@ import pytest
 from listener.config import ConfigError, load_settings
 from listener.handlers import CommandHandler, build_handler
 from listener.observability.redaction import forget_secrets, redact
-from tests.handlers.conftest import MakeMessage
+from tests.handlers.conftest import MakeMessage, ends_within
 
 PY = sys.executable
 DUMP_ENV = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for a reaper counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _config(tmp_path: Path, inherit: str, *, extra: str = "") -> Path:
@@ -152,10 +142,7 @@ def test_background_children_end_with_the_run(tmp_path: Path, make_message: Make
     )
     handler(make_message())
     background = int(pid_file.read_text())
-    deadline = time.monotonic() + 5
-    while _alive(background) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not _alive(background)
+    assert ends_within(background, 5)
 
 
 def test_background_children_ignoring_sigterm_are_killed(
@@ -170,7 +157,4 @@ def test_background_children_ignoring_sigterm_are_killed(
     with pytest.raises(Exception, match="exited with 3"):
         handler(make_message())
     background = int(pid_file.read_text())
-    deadline = time.monotonic() + 5
-    while _alive(background) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not _alive(background)
+    assert ends_within(background, 5)
