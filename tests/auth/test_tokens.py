@@ -268,7 +268,7 @@ def test_invalid_client_rereads_rotated_secret(
 
 def test_invalid_client_without_rotation_fails_once(tokens: TokenServer, ca: EmulatorCA) -> None:
     """When the re-read secret is unchanged there is no pointless second request."""
-    p = provider(credential(tokens, ca, secret="wrong"))
+    p = provider(credential(tokens, ca, secret="not-the-registered-secret"))
     with pytest.raises(TokenError):
         p.get_token()
     assert tokens.request_count(CLIENT_ID) == 1
