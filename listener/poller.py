@@ -38,12 +38,8 @@ from listener.abc import (
     StateStore,
 )
 from listener.errors import PermanentError, SourceError
-from listener.model import (
-    Message,
-    disambiguated_key,
-    legacy_idempotency_key,
-    message_fingerprint,
-)
+from listener.identity import identify
+from listener.model import Message, message_fingerprint
 from listener.polling import FailurePolicy, PollerSettings, PollResult
 
 __all__ = ["FailurePolicy", "PollResult", "Poller", "PollerSettings"]
@@ -274,7 +270,7 @@ class Poller:
         page = _Page()
         self._unsaved = page
         retrying = retrying or {}
-        fetched, done = self._identify(fetched)
+        fetched, done = identify(fetched, self.store)
         keys = [m.idempotency_key for m in fetched if isinstance(m, Message)]
         # A page synced again after a crash in its middle brings back what an earlier batch of
         # it dead-lettered; leave those to `dead-letters replay` (found by the chaos run).
@@ -291,66 +287,6 @@ class Poller:
                 continue
             self._deliver(item, done, page, result, retrying.get(item.item_id))
         return page
-
-    def _identify(
-        self, fetched: Sequence[Message | FetchFailure]
-    ) -> tuple[list[Message | FetchFailure], dict[tuple[str, str], str]]:
-        """The fetched items with the key each is handed over under, and what the ledger has.
-
-        The key is the message's (``listener.model.idempotency_key``). Two exceptions:
-
-        * a message whose key the ledger holds under another fingerprint (or that shares its key
-          with a different message earlier in this batch) reuses a Message-ID: it gets a key of
-          its own, so it is handed over rather than taken for the other one;
-        * a message without a Message-ID may have been handed over before store schema 3 under
-          the key of that time (mailbox + item id): that entry counts as its own.
-
-        Returns the items and the ledger's (key, handler) pairs → fingerprint for them.
-        """
-        messages = [m for m in fetched if isinstance(m, Message)]
-        if not messages:
-            return list(fetched), {}
-        legacy = {
-            legacy_idempotency_key(m.mailbox, m.item_id, None): m.idempotency_key
-            for m in messages
-            if not m.internet_message_id
-        }
-        found = self.store.handed_over([*(m.idempotency_key for m in messages), *legacy])
-        known: dict[str, str | None] = {}  # key → fingerprint it was handed over with
-        done: dict[tuple[str, str], str] = {}
-        for (found_key, handler), print_ in found.items():
-            key = legacy.get(found_key, found_key)
-            done[(key, handler)] = print_ or ""
-            if print_ and known.get(key) is None:
-                known[key] = print_
-        out: list[Message | FetchFailure] = []
-        seen: dict[str, str] = {}  # key → fingerprint of the message this batch gave it to
-        rekeyed: list[str] = []
-        for item in fetched:
-            if not isinstance(item, Message):
-                out.append(item)
-                continue
-            key, print_ = item.idempotency_key, message_fingerprint(item)
-            owner = known.get(key) or seen.get(key)
-            if owner is not None and owner != print_:
-                new = disambiguated_key(key, print_)
-                log.warning(
-                    "message.shared_message_id",
-                    internet_message_id=item.internet_message_id,
-                    key=new,
-                    action="a different message already has this Message-ID: own key",
-                )
-                rekeyed.append(new)
-                key = new
-            seen.setdefault(key, print_)
-            out.append(
-                item
-                if key == item.idempotency_key
-                else item.model_copy(update={"idempotency_key": key})
-            )
-        if rekeyed:
-            done.update({k: p or "" for k, p in self.store.handed_over(rekeyed).items()})
-        return out, done
 
     def _deliver(
         self,
