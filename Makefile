@@ -1,5 +1,7 @@
 # Two commands matter: `make demo` and `make test`. Both build .venv with the system python3
-# and install `.[dev]` whenever pyproject.toml is newer than the last install.
+# and install `.[dev]` and the emulators whenever a pyproject.toml is newer than the last
+# install. The emulators (EWS, token server) are test and demo infrastructure, a distribution of
+# their own in emulators/ that a production install of ews-listener leaves out (issue 12).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,16 +9,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint fmt check pytest clean bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml emulators/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./emulators
 	@touch $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy listener
+	$(BIN)/mypy listener emulators/ews_listener_emulators
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -90,9 +90,9 @@ class EmulatorStats:
 def _serve(conn: Connection, directory: str, token_lifetime: float, schema_dir: str | None) -> None:
     """The child: start both servers, answer commands until ``stop``."""
     # Imported here so the parent never loads the emulator (nor lxml's schema machinery).
-    from listener.emulator.ca import EmulatorCA
-    from listener.emulator.server import EwsEmulator
-    from listener.emulator.token_server import TokenServer
+    from ews_listener_emulators.ca import EmulatorCA
+    from ews_listener_emulators.server import EwsEmulator
+    from ews_listener_emulators.token_server import TokenServer
 
     ca = EmulatorCA(Path(directory) / "ca")
     tokens = TokenServer(ca=ca, token_lifetime=token_lifetime)

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a script: tests.chaos lives beside the package
 
-from listener.emulator.feed import SampleFactory  # noqa: E402 - after the path fix above
+from ews_listener_emulators.feed import SampleFactory  # noqa: E402 - after the path fix above
 from tests.chaos.checks import Delivered, drained, verify  # noqa: E402
 from tests.chaos.handler import POISON  # noqa: E402
 from tests.chaos.world import APPS, ChaosWorld  # noqa: E402

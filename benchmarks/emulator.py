@@ -1,6 +1,6 @@
 """How fast is the EWS emulator? Requests/s for small GetItem and for SyncFolderItems.
 
-The emulator runs as a subprocess (``python -m listener.emulator``), so the clients here do not
+The emulator runs as a subprocess (``python -m ews_listener_emulators``), so the clients here do not
 share its GIL: the figure is the server's, on this machine, not the client's thread scheduling.
 (In-process, client and server would compete for one interpreter and roughly halve it.)
 
@@ -69,7 +69,7 @@ SYNC_BODY = (
 
 
 class Emulator:
-    """``python -m listener.emulator`` in a subprocess, with ITEMS messages in one inbox."""
+    """``python -m ews_listener_emulators`` in a subprocess, with ITEMS messages in one inbox."""
 
     def __init__(self, state: Path) -> None:
         self.state = state
@@ -77,7 +77,7 @@ class Emulator:
             [
                 sys.executable,
                 "-m",
-                "listener.emulator",
+                "ews_listener_emulators",
                 "--state-dir",
                 str(state),
                 "--mailbox",
@@ -91,7 +91,7 @@ class Emulator:
         # The standing per-mailbox limit is Exchange's 27; the benchmark measures throughput.
         admin = self.info["admin_url"]
         httpx.put(f"{admin}/faults/connection-limit", json={"limit": None}).raise_for_status()
-        from listener.emulator.feed import SampleFactory
+        from ews_listener_emulators.feed import SampleFactory
 
         factory = SampleFactory(1)
         with httpx.Client() as client:

@@ -1,7 +1,13 @@
-"""``ews-listener emulator`` and ``ews-listener demo``: the bundled EWS emulator, alone or watched.
+"""``ews-listener emulator`` and ``ews-listener demo``: the EWS emulator, alone or watched.
 
 ``demo`` (``make demo``) runs the emulator with two demo mailboxes and a feed of realistic mail,
 and the real daemon watching them with ``config/demo.toml``.
+
+The emulators are a distribution of their own, ``ews-listener-emulators`` (``emulators/`` in the
+repository): test and demo infrastructure that a production install leaves out (issue 12).
+These two commands import them only when run, and without them say what to install and exit
+69, ``EX_UNAVAILABLE`` ("a support program does not exist"), not 64: the command line is right,
+the program it needs is missing. Guarded by ``tests/cli/test_emulators_missing.py``.
 
 The emulator runs in its own process group so Ctrl-C stops both cleanly and leaves nothing
 behind: the daemon shuts down in order, then the emulator gets SIGTERM (SIGKILL after 10 s).
@@ -10,6 +16,7 @@ behind: the daemon shuts down in order, then the emulator gets SIGTERM (SIGKILL 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -23,11 +30,30 @@ from listener.errors import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
 __all__ = ["cmd_emulator", "register", "run_demo"]
 
+EMULATORS = "ews_listener_emulators"
+_NOT_INSTALLED = (
+    "{command}: the emulators are not installed (test and demo infrastructure, left out of a "
+    "production install). Install them: pip install ews-listener-emulators (from a checkout "
+    "of ews-listener: pip install -e ./emulators, which `make demo` and `make test` do)."
+)
+
 DEMO_STATE = Path("var/emulator")
 # config/demo.toml points at these; change both together.
 EWS_PORT = 18443
 TOKEN_PORT = 18444
 ADMIN_PORT = 18445
+
+
+def _emulators_missing(command: str) -> bool:
+    """Whether the emulators' package cannot be imported; if so, say what to install."""
+    try:
+        importlib.import_module(EMULATORS)  # its __init__ only: a docstring, nothing starts
+    except ModuleNotFoundError as exc:
+        if exc.name != EMULATORS:
+            raise  # one of its own imports is broken: show that, not "install it"
+        echo(_NOT_INSTALLED.format(command=command), err=True)
+        return True
+    return False
 
 
 def _start_emulator(state_dir: Path, feed: float) -> subprocess.Popen[bytes]:
@@ -36,7 +62,7 @@ def _start_emulator(state_dir: Path, feed: float) -> subprocess.Popen[bytes]:
         [
             sys.executable,
             "-m",
-            "listener.emulator",
+            EMULATORS,
             "--state-dir",
             str(state_dir),
             "--port",
@@ -87,6 +113,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from listener.daemon import run_daemon  # noqa: PLC0415
     from listener.observability import configure_logging  # noqa: PLC0415
 
+    if _emulators_missing("demo"):
+        return EXIT_UNAVAILABLE
     if not args.config:
         args.config = "config/demo.toml"
     DEMO_STATE.mkdir(parents=True, exist_ok=True)
@@ -116,7 +144,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     """Hand every argument after ``emulator`` to the emulator's own command line."""
-    from listener.emulator.cli import main as emulator_main  # noqa: PLC0415 - starts servers
+    if _emulators_missing("emulator"):
+        return EXIT_UNAVAILABLE
+    from ews_listener_emulators.cli import main as emulator_main  # noqa: PLC0415 - optional
 
     try:
         return int(emulator_main(args.emulator_args))
@@ -128,7 +158,7 @@ def register(commands: Commands, common: argparse.ArgumentParser) -> None:
     """Add ``emulator`` (its arguments pass through, see ``_main.parse``) and ``demo``."""
     emulator = commands.add_parser(
         "emulator",
-        help="run the bundled EWS emulator and token server (see --help of the emulator)",
+        help="run the EWS emulator and token server (ews-listener-emulators; see its --help)",
         add_help=False,
     )
     emulator.set_defaults(func=cmd_emulator, passthrough="emulator_args")

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.token_server import TokenServer
 from listener.auth import RetryPolicy, build_provider
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.token_server import TokenServer
 from tests.auth.conftest import CLIENT_ID, credential
 
 

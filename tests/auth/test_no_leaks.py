@@ -13,11 +13,11 @@ import pytest
 import structlog
 from pydantic import TypeAdapter
 
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.token_server import TokenServer
 from listener.auth import RetryPolicy, build_provider
 from listener.cli import main
 from listener.config import ConfigError, CredentialConfig, load_settings
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.token_server import TokenServer
 from listener.secrets import SecretSpec
 from tests.auth.conftest import CLIENT_ID, KEY_PASSWORD, SCOPE, TENANT, credential
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import certifi
 import pytest
 
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.token_server import TokenServer
 from listener.auth import (
     CachingTokenProvider,
     MsalClient,
@@ -20,8 +22,6 @@ from listener.auth import (
     decode_claims,
     hint_for,
 )
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.token_server import TokenServer
 from listener.errors import TokenError
 from tests.auth.conftest import CLIENT_ID, KEY_PASSWORD, SECRET, TENANT, credential
 

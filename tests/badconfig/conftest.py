@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
+from ews_listener_emulators.token_server import TokenRejected
 from listener.cli import main
-from listener.emulator.token_server import TokenRejected
 from tests.e2e.conftest import REPO, World, world  # noqa: F401 - the fixture is re-exported
 
 # An inline secret that must never show up in any output of any case.

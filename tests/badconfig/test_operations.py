@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from listener.emulator.server import EwsEmulator
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.token_server import TokenServer
 from listener.errors import EXIT_OK, EXIT_TEMPFAIL, EXIT_UNAVAILABLE
 from tests.badconfig.conftest import (
     EitherVerifier,

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.server import EwsEmulator
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.token_server import TokenServer
 from tests import REPO
 from tests.configs import emulated_credentials, table
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.token_server import TokenServer
 from listener.cli import main
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.token_server import TokenServer
 from listener.errors import EXIT_CONFIG, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE
 from tests import REPO
 from tests.auth.conftest import CLIENT_ID, KEY_PASSWORD, SCOPE, SECRET, TENANT

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.token_server import TokenServer
 from listener.abc import DeadLetter, LedgerEntry
 from listener.config import load_settings
 from listener.daemon import run_once
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.server import EwsEmulator
-from listener.emulator.token_server import TokenServer
 from listener.model import Message
 from listener.poller import PollResult
 from listener.store import open_store

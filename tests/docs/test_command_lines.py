@@ -355,7 +355,7 @@ def test_ews_listener_line_parses(
         pytest.fail(f"{line}: refused: {capsys.readouterr().err.strip()} (exit {exc.code})")
     assert getattr(args, "func", None) is not None, f"{line}: names no command"
     if args.command == "emulator":
-        from listener.emulator.cli import build_parser as emulator_parser
+        from ews_listener_emulators.cli import build_parser as emulator_parser
 
         try:
             emulator_parser().parse_args(args.emulator_args)

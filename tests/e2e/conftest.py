@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.server import EwsEmulator
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.token_server import TokenServer
 from tests import REPO
 from tests.configs import emulated_credentials, table
 from tests.e2e import receipts

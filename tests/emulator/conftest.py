@@ -27,9 +27,9 @@ from exchangelib import (
 from exchangelib.protocol import BaseProtocol
 from exchangelib.version import EXCHANGE_2016
 
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.server import EwsEmulator
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.token_server import TokenServer
 
 TENANT = "contoso.onmicrosoft.com"
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"

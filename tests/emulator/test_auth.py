@@ -9,8 +9,8 @@ from exchangelib.errors import (
     UnauthorizedError,
 )
 
-from listener.emulator.server import EwsEmulator
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.token_server import TokenServer
 from tests.emulator.conftest import (
     ALICE,
     BOB,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from exchangelib import Message
 
-from listener.emulator.server import EwsEmulator
+from ews_listener_emulators.server import EwsEmulator
 from tests.emulator.conftest import ALICE, BOB, AccountFactory, simple_mime
 
 SECOND = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -12,10 +12,10 @@ import pytest
 from exchangelib.errors import UnauthorizedError
 from lxml import etree
 
-from listener.emulator.faults import render
-from listener.emulator.server import EwsEmulator
-from listener.emulator.soap import ENS, SOAPNS, TNS, Fault
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.faults import render
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.soap import ENS, SOAPNS, TNS, Fault
+from ews_listener_emulators.token_server import TokenServer
 from tests.emulator.conftest import (
     ALICE,
     BOB,

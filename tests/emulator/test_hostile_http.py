@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.server import EwsEmulator
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.token_server import TokenServer
 from tests.emulator.conftest import CLIENT_ID, TENANT
 
 

@@ -9,7 +9,7 @@ import pytest
 from exchangelib import Q
 from lxml import etree
 
-from listener.emulator.server import EwsEmulator
+from ews_listener_emulators.server import EwsEmulator
 from tests.emulator.conftest import ALICE, AccountFactory, SoapPost, simple_mime
 
 BASE = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)

@@ -9,7 +9,7 @@ from email.message import EmailMessage
 from exchangelib import FileAttachment, ItemAttachment, Message
 from exchangelib.items import MeetingRequest
 
-from listener.emulator.server import EwsEmulator
+from ews_listener_emulators.server import EwsEmulator
 from tests.emulator.conftest import ALICE, AccountFactory, simple_mime
 
 

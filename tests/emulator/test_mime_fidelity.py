@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from exchangelib import FileAttachment, Message
 
-from listener.emulator.server import EwsEmulator
+from ews_listener_emulators.server import EwsEmulator
 from listener.ews._convert import to_message
 from tests.emulator.conftest import ALICE, AccountFactory
 

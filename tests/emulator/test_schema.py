@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from listener.emulator.schema import SCHEMA_DIR_ENV, SchemaValidator, resolve_schema_dir
-from listener.emulator.soap import MNS, TNS, parse_envelope
+from ews_listener_emulators.schema import SCHEMA_DIR_ENV, SchemaValidator, resolve_schema_dir
+from ews_listener_emulators.soap import MNS, TNS, parse_envelope
 from tests.emulator.conftest import SCHEMA_DIR
 
 needs_schema = pytest.mark.skipif(
@@ -48,7 +48,7 @@ def test_validator_is_compiled_once_and_finds_violations() -> None:
 
 def test_envelope_parser_refuses_entities_and_oversize() -> None:
     """The request parser does not expand entities and enforces its size limit."""
-    from listener.emulator.soap import SoapError
+    from ews_listener_emulators.soap import SoapError
 
     bomb = (
         b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]>'

@@ -13,9 +13,9 @@ from exchangelib.errors import (
     ErrorServerBusy,
 )
 
-from listener.emulator.server import EwsEmulator
-from listener.emulator.soap import Fault
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.soap import Fault
+from ews_listener_emulators.token_server import TokenServer
 from tests.emulator.conftest import (
     ALICE,
     BOB,

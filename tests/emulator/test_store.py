@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from listener.emulator.store import MailStore
+from ews_listener_emulators.store import MailStore
 from tests.emulator.conftest import simple_mime
 
 ADDRESS = "carol@contoso.com"

@@ -8,7 +8,7 @@ import pytest
 from exchangelib.errors import ErrorInvalidSyncStateData
 from exchangelib.folders import Inbox
 
-from listener.emulator.server import EwsEmulator
+from ews_listener_emulators.server import EwsEmulator
 from tests.emulator.conftest import ALICE, AccountFactory, SoapPost, simple_mime
 
 

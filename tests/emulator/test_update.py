@@ -7,7 +7,7 @@ from exchangelib import Account
 from exchangelib.errors import ErrorIrresolvableConflict
 from exchangelib.items import AUTO_RESOLVE, HARD_DELETE, MOVE_TO_DELETED_ITEMS, SOFT_DELETE
 
-from listener.emulator.server import EwsEmulator
+from ews_listener_emulators.server import EwsEmulator
 from tests.emulator.conftest import ALICE, AccountFactory, SoapPost, simple_mime
 
 

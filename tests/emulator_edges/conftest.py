@@ -30,10 +30,10 @@ from exchangelib import (
 from exchangelib.protocol import BaseProtocol, FailFast, FaultTolerance, close_connections
 from exchangelib.version import EXCHANGE_2016
 
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.ops import notifications
-from listener.emulator.server import EwsEmulator
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.ops import notifications
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.token_server import TokenServer
 
 TENANT = "edges.example"
 CLIENT_ID = "22222222-aaaa-4bbb-8ccc-000000000001"

@@ -10,10 +10,10 @@ import httpx
 import pytest
 from exchangelib.protocol import FailFast
 
-from listener.emulator.admin import AdminServer
-from listener.emulator.feed import SampleFactory
-from listener.emulator.server import EwsEmulator
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.admin import AdminServer
+from ews_listener_emulators.feed import SampleFactory
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.token_server import TokenServer
 
 from .conftest import MAILBOX, AccountFactory
 

@@ -1,4 +1,4 @@
-"""``python -m listener.emulator`` as a subprocess: files, snippets that work, clean SIGTERM."""
+"""``python -m ews_listener_emulators`` in a subprocess: files, working snippets, clean SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from listener.emulator.cli import DEFAULT_CLIENT_ID, build_parser
+from ews_listener_emulators.cli import DEFAULT_CLIENT_ID, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,7 @@ def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict, Path]
         [
             sys.executable,
             "-m",
-            "listener.emulator",
+            "ews_listener_emulators",
             "--state-dir",
             str(state),
             "--seed",
@@ -91,7 +91,15 @@ def test_printed_exchangelib_snippet_reads_the_demo_mail(tmp_path: Path) -> None
     """exchangelib code pasted from the banner lists the seeded demo messages."""
     state = tmp_path / "state"
     process = subprocess.Popen(
-        [sys.executable, "-m", "listener.emulator", "--state-dir", str(state), "--seed", "demo"],
+        [
+            sys.executable,
+            "-m",
+            "ews_listener_emulators",
+            "--state-dir",
+            str(state),
+            "--seed",
+            "demo",
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -149,7 +157,7 @@ def test_run_in_process_plain_http_with_feed(tmp_path: Path) -> None:
     """--http: no CA, no ca_bundle lines; --feed keeps delivering; the stop event ends run()."""
     import io
 
-    from listener.emulator.cli import run
+    from ews_listener_emulators.cli import run
 
     options = build_parser().parse_args(
         ["--http", "--state-dir", str(tmp_path), "--feed", "100", "--mailbox", "a@x.example"]

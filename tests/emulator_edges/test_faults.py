@@ -17,10 +17,10 @@ from exchangelib.errors import (
 )
 from exchangelib.protocol import FailFast
 
-from listener.emulator.faults import KINDS, FaultEngine, render
-from listener.emulator.feed import SampleFactory
-from listener.emulator.server import EwsEmulator
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.faults import KINDS, FaultEngine, render
+from ews_listener_emulators.feed import SampleFactory
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.token_server import TokenServer
 
 from .conftest import (
     GET_INBOX,

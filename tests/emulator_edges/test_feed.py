@@ -9,7 +9,7 @@ from email.parser import BytesParser
 
 import pytest
 
-from listener.emulator.feed import (
+from ews_listener_emulators.feed import (
     DEMO_MAILBOXES,
     SHAPES,
     Feeder,
@@ -17,7 +17,7 @@ from listener.emulator.feed import (
     seed_demo,
     tiny_png,
 )
-from listener.emulator.server import EwsEmulator
+from ews_listener_emulators.server import EwsEmulator
 
 PARSER = BytesParser(policy=policy.default)
 

@@ -12,12 +12,12 @@ from exchangelib.properties import CreatedEvent, MovedEvent, NewMailEvent, Statu
 from exchangelib.protocol import FailFast
 from lxml import etree
 
-from listener.emulator.feed import SampleFactory
-from listener.emulator.ops import notifications
-from listener.emulator.schema import SchemaValidator
-from listener.emulator.server import EwsEmulator
-from listener.emulator.soap import MNS, SOAPNS
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.feed import SampleFactory
+from ews_listener_emulators.ops import notifications
+from ews_listener_emulators.schema import SchemaValidator
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.soap import MNS, SOAPNS
+from ews_listener_emulators.token_server import TokenServer
 
 from .conftest import MAILBOX, OTHER, SCHEMA_DIR, AccountFactory, soap_post
 

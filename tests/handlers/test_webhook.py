@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from listener.emulator._http import LoopbackServer, QuietHandler
-from listener.emulator.ca import EmulatorCA
+from ews_listener_emulators._http import LoopbackServer, QuietHandler
+from ews_listener_emulators.ca import EmulatorCA
 from listener.errors import PermanentError, TransientError
 from listener.handlers import (
     HandlerPermanentError,

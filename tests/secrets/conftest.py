@@ -11,8 +11,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from listener.emulator._http import LoopbackServer, QuietHandler
-from listener.emulator.ca import EmulatorCA
+from ews_listener_emulators._http import LoopbackServer, QuietHandler
+from ews_listener_emulators.ca import EmulatorCA
 
 KV_TOKEN = "kv-access-token-0123456789"
 IDENTITY_HEADER = "identity-header-value"

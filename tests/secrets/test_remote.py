@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from pydantic import TypeAdapter
 
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.token_server import TokenServer
 from listener.errors import SecretError
 from listener.secrets import AzureKeyVaultSecret, HashicorpVaultSecret, SecretSpec
 from tests.secrets.conftest import APPROLE, IDENTITY_HEADER, VAULT_TOKEN, FakeServer

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from ews_listener_emulators.ca import EmulatorCA
 from listener._tls import requests_verify
-from listener.emulator.ca import EmulatorCA
 from listener.errors import SecretError
 from tests.secrets.conftest import FakeServer
 from tests.secrets.test_remote import VALUE, identity, key_vault, vault  # noqa: F401 - fixture

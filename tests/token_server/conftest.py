@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.token_server import TokenServer
 
 TENANT = "contoso.onmicrosoft.com"
 SECRET_APP = "11111111-aaaa-4bbb-8ccc-000000000001"

@@ -12,8 +12,8 @@ import msal
 import pytest
 import requests
 
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.token_server import TokenRejected, TokenServer
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.token_server import TokenRejected, TokenServer
 from tests.token_server.conftest import CERT_APP, SECRET, SECRET_APP, TENANT, AppCert
 
 SCOPE = "https://outlook.office365.com/.default"

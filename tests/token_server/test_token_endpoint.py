@@ -12,8 +12,8 @@ import httpx
 import jwt
 import pytest
 
-from listener.emulator._jwt import ASSERTION_TYPE, certificate_thumbprints
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators._jwt import ASSERTION_TYPE, certificate_thumbprints
+from ews_listener_emulators.token_server import TokenServer
 from tests.token_server.conftest import (
     CERT_APP,
     SECRET,

@@ -18,13 +18,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from listener.emulator import ops
-from listener.emulator._ews_http import AUDIENCE, ROLE, EwsHandler, RequestRecord
-from listener.emulator._http import LoopbackServer
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.schema import SchemaValidator, resolve_schema_dir
-from listener.emulator.soap import DEFAULT_MAX_REQUEST_BYTES
-from listener.emulator.store import ItemView, Mailbox, MailStore
+from ews_listener_emulators import ops
+from ews_listener_emulators._ews_http import AUDIENCE, ROLE, EwsHandler, RequestRecord
+from ews_listener_emulators._http import LoopbackServer
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.schema import SchemaValidator, resolve_schema_dir
+from ews_listener_emulators.soap import DEFAULT_MAX_REQUEST_BYTES
+from ews_listener_emulators.store import ItemView, Mailbox, MailStore
 
 __all__ = ["AUDIENCE", "ROLE", "EwsEmulator", "RequestRecord", "TokenVerifier"]
 
@@ -185,7 +185,7 @@ class EwsEmulator:
 def _default_fault_engine() -> Any:
     """A ``faults.FaultEngine`` (no rules, the standing concurrency limit) when it is installed."""
     try:
-        module = importlib.import_module("listener.emulator.faults")
+        module = importlib.import_module("ews_listener_emulators.faults")
     except ModuleNotFoundError:
         return None
     engine_class = getattr(module, "FaultEngine", None)

@@ -4,7 +4,9 @@ How to add an operation
 -----------------------
 1. Pick (or create) the module of its family under ``ops/`` and write::
 
-       from listener.emulator.ops import OpContext, OpResult, Reply, operation, response, success
+       from ews_listener_emulators.ops import (
+           OpContext, OpResult, Reply, operation, response, success
+       )
 
        @operation("GetFoo")
        def get_foo(ctx: OpContext, request: etree._Element) -> OpResult:
@@ -39,11 +41,11 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from listener.emulator.soap import MNS, TNS, Envelope, m, sub
-from listener.emulator.store import Mailbox, MailStore
+from ews_listener_emulators.soap import MNS, TNS, Envelope, m, sub
+from ews_listener_emulators.store import Mailbox, MailStore
 
 if TYPE_CHECKING:
-    from listener.emulator.server import EwsEmulator
+    from ews_listener_emulators.server import EwsEmulator
 
 __all__ = [
     "OpContext",

@@ -15,9 +15,9 @@ from urllib.parse import unquote_plus
 
 import jwt
 
-from listener.emulator import _entra_errors as errors
-from listener.emulator._entra_errors import OAuthError
-from listener.emulator._jwt import ASSERTION_TYPE
+from ews_listener_emulators import _entra_errors as errors
+from ews_listener_emulators._entra_errors import OAuthError
+from ews_listener_emulators._jwt import ASSERTION_TYPE
 
 __all__ = [
     "AuthMethod",

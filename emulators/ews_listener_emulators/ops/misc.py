@@ -13,8 +13,8 @@ import base64
 
 from lxml import etree
 
-from listener.emulator.ops import OpContext, OpResult, Reply, operation, response, success
-from listener.emulator.soap import error_message, m, sub
+from ews_listener_emulators.ops import OpContext, OpResult, Reply, operation, response, success
+from ews_listener_emulators.soap import error_message, m, sub
 
 __all__ = ["convert_id"]
 

@@ -1,4 +1,4 @@
-"""``ews-listener emulator`` / ``python -m listener.emulator``: run the emulated tenant.
+"""``ews-listener emulator`` / ``python -m ews_listener_emulators``: run the emulated tenant.
 
 Starts the token server, the EWS emulator and its admin API on 127.0.0.1, registers a demo app,
 creates the demo mailboxes (``--seed demo`` also fills them, ``--feed RATE`` keeps delivering),
@@ -28,12 +28,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from listener.emulator.admin import AdminServer
-from listener.emulator.ca import EmulatorCA
-from listener.emulator.feed import DEMO_MAILBOXES, Feeder, seed_demo
-from listener.emulator.ops import notifications
-from listener.emulator.server import EwsEmulator
-from listener.emulator.token_server import TokenServer
+from ews_listener_emulators.admin import AdminServer
+from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.feed import DEMO_MAILBOXES, Feeder, seed_demo
+from ews_listener_emulators.ops import notifications
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.token_server import TokenServer
 
 __all__ = ["DEFAULT_CLIENT_ID", "Endpoints", "build_parser", "exchangelib_snippet", "main"]
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from lxml import etree
 
-from listener.emulator.ops import OpContext, OpResult, Reply, operation, response, success
-from listener.emulator.ops._common import find_item as find_item_by_id
-from listener.emulator.ops._common import resolve_folder
-from listener.emulator.ops._query import compile_restriction, sort_items
-from listener.emulator.ops._render import item_element, parse_shape
-from listener.emulator.soap import error_message, m, sub, t
-from listener.emulator.store import StoreError
+from ews_listener_emulators.ops import OpContext, OpResult, Reply, operation, response, success
+from ews_listener_emulators.ops._common import find_item as find_item_by_id
+from ews_listener_emulators.ops._common import resolve_folder
+from ews_listener_emulators.ops._query import compile_restriction, sort_items
+from ews_listener_emulators.ops._render import item_element, parse_shape
+from ews_listener_emulators.soap import error_message, m, sub, t
+from ews_listener_emulators.store import StoreError
 
 __all__ = ["FIND_COUNT_LIMIT", "find_item", "get_item"]
 

@@ -7,10 +7,10 @@ import uuid
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, urlsplit
 
-from listener.emulator import _entra_errors as errors
-from listener.emulator._entra_errors import OAuthError
-from listener.emulator._http import QuietHandler
-from listener.emulator._token_requests import (
+from ews_listener_emulators import _entra_errors as errors
+from ews_listener_emulators._entra_errors import OAuthError
+from ews_listener_emulators._http import QuietHandler
+from ews_listener_emulators._token_requests import (
     AuthMethod,
     ClientAuth,
     TokenRequest,
@@ -21,7 +21,7 @@ from listener.emulator._token_requests import (
 )
 
 if TYPE_CHECKING:
-    from listener.emulator.token_server import TokenServer
+    from ews_listener_emulators.token_server import TokenServer
 
 __all__ = ["TokenHandler"]
 

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
-from listener.emulator.mailstore.mime import parse_mime
-from listener.emulator.mailstore.model import (
+from ews_listener_emulators.mailstore.mime import parse_mime
+from ews_listener_emulators.mailstore.model import (
     DISTINGUISHED_FOLDERS,
     Address,
     Attachment,

@@ -14,9 +14,9 @@ from typing import Any
 
 from lxml import etree
 
-from listener.emulator.ops import OpFault
-from listener.emulator.soap import t
-from listener.emulator.store import Address, Item
+from ews_listener_emulators.ops import OpFault
+from ews_listener_emulators.soap import t
+from ews_listener_emulators.store import Address, Item
 
 __all__ = ["FIELDS", "Predicate", "compile_restriction", "sort_items"]
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from lxml import etree
 
-from listener.emulator.ops import OpContext, OpResult, Reply, operation, response, success
-from listener.emulator.ops._render import attachment_element
-from listener.emulator.soap import error_message, m, sub
+from ews_listener_emulators.ops import OpContext, OpResult, Reply, operation, response, success
+from ews_listener_emulators.ops._render import attachment_element
+from ews_listener_emulators.soap import error_message, m, sub
 
 __all__ = ["get_attachment"]
 

@@ -15,8 +15,8 @@ from datetime import datetime
 
 from lxml import etree
 
-from listener.emulator.soap import sub, t
-from listener.emulator.store import Address, Attachment, Folder, Item, Mailbox
+from ews_listener_emulators.soap import sub, t
+from ews_listener_emulators.store import Address, Attachment, Folder, Item, Mailbox
 
 __all__ = [
     "ItemShape",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from lxml import etree
 
-from listener.emulator.mailstore.model import well_formed_id
-from listener.emulator.ops import OpContext
-from listener.emulator.soap import ACCESS_DENIED_TEXT, NON_EXISTENT_MAILBOX_TEXT, t
-from listener.emulator.store import Folder, Item, Mailbox, StoreError
+from ews_listener_emulators.mailstore.model import well_formed_id
+from ews_listener_emulators.ops import OpContext
+from ews_listener_emulators.soap import ACCESS_DENIED_TEXT, NON_EXISTENT_MAILBOX_TEXT, t
+from ews_listener_emulators.store import Folder, Item, Mailbox, StoreError
 
 __all__ = [
     "FOLDER_NOT_FOUND",

@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 
 from lxml import etree
 
-from listener.emulator.ops import OpContext, OpResult, Reply, operation, response, success
-from listener.emulator.ops._common import bool_text, find_item, resolve_folder
-from listener.emulator.soap import error_message, m, sub, t
-from listener.emulator.store import Address, Flag, Folder, Item, StoreError
+from ews_listener_emulators.ops import OpContext, OpResult, Reply, operation, response, success
+from ews_listener_emulators.ops._common import bool_text, find_item, resolve_folder
+from ews_listener_emulators.soap import error_message, m, sub, t
+from ews_listener_emulators.store import Address, Flag, Folder, Item, StoreError
 
 __all__ = ["copy_item", "create_item", "delete_item", "move_item", "update_item"]
 
@@ -280,7 +280,7 @@ def _new_item(ctx: OpContext, element: etree._Element) -> Item:
             sender=senders[0] if senders else None,
             internet_message_id=element.findtext(t("InternetMessageId")),
         )
-        from listener.emulator.mailstore.mime import build_mime  # noqa: PLC0415 - rare path
+        from ews_listener_emulators.mailstore.mime import build_mime  # noqa: PLC0415 - rare path
 
         item.mime = build_mime(item)
     item.categories = _strings(element.find(t("Categories"))) or item.categories

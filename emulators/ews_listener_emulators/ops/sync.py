@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from lxml import etree
 
-from listener.emulator.ops import (
+from ews_listener_emulators.ops import (
     OpContext,
     OpFault,
     OpResult,
@@ -28,10 +28,10 @@ from listener.emulator.ops import (
     response,
     success,
 )
-from listener.emulator.ops._common import resolve_folder
-from listener.emulator.ops._render import item_element, parse_shape
-from listener.emulator.soap import error_message, m, sub, t
-from listener.emulator.store import Folder, StoreError
+from ews_listener_emulators.ops._common import resolve_folder
+from ews_listener_emulators.ops._render import item_element, parse_shape
+from ews_listener_emulators.soap import error_message, m, sub, t
+from ews_listener_emulators.store import Folder, StoreError
 
 __all__ = ["MAX_CHANGES", "decode_state", "encode_state", "sync_folder_items"]
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from listener.emulator import ops
-from listener.emulator._http import QuietHandler
-from listener.emulator._unauthorized import NO_PERMISSION, unauthorized_headers
-from listener.emulator.schema import SchemaValidator
-from listener.emulator.soap import (
+from ews_listener_emulators import ops
+from ews_listener_emulators._http import QuietHandler
+from ews_listener_emulators._unauthorized import NO_PERMISSION, unauthorized_headers
+from ews_listener_emulators.schema import SchemaValidator
+from ews_listener_emulators.soap import (
     NON_EXISTENT_MAILBOX_TEXT,
     Envelope,
     Fault,
@@ -39,14 +39,14 @@ from listener.emulator.soap import (
     sub,
     t,
 )
-from listener.emulator.store import Mailbox, StoreError
+from ews_listener_emulators.store import Mailbox, StoreError
 
 if TYPE_CHECKING:
-    from listener.emulator.server import EwsEmulator
+    from ews_listener_emulators.server import EwsEmulator
 
 __all__ = ["AUDIENCE", "ROLE", "EwsHandler", "RequestRecord"]
 
-log = logging.getLogger("listener.emulator.server")
+log = logging.getLogger("ews_listener_emulators.server")
 
 AUDIENCE = "https://outlook.office365.com"
 EWS_PATH = "/ews/exchange.asmx"

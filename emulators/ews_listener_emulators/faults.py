@@ -28,8 +28,8 @@ from typing import Any
 
 from lxml import etree
 
-from listener.emulator._unauthorized import unauthorized_headers
-from listener.emulator.soap import (
+from ews_listener_emulators._unauthorized import unauthorized_headers
+from ews_listener_emulators.soap import (
     Fault,
     build_envelope,
     error_message,

@@ -33,7 +33,7 @@ from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
-from listener.emulator.mailstore.model import Address, Attachment, Item
+from ews_listener_emulators.mailstore.model import Address, Attachment, Item
 
 __all__ = ["build_mime", "parse_mime"]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from lxml import etree
 
-from listener.emulator.ops import OpContext, OpResult, Reply, operation, response, success
-from listener.emulator.ops._common import resolve_folder
-from listener.emulator.ops._render import folder_element
-from listener.emulator.soap import error_message, m, sub, t
-from listener.emulator.store import Folder, StoreError
+from ews_listener_emulators.ops import OpContext, OpResult, Reply, operation, response, success
+from ews_listener_emulators.ops._common import resolve_folder
+from ews_listener_emulators.ops._render import folder_element
+from ews_listener_emulators.soap import error_message, m, sub, t
+from ews_listener_emulators.store import Folder, StoreError
 
 __all__ = ["create_folder", "find_folder", "get_folder"]
 

@@ -44,10 +44,10 @@ from email.utils import make_msgid
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from listener.emulator._http import LoopbackServer, QuietHandler
-from listener.emulator.ops import notifications
-from listener.emulator.server import EwsEmulator
-from listener.emulator.store import ItemView
+from ews_listener_emulators._http import LoopbackServer, QuietHandler
+from ews_listener_emulators.ops import notifications
+from ews_listener_emulators.server import EwsEmulator
+from ews_listener_emulators.store import ItemView
 
 __all__ = ["AdminError", "AdminServer", "TokenControl", "build_message"]
 

@@ -22,14 +22,14 @@ from typing import Any, Literal
 import jwt
 from cryptography import x509
 
-from listener.emulator import _entra_errors as errors
-from listener.emulator._entra_errors import OAuthError
-from listener.emulator._http import LoopbackServer
-from listener.emulator._jwt import AssertionRejected, SigningKey
-from listener.emulator._jwt import check_client_assertion as _check_assertion
-from listener.emulator._token_handler import TokenHandler
-from listener.emulator._token_requests import AuthMethod, ClientAuth, TokenRequest, same_secret
-from listener.emulator.ca import EmulatorCA
+from ews_listener_emulators import _entra_errors as errors
+from ews_listener_emulators._entra_errors import OAuthError
+from ews_listener_emulators._http import LoopbackServer
+from ews_listener_emulators._jwt import AssertionRejected, SigningKey
+from ews_listener_emulators._jwt import check_client_assertion as _check_assertion
+from ews_listener_emulators._token_handler import TokenHandler
+from ews_listener_emulators._token_requests import AuthMethod, ClientAuth, TokenRequest, same_secret
+from ews_listener_emulators.ca import EmulatorCA
 
 __all__ = ["AuthMethod", "RejectCategory", "TokenRejected", "TokenRequest", "TokenServer"]
 

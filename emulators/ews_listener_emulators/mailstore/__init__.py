@@ -1,4 +1,4 @@
 """Parts of the emulator's mail store: the item model (``model``) and MIME parsing (``mime``).
 
-``listener.emulator.store.MailStore`` ties them together; import from there.
+``ews_listener_emulators.store.MailStore`` ties them together; import from there.
 """

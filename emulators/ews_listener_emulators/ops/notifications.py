@@ -34,7 +34,7 @@ from typing import Any
 
 from lxml import etree
 
-from listener.emulator.ops import (
+from ews_listener_emulators.ops import (
     OpContext,
     OpResult,
     Reply,
@@ -43,8 +43,8 @@ from listener.emulator.ops import (
     response,
     success,
 )
-from listener.emulator.soap import error_message, m, sub, t
-from listener.emulator.store import Event, Folder, Mailbox, MailStore
+from ews_listener_emulators.soap import error_message, m, sub, t
+from ews_listener_emulators.store import Event, Folder, Mailbox, MailStore
 
 __all__ = [
     "EVENT_TYPES",
