@@ -418,7 +418,7 @@ def test_start_command(installed: Installed) -> None:
 def test_production_install_has_no_emulators(installed: Installed) -> None:
     """The wheel holds no emulator nor asks for trustme; ``emulator``/``demo`` say what to install.
 
-    Issue 12: the emulators were 37 % of the package and trustme a dependency of every install.
+    Issue 12: the emulators were 40 % of the package's code, trustme required by every install.
     The fresh venv sees .venv's third-party packages but not the emulators (the link farm leaves
     out ``ews_listener*`` and editable finders), as a production install would.
     """
