@@ -38,4 +38,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/idle.py
 
 clean:
-	rm -rf $(VENV) var build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var build *.egg-info emulators/*.egg-info .pytest_cache .mypy_cache .ruff_cache
