@@ -32,6 +32,7 @@ from ews_listener_emulators.mailstore.model import (
     SyncChange,
     item_element,
     new_id,
+    new_immutable_id,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ class MailStore:
         self._mailboxes: dict[str, Mailbox] = {}
         self._items: dict[str, Item] = {}
         self._attachments: dict[str, Item] = {}  # attachment id -> the filed item holding it
+        self._immutable: dict[str, Item] = {}  # Graph immutable id -> the filed item
         self._serial = 0
 
     # --- mailboxes and folders -----------------------------------------------------------------
@@ -81,6 +83,7 @@ class MailStore:
             self._mailboxes.clear()
             self._items.clear()
             self._attachments.clear()
+            self._immutable.clear()
             self.changed.notify_all()
 
     def add_mailbox(self, address: str, display_name: str | None = None) -> Mailbox:
@@ -192,6 +195,14 @@ class MailStore:
                 return None
             return item
 
+    def item_by_immutable_id(self, mailbox: Mailbox, immutable_id: str) -> Item | None:
+        """An item of ``mailbox`` by its Graph immutable id (None when unknown or deleted)."""
+        with self.lock:
+            item = self._immutable.get(immutable_id)
+            if item is None or item.folder is None or item.folder.mailbox is not mailbox:
+                return None
+            return item
+
     def attachment(self, mailbox: Mailbox, attachment_id: str) -> Attachment | None:
         """An attachment (at any depth) of a filed item of ``mailbox``."""
         with self.lock:
@@ -246,6 +257,7 @@ class MailStore:
             item.folder = folder
             folder.items[item.item_id] = item
             self._items[item.item_id] = item
+            self._immutable[item.immutable_id] = item
             self._index_attachments(item, item)
             self._log(folder, item.item_id, "add")
             if new_mail:
@@ -281,6 +293,7 @@ class MailStore:
             item.folder = destination
             destination.items[item.item_id] = item
             self._items[item.item_id] = item
+            self._immutable[item.immutable_id] = item
             self._log(destination, item.item_id, "add")
             self._event(
                 destination.mailbox,
@@ -296,7 +309,14 @@ class MailStore:
         """A copy of ``item`` with a new id in ``destination``."""
         with self.lock:
             serial = self.next_serial()
-            clone = Item(**{**vars(item), "serial": serial, "item_id": new_id(b"I", serial)})
+            clone = Item(
+                **{
+                    **vars(item),
+                    "serial": serial,
+                    "item_id": new_id(b"I", serial),
+                    "immutable_id": new_immutable_id(),
+                }
+            )
             clone.categories = list(item.categories)
             clone.flag = Flag(**vars(item.flag))
             clone.attachments = [
@@ -307,6 +327,7 @@ class MailStore:
             clone.folder = destination
             destination.items[clone.item_id] = clone
             self._items[clone.item_id] = clone
+            self._immutable[clone.immutable_id] = clone
             self._index_attachments(clone, clone)
             self._log(destination, clone.item_id, "add")
             assert item.folder is not None
@@ -334,6 +355,8 @@ class MailStore:
         assert folder is not None
         del folder.items[item.item_id]
         self._items.pop(item.item_id, None)
+        # A move files the item again under the same immutable id (MailStore.move).
+        self._immutable.pop(item.immutable_id, None)
         self._log(folder, item.item_id, "remove")
         item.folder = None
 

@@ -27,6 +27,7 @@ __all__ = [
     "SyncChange",
     "item_element",
     "new_id",
+    "new_immutable_id",
     "well_formed_id",
 ]
 
@@ -39,6 +40,11 @@ def new_id(kind: bytes, serial: int) -> str:
     """An opaque, unique EWS-looking id (base64 of a kind tag, a serial and 12 random bytes)."""
     raw = _ID_PREFIX + kind + struct.pack(">Q", serial) + os.urandom(12)
     return base64.b64encode(raw).decode()
+
+
+def new_immutable_id() -> str:
+    """A Graph immutable id: URL-safe base64 like Exchange's, unique, never reused."""
+    return base64.urlsafe_b64encode(_ID_PREFIX + b"M" + os.urandom(20)).decode()
 
 
 def well_formed_id(value: str, kind: bytes) -> bool:
@@ -134,6 +140,8 @@ class Item:
     read_receipt_requested: bool = False
     delivery_receipt_requested: bool = False
     version: int = 0
+    # Graph's ImmutableId (Prefer: IdType="ImmutableId"): kept by moves, new for a copy.
+    immutable_id: str = field(default_factory=new_immutable_id)
 
     @property
     def change_key(self) -> str:
