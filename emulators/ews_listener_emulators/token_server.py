@@ -31,9 +31,26 @@ from ews_listener_emulators._token_handler import TokenHandler
 from ews_listener_emulators._token_requests import AuthMethod, ClientAuth, TokenRequest, same_secret
 from ews_listener_emulators.ca import EmulatorCA
 
-__all__ = ["AuthMethod", "RejectCategory", "TokenRejected", "TokenRequest", "TokenServer"]
+__all__ = [
+    "GRAPH_AUDIENCE",
+    "GRAPH_AUDIENCES",
+    "GRAPH_ROLES",
+    "AuthMethod",
+    "RejectCategory",
+    "TokenRejected",
+    "TokenRequest",
+    "TokenServer",
+]
 
 RejectCategory = Literal["invalid_signature", "token_expired", "invalid_token", "invalid_resource"]
+
+#: Microsoft Graph's resource URI: a token asked for with scope ``https://graph.microsoft.com/.default``
+#: has this ``aud`` (Entra v1 tokens; v2 tokens carry Graph's app id instead). Graph accepts both.
+GRAPH_AUDIENCE = "https://graph.microsoft.com"
+GRAPH_AUDIENCES = (GRAPH_AUDIENCE, "00000003-0000-0000-c000-000000000000")
+#: The Graph application roles an app gets unless ``register_app(graph_roles=...)`` says
+#: otherwise: what the EWS role ``full_access_as_app`` grants for mail, read and write.
+GRAPH_ROLES = ("Mail.ReadWrite",)
 
 _GUID_NAMESPACE = uuid.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")  # uuid.NAMESPACE_URL
 
@@ -58,6 +75,9 @@ class _App:
     client_id: str
     display_name: str
     roles: tuple[str, ...]
+    # Entra puts in a token the roles granted on the resource it is for: ``roles`` for Exchange
+    # Online (EWS), ``graph_roles`` for Microsoft Graph.
+    graph_roles: tuple[str, ...] = GRAPH_ROLES
     secret: str | None = field(default=None, repr=False)
     secret_expired: bool = False
     certificate: x509.Certificate | None = field(default=None, repr=False)
@@ -168,10 +188,15 @@ class TokenServer(LoopbackServer):
         secret: str | None = None,
         certificate_pem: bytes | None = None,
         roles: Sequence[str] = ("full_access_as_app",),
+        graph_roles: Sequence[str] = GRAPH_ROLES,
         display_name: str | None = None,
         secret_expired: bool = False,
     ) -> None:
-        """Register (or replace) an app with a secret and/or a certificate (PEM)."""
+        """Register (or replace) an app with a secret and/or a certificate (PEM).
+
+        ``roles`` are its Exchange Online application roles (EWS tokens), ``graph_roles`` its
+        Microsoft Graph ones (``Mail.Read``, ``Mail.ReadWrite``; Graph tokens).
+        """
         certificate = x509.load_pem_x509_certificate(certificate_pem) if certificate_pem else None
         with self._lock:
             tid = self._tenant_or_raise(tenant).tenant_id
@@ -180,6 +205,7 @@ class TokenServer(LoopbackServer):
                 client_id=client_id,
                 display_name=display_name or f"app {client_id}",
                 roles=tuple(roles),
+                graph_roles=tuple(graph_roles),
                 secret=secret,
                 secret_expired=secret_expired,
                 certificate=certificate,
@@ -206,8 +232,10 @@ class TokenServer(LoopbackServer):
         *,
         lifetime: float | None = None,
         roles: Sequence[str] | None = None,
+        audience: str | None = None,
     ) -> str:
-        """A signed token for ``self.audience``, no request needed (the app may be unregistered)."""
+        """A signed token for ``audience`` (default ``self.audience``, EWS), no request needed
+        (the app may be unregistered); ``roles`` default to the app's for that audience."""
         with self._lock:
             entry = self._tenant_or_raise(tenant)
             app = self._apps.get((entry.tenant_id, client_id.lower())) or _App(
@@ -217,11 +245,14 @@ class TokenServer(LoopbackServer):
                 roles=("full_access_as_app",),
                 object_id=str(uuid.uuid5(_GUID_NAMESPACE, f"sp:{entry.tenant_id}:{client_id}")),
             )
-        token, _ = self._mint(app, self.audience, lifetime, roles)
+        token, _ = self._mint(app, audience or self.audience, lifetime, roles)
         return token
 
-    def verify(self, token: str, *, audience: str | None = None) -> dict[str, Any]:
-        """The claims of a token this server issued; raises :class:`TokenRejected` otherwise."""
+    def verify(self, token: str, *, audience: str | Sequence[str] | None = None) -> dict[str, Any]:
+        """The claims of a token this server issued; raises :class:`TokenRejected` otherwise.
+
+        ``audience``: the ``aud`` wanted, or several accepted ones (Graph: ``GRAPH_AUDIENCES``).
+        """
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -237,7 +268,8 @@ class TokenServer(LoopbackServer):
                 f"malformed token ({type(exc).__name__})", "invalid_token"
             ) from None
         expected = audience if audience is not None else self.audience
-        if claims.get("aud") != expected:
+        accepted = (expected,) if isinstance(expected, str) else tuple(expected)
+        if claims.get("aud") not in accepted:
             # Exchange Online's reason, verbatim: it names the claim, not the value.
             raise TokenRejected("The audience claim value is invalid 'aud'.", "invalid_resource")
         tid = str(claims.get("tid", ""))
@@ -370,7 +402,7 @@ class TokenServer(LoopbackServer):
             "idtyp": "app",
             "oid": app.object_id,
             "rh": "0.emulator.",
-            "roles": list(app.roles if roles is None else roles),
+            "roles": list(self._roles_for(app, audience) if roles is None else roles),
             "sid": str(uuid.uuid4()),
             "sub": app.object_id,
             "tid": app.tenant_id,
@@ -382,6 +414,11 @@ class TokenServer(LoopbackServer):
         with self._lock:
             self._issued[uti] = app.client_id
         return token, max(exp - iat, 0)
+
+    @staticmethod
+    def _roles_for(app: _App, audience: str) -> tuple[str, ...]:
+        """The app's roles on the resource ``audience`` names (Graph's or Exchange Online's)."""
+        return app.graph_roles if audience in GRAPH_AUDIENCES else app.roles
 
     def _authenticate(self, tenant: _Tenant, auth: ClientAuth, endpoints: list[str]) -> _App:
         """The app ``auth`` proves to be, or the OAuthError Entra would answer."""

@@ -82,7 +82,13 @@ def test_the_emulators_build_and_require_what_they_import(tmp_path: Path) -> Non
     """ews-listener-emulators builds without a warning and requires trustme, not ews-listener."""
     metadata = _metadata(REPO / "emulators", "ews_listener_emulators", tmp_path)
     assert "License-Expression: Apache-2.0" in metadata
-    assert _requires(metadata) == {"lxml", "pyjwt", "cryptography", "trustme"}
+    assert _requires(metadata) == {
+        "lxml",
+        "pyjwt",
+        "cryptography",
+        "trustme",
+        "openapi-schema-validator",
+    }
 
 
 def test_the_emulators_import_nothing_of_the_listener() -> None:

@@ -32,6 +32,10 @@ WELL_KNOWN = (
     "msgfolderroot",
 )
 
+# Graph's ``archive`` is the Archive folder of the primary mailbox (Outlook's Archive button), which
+# the store files under EWS's distinguished id ``archivemsgfolderroot`` (display name "Archive").
+_STORE_NAMES = {"archive": "archivemsgfolderroot"}
+
 
 def to_rest_id(ews_id: str) -> str:
     return ews_id.replace("+", "-").replace("/", "_")
@@ -61,5 +65,5 @@ def folder_id(folder: Folder) -> str:
 def folder_for(store: MailStore, mailbox: Mailbox, token: str) -> Folder | None:
     """A folder by REST id or well-known name (any case), or None."""
     if token.lower() in WELL_KNOWN:
-        return store.folder(mailbox, token.lower())
+        return store.folder(mailbox, _STORE_NAMES.get(token.lower(), token.lower()))
     return store.folder(mailbox, to_ews_id(token))
