@@ -68,6 +68,9 @@ class MailStore:
         self._items: dict[str, Item] = {}
         self._attachments: dict[str, Item] = {}  # attachment id -> the filed item holding it
         self._immutable: dict[str, Item] = {}  # Graph immutable id -> the filed item
+        # An id an item had before it moved or was deleted -> that item (its new folder, or
+        # None): Graph's delta tells "moved away" from "deleted" and names it by immutable id.
+        self._former: dict[str, Item] = {}
         self._serial = 0
 
     # --- mailboxes and folders -----------------------------------------------------------------
@@ -84,6 +87,7 @@ class MailStore:
             self._items.clear()
             self._attachments.clear()
             self._immutable.clear()
+            self._former.clear()
             self.changed.notify_all()
 
     def add_mailbox(self, address: str, display_name: str | None = None) -> Mailbox:
@@ -200,6 +204,14 @@ class MailStore:
         with self.lock:
             item = self._immutable.get(immutable_id)
             if item is None or item.folder is None or item.folder.mailbox is not mailbox:
+                return None
+            return item
+
+    def former(self, mailbox: Mailbox, item_id: str) -> Item | None:
+        """The item ``item_id`` named before a move or a delete (``folder`` None: deleted)."""
+        with self.lock:
+            item = self._former.get(item_id)
+            if item is None or (item.folder is not None and item.folder.mailbox is not mailbox):
                 return None
             return item
 
@@ -355,6 +367,7 @@ class MailStore:
         assert folder is not None
         del folder.items[item.item_id]
         self._items.pop(item.item_id, None)
+        self._former[item.item_id] = item
         # A move files the item again under the same immutable id (MailStore.move).
         self._immutable.pop(item.immutable_id, None)
         self._log(folder, item.item_id, "remove")

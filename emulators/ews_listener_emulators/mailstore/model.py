@@ -29,6 +29,7 @@ __all__ = [
     "new_id",
     "new_immutable_id",
     "well_formed_id",
+    "well_formed_immutable_id",
 ]
 
 
@@ -58,6 +59,15 @@ def well_formed_id(value: str, kind: bytes) -> bool:
     except ValueError:
         return False
     return len(raw) == _ID_LENGTH and raw.startswith(_ID_PREFIX) and raw[5:6] == kind
+
+
+def well_formed_immutable_id(value: str) -> bool:
+    """Whether ``value`` has the shape of a Graph immutable id this emulator issues."""
+    try:
+        raw = base64.urlsafe_b64decode(value.encode("ascii"))
+    except ValueError:
+        return False
+    return len(raw) == len(_ID_PREFIX) + 1 + 20 and raw.startswith(_ID_PREFIX + b"M")
 
 
 def change_key(serial: int, version: int) -> str:
