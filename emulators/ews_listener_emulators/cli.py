@@ -1,10 +1,12 @@
 """``ews-listener emulator`` / ``python -m ews_listener_emulators``: run the emulated tenant.
 
-Starts the token server, the EWS emulator and its admin API on 127.0.0.1, registers a demo app,
-creates the demo mailboxes (``--seed demo`` also fills them, ``--feed RATE`` keeps delivering),
-then prints the endpoints, the CA file, a listener TOML snippet and an exchangelib snippet, and
-writes ``<state-dir>/listener.toml`` and ``<state-dir>/emulator.json`` for scripts. Runs until
-SIGINT/SIGTERM, then stops everything and exits 0.
+Starts the token server, the EWS emulator and its admin API, and the Microsoft Graph endpoint on
+the same mail store (``/v1.0``), on 127.0.0.1; registers a demo app (EWS ``full_access_as_app``,
+Graph ``Mail.ReadWrite``), creates the demo mailboxes (``--seed demo`` also fills them, ``--feed
+RATE`` keeps delivering; both protocols see that mail), then prints the endpoints, the CA file, a
+listener TOML snippet, an exchangelib snippet and curl lines for Graph, and writes
+``<state-dir>/listener.toml`` and ``<state-dir>/emulator.json`` (with ``graph_url``) for scripts.
+Runs until SIGINT/SIGTERM, then stops everything and exits 0.
 
 ``emulator.json`` is written last and atomically: its appearance means "ready" (``make demo``
 and the tests wait for it). The demo secret is throw-away (a new one per start unless
@@ -19,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import signal
 import sys
 import threading
@@ -31,15 +34,24 @@ from typing import Any, TextIO
 from ews_listener_emulators.admin import AdminServer
 from ews_listener_emulators.ca import EmulatorCA
 from ews_listener_emulators.feed import DEMO_MAILBOXES, Feeder, seed_demo
+from ews_listener_emulators.graph.server import GraphEmulator
 from ews_listener_emulators.ops import notifications
 from ews_listener_emulators.server import EwsEmulator
 from ews_listener_emulators.token_server import TokenServer
 
-__all__ = ["DEFAULT_CLIENT_ID", "Endpoints", "build_parser", "exchangelib_snippet", "main"]
+__all__ = [
+    "DEFAULT_CLIENT_ID",
+    "Endpoints",
+    "build_parser",
+    "exchangelib_snippet",
+    "graph_snippet",
+    "main",
+]
 
 DEFAULT_CLIENT_ID = "6d656d75-6c61-4f72-8000-0000000de300"
 DEFAULT_TENANT = "demo.example"
 SCOPE = "https://outlook.office365.com/.default"
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 
 
 @dataclass(frozen=True)
@@ -47,10 +59,12 @@ class Endpoints:
     """What a client needs to reach the running emulator (also ``emulator.json``)."""
 
     ews_url: str
+    graph_url: str  # the Graph service root, https://127.0.0.1:PORT/v1.0
     token_endpoint: str
     token_server_url: str
     admin_url: str
     ews_port: int
+    graph_port: int
     token_port: int
     admin_port: int
     tenant: str
@@ -70,12 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of ``ews-listener emulator``."""
     parser = argparse.ArgumentParser(
         prog="ews-listener emulator",
-        description="Run an emulated Exchange Online tenant (EWS + OAuth 2.0 token server) on "
+        description="Run an emulated Exchange Online tenant (EWS, Microsoft Graph mail and an "
+        "OAuth 2.0 token server) on "
         "127.0.0.1 for tests and demos. Prints the endpoints and ready-to-paste client "
         "configuration; stops on Ctrl-C or SIGTERM.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=0, help="EWS port (default: any free)")
+    parser.add_argument(
+        "--graph-port", type=int, default=0, help="Microsoft Graph port (default: any free)"
+    )
     parser.add_argument("--token-port", type=int, default=0, help="token server port")
     parser.add_argument("--admin-port", type=int, default=0, help="admin API port")
     parser.add_argument(
@@ -125,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds in a protocol minute (subscription and streaming timeouts); tests shrink it",
     )
     parser.add_argument("--schema-dir", default=None, help="EWS schema folder to validate with")
+    parser.add_argument(
+        "--graph-schema-dir",
+        default=None,
+        help="Graph OpenAPI folder to validate answers with (default: $GRAPH_SCHEMA_DIR)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing once started")
     return parser
 
@@ -221,6 +244,27 @@ for item in account.inbox.all().order_by("-datetime_received")[:10]:
 """
 
 
+def graph_snippet(info: Endpoints, mailbox: str | None = None) -> str:
+    """Shell lines that get a Graph token and read a mailbox's newest mail over plain HTTP."""
+    address = mailbox or (info.mailboxes[0] if info.mailboxes else "orders@demo.example")
+    cacert = f"--cacert {shlex.quote(info.ca_file)} " if info.ca_file else ""
+    messages = (
+        f"{info.graph_url}/users/{address}/mailFolders/inbox/messages"
+        "?$select=receivedDateTime,from,subject&$top=10"
+    )
+    return f"""\
+TOKEN=$(curl -s {cacert}{shlex.quote(info.token_endpoint)} \\
+  -d grant_type=client_credentials -d client_id={shlex.quote(info.client_id)} \\
+  --data-urlencode client_secret={shlex.quote(info.client_secret)} \\
+  --data-urlencode scope={GRAPH_SCOPE} \\
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
+curl -s {cacert}-H "Authorization: Bearer $TOKEN" \\
+  {shlex.quote(f"{info.graph_url}/users/{address}/mailFolders/inbox")}
+curl -s {cacert}-H "Authorization: Bearer $TOKEN" \\
+  {shlex.quote(messages)}
+"""
+
+
 def _write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -252,6 +296,7 @@ def _announce(info: Endpoints, toml: str, state_dir: Path, out: TextIO) -> None:
     print(
         f"EWS emulator ready\n"
         f"  EWS endpoint    {info.ews_url}\n"
+        f"  Graph endpoint  {info.graph_url}\n"
         f"  token endpoint  {info.token_endpoint}\n"
         f"  admin API       {info.admin_url}\n"
         f"  CA file         {info.ca_file or '(plain HTTP)'}\n"
@@ -261,6 +306,8 @@ def _announce(info: Endpoints, toml: str, state_dir: Path, out: TextIO) -> None:
         f"  files           {state_dir / 'listener.toml'}, {state_dir / 'emulator.json'}\n"
         f"\n# ews-listener configuration ({state_dir / 'listener.toml'})\n{rule}\n{toml}{rule}\n"
         f"\n# exchangelib\n{rule}\n{exchangelib_snippet(info)}{rule}\n"
+        f"\n# Microsoft Graph (scope {GRAPH_SCOPE}, the same client id and secret)\n"
+        f"{rule}\n{graph_snippet(info)}{rule}\n"
         "Ctrl-C or SIGTERM stops the emulator.",
         file=out,
         flush=True,
@@ -290,6 +337,14 @@ def run(options: argparse.Namespace, stop: threading.Event, out: TextIO | None =
     emulator = EwsEmulator(token_server, ca, port=options.port, schema_dir=options.schema_dir)
     if options.host != "127.0.0.1":
         emulator.http_server.host = options.host
+    graph = GraphEmulator.beside(
+        emulator,
+        token_server,
+        ca,
+        host=options.host,
+        port=options.graph_port,
+        schema_dir=options.graph_schema_dir,
+    )
     notifications.configure(emulator, minute=options.minute)
     admin = AdminServer(emulator, token_server, host=options.host, port=options.admin_port)
     feeder: Feeder | None = None
@@ -301,6 +356,7 @@ def run(options: argparse.Namespace, stop: threading.Event, out: TextIO | None =
                 options.tenant, options.client_id, secret=secret, display_name="ews-listener demo"
             )
             emulator.start()
+            graph.start()
             admin.start()
             for address in mailboxes:
                 emulator.add_mailbox(address)
@@ -311,10 +367,12 @@ def run(options: argparse.Namespace, stop: threading.Event, out: TextIO | None =
 
             info = Endpoints(
                 ews_url=emulator.url,
+                graph_url=graph.url,
                 token_endpoint=token_server.token_endpoint(options.tenant),
                 token_server_url=token_server.url,
                 admin_url=admin.url,
                 ews_port=emulator.http_server.port,
+                graph_port=graph.http_server.port,
                 token_port=token_server.port,
                 admin_port=admin.port,
                 tenant=options.tenant,
@@ -337,6 +395,7 @@ def run(options: argparse.Namespace, stop: threading.Event, out: TextIO | None =
             if feeder is not None:
                 feeder.stop()
             admin.stop()
+            graph.stop()
             emulator.stop()
             token_server.stop()
     if not options.quiet:
