@@ -58,9 +58,16 @@ def shape(request: GraphRequest, *, annotate_type: bool = False) -> Shape:
     )
 
 
-def answer_headers(request: GraphRequest) -> dict[str, str]:
+def answer_headers(request: GraphRequest, *applied: str) -> dict[str, str]:
+    """``Preference-Applied`` for the preferences honoured: ``applied``, the body type, and the
+    immutable ids (which the server adds only when the resource sets no such header)."""
+    preferences = list(applied)
     body_type = body_preference(request.headers)
-    return preference_applied(body_type) if body_type else {}
+    if body_type:
+        preferences.append(preference_applied(body_type)["Preference-Applied"])
+    if preferences and request.immutable_ids:
+        preferences.append('IdType="ImmutableId"')
+    return {"Preference-Applied": ", ".join(preferences)} if preferences else {}
 
 
 def user_context(request: GraphRequest) -> str:

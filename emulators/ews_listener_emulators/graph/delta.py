@@ -49,9 +49,8 @@ from ews_listener_emulators.graph._render import (
     body_preference,
     message_json,
     parse_select,
-    preference_applied,
 )
-from ews_listener_emulators.graph._resource import check_options, folder_of, option
+from ews_listener_emulators.graph._resource import answer_headers, check_options, folder_of, option
 from ews_listener_emulators.store import Folder, Item, SyncChange
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "ROUTES", "messages_delta", "sync_state_not_found"]
@@ -221,14 +220,8 @@ def messages_delta(request: GraphRequest) -> GraphAnswer:
     else:
         body["@odata.nextLink"] = _link(request, f"?$skiptoken={replace(state, csn=csn).encode()}")
     body["value"] = value
-    headers: dict[str, str] = {}
-    preferences = []
-    if request.max_page_size is not None:
-        preferences.append(f"odata.maxpagesize={size}")
-    if body_type:
-        preferences.append(preference_applied(body_type)["Preference-Applied"])
-    if preferences:
-        headers["Preference-Applied"] = ", ".join(preferences)
+    page = (f"odata.maxpagesize={size}",) if request.max_page_size is not None else ()
+    headers = answer_headers(request, *page)
     return GraphAnswer(json=body, headers=headers, schema=SCHEMA)
 
 
@@ -244,20 +237,32 @@ def users_messages_delta(request: GraphRequest) -> GraphAnswer:
 
 
 ROUTES: list[Route] = [
-    Route("GET", "mailFolders/{folder}/messages/delta", messages_delta, TEMPLATE, "messageDelta"),
-    Route("GET", "mailFolders/{folder}/messages/delta()", messages_delta, TEMPLATE, "messageDelta"),
+    Route(
+        "GET",
+        "mailFolders/{folder}/messages/delta",
+        messages_delta,
+        TEMPLATE,
+        "user.mailFolder.message_delta",
+    ),
+    Route(
+        "GET",
+        "mailFolders/{folder}/messages/delta()",
+        messages_delta,
+        TEMPLATE,
+        "user.mailFolder.message_delta",
+    ),
     Route(
         "GET",
         "messages/delta",
         users_messages_delta,
         "/users/{user-id}/messages/delta()",
-        "userMessageDelta",
+        "user.message_delta",
     ),
     Route(
         "GET",
         "messages/delta()",
         users_messages_delta,
         "/users/{user-id}/messages/delta()",
-        "userMessageDelta",
+        "user.message_delta",
     ),
 ]

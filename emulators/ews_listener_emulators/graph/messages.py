@@ -626,53 +626,60 @@ def copy_message(request: GraphRequest) -> GraphAnswer:
 # --- routes ----------------------------------------------------------------------------------
 
 _PREFIXES = (
-    ("messages", "/users/{user-id}/messages", ""),
+    ("messages", "/users/{user-id}/messages", "user"),
     (
         "mailFolders/{folder}/messages",
         "/users/{user-id}/mailFolders/{mailFolder-id}/messages",
-        "folder",
+        "user.mailFolder",
     ),
 )
 
 
 def _routes() -> list[Route]:
+    """Each operation under both path forms; ``operation`` is the OpenAPI operationId (the
+    description has attachments, ``$value``, ``move`` and ``copy`` only below
+    ``users/{user-id}/messages``, and no path for an attachment's ``$value``: the folder form
+    answers them under the same template and name)."""
     routes: list[Route] = []
-    for pattern, template, scope in _PREFIXES:
+    users_one = "/users/{user-id}/messages/{message-id}"
+    for pattern, template, owner in _PREFIXES:
         one = f"{pattern}/{{message}}"
         one_template = f"{template}/{{message-id}}"
-        # The OpenAPI description has the attachment, $value, move and copy paths only below
-        # users/{user-id}/messages; the folder form answers the same operations.
-        users_one = "/users/{user-id}/messages/{message-id}"
-        suffix = "InFolder" if scope else ""
         routes += [
-            Route("GET", pattern, list_messages, template, f"listMessages{suffix}"),
-            Route("GET", one, get_message, one_template, f"getMessage{suffix}"),
-            Route("PATCH", one, update_message, one_template, f"updateMessage{suffix}"),
-            Route("DELETE", one, delete_message, one_template, f"deleteMessage{suffix}"),
-            Route("GET", f"{one}/$value", message_mime, f"{users_one}/$value", "getMessageContent"),
+            Route("GET", pattern, list_messages, template, f"{owner}_ListMessage"),
+            Route("GET", one, get_message, one_template, f"{owner}_GetMessage"),
+            Route("PATCH", one, update_message, one_template, f"{owner}_UpdateMessage"),
+            Route("DELETE", one, delete_message, one_template, f"{owner}_DeleteMessage"),
+            Route(
+                "GET",
+                f"{one}/$value",
+                message_mime,
+                f"{users_one}/$value",
+                "user_GetMessageContent",
+            ),
             Route(
                 "GET",
                 f"{one}/attachments",
                 list_attachments,
                 f"{users_one}/attachments",
-                "listAttachments",
+                "user.message_ListAttachment",
             ),
             Route(
                 "GET",
                 f"{one}/attachments/{{attachment}}",
                 get_attachment,
                 f"{users_one}/attachments/{{attachment-id}}",
-                "getAttachment",
+                "user.message_GetAttachment",
             ),
             Route(
                 "GET",
                 f"{one}/attachments/{{attachment}}/$value",
                 attachment_content,
                 f"{users_one}/attachments/{{attachment-id}}/$value",
-                "getAttachmentContent",
+                "user.message_GetAttachmentContent",  # no such path in the description
             ),
-            Route("POST", f"{one}/move", move_message, f"{users_one}/move", "moveMessage"),
-            Route("POST", f"{one}/copy", copy_message, f"{users_one}/copy", "copyMessage"),
+            Route("POST", f"{one}/move", move_message, f"{users_one}/move", "user.message_move"),
+            Route("POST", f"{one}/copy", copy_message, f"{users_one}/copy", "user.message_copy"),
         ]
     return routes
 
