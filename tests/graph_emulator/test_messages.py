@@ -145,16 +145,18 @@ def test_internet_message_headers_only_when_selected(graph: Client) -> None:
     ]
 
 
+@needs_samples
 def test_prefer_text_body_is_applied(graph: Client) -> None:
-    """Prefer: outlook.body-content-type="text" gives the text body and Preference-Applied."""
+    """Prefer: outlook.body-content-type="text" gives the text body and Preference-Applied, in
+    the shape of message-get-body-text."""
     item = put(graph, mime())
     prefer = {"Prefer": 'outlook.body-content-type="text"'}
-    answer = graph.get(f"messages/{rest(item)}", {"$select": "subject,body"}, headers=prefer)
+    select = {"$select": "subject,body,bodyPreview,uniqueBody"}
+    answer = graph.get(f"messages/{rest(item)}", select, headers=prefer)
     assert answer.headers == {"Preference-Applied": 'outlook.body-content-type="text"'}
-    assert answer.json["body"] == {
-        "contentType": "text",
-        "content": "The figures are attached.\r\nRegards, Dana\r\n",
-    }
+    assert set(answer.json) == set(sample("message-get-body-text.http.txt"))
+    text = {"contentType": "text", "content": "The figures are attached.\r\nRegards, Dana\r\n"}
+    assert answer.json["body"] == answer.json["uniqueBody"] == text
 
 
 def test_an_html_only_message_has_a_text_rendering(graph: Client) -> None:
@@ -540,3 +542,49 @@ def test_attachment_ids(graph: Client) -> None:
     assert graph.get(f"messages/{rest(one)}/attachments/xyz").code == "ErrorInvalidIdMalformed"
     selected = graph.get(f"messages/{rest(one)}/attachments", {"$select": "name,size"})
     assert set(selected.value[0]) == {"@odata.type", "id", "name", "size"}
+
+
+def test_inline_image_is_an_inline_attachment(graph: Client) -> None:
+    """An image with a Content-ID in multipart/related is isInline with its contentId, and does
+    not make hasAttachments true (as Exchange)."""
+    message = EmailMessage()
+    message["From"] = "dana@example.com"
+    message["Subject"] = "logo"
+    message.set_content("see logo")
+    message.add_alternative('<p><img src="cid:logo@x"></p>', subtype="html")
+    html_part = message.get_payload()[1]
+    html_part.add_related(b"\x89PNG fake", maintype="image", subtype="png", cid="<logo@x>")
+    item = put(graph, message.as_bytes(policy=SMTP))
+    [image] = graph.get(f"messages/{rest(item)}/attachments").value
+    assert (image["isInline"], image["contentId"], image["contentType"]) == (
+        True,
+        "logo@x",
+        "image/png",
+    )
+    assert graph.get(f"messages/{rest(item)}").json["hasAttachments"] is False
+
+
+def test_expand_attachments_on_a_message(graph: Client) -> None:
+    """$expand=attachments puts the attachments in the message."""
+    item = put(graph, mime(attach=True))
+    answer = graph.get(f"messages/{rest(item)}", {"$expand": "attachments", "$select": "subject"})
+    assert [a["name"] for a in answer.json["attachments"]] == ["figures.pdf"]
+
+
+def test_a_meeting_request_is_an_event_message_request(graph: Client) -> None:
+    """A meeting request is typed #microsoft.graph.eventMessageRequest (a derived type)."""
+    item = graph.store.parse(mime("Planning"), item_class="IPM.Schedule.Meeting.Request")
+    graph.store.file(graph.mailbox.distinguished["inbox"], item)
+    answer = graph.get(f"messages/{rest(item)}")
+    assert answer.json["@odata.type"] == "#microsoft.graph.eventMessageRequest"
+
+
+def test_patch_a_draft(graph: Client) -> None:
+    """A draft's subject and body may change; the answer shows them."""
+    draft = graph.store.new_item(subject="draft", text_body="first", is_draft=True)
+    graph.store.file(graph.mailbox.distinguished["drafts"], draft, new_mail=False)
+    patch = {"subject": "second thoughts", "body": {"contentType": "html", "content": "<p>new</p>"}}
+    answer = graph.call("PATCH", f"messages/{rest(draft)}", body=patch)
+    assert answer.json["subject"] == "second thoughts"
+    assert answer.json["body"] == {"contentType": "html", "content": "<p>new</p>"}
+    assert (draft.html_body, draft.text_body) == ("<p>new</p>", None)

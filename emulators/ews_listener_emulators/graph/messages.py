@@ -324,7 +324,7 @@ def list_messages(request: GraphRequest) -> GraphAnswer:
     if count is not None and count.lower() == "true":
         body["@odata.count"] = len(items)
     body["value"] = value
-    if skip + size < len(items):
+    if size and skip + size < len(items):
         query = {k: v for k, v in request.query.items() if k.lower() != "$skip"}
         query["$skip"] = str(skip + size)
         body["@odata.nextLink"] = _url(request, query)
