@@ -208,6 +208,21 @@ def graph_client(emulator: Emulator, token: str, path: str) -> Callable[[int], A
     return work
 
 
+def graph_message_path(emulator: Emulator, token: str) -> str:
+    """``users/{upn}/messages/{id}?$select=subject,isRead`` for the newest inbox message: the
+    Graph twin of the small GetItem."""
+    inbox = f"{emulator.info['graph_url']}/users/{MAILBOX}/mailFolders/inbox/messages"
+    with httpx.Client(verify=emulator.context) as client:
+        answer = client.get(
+            inbox,
+            params={"$select": "id", "$top": "1"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    answer.raise_for_status()
+    message_id = answer.json()["value"][0]["id"]
+    return f"users/{MAILBOX}/messages/{message_id}?$select=subject,isRead"
+
+
 def exchangelib_account(emulator: Emulator, token: str, connections: int) -> Any:
     import requests.adapters
     from exchangelib import (
@@ -262,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             token = emulator.token()
             graph_token = emulator.token("https://graph.microsoft.com/.default")
+            graph_message = graph_message_path(emulator, graph_token)
             ids = emulator.item_ids
             account = exchangelib_account(emulator, token, threads)
             inbox = account.inbox
@@ -302,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 ("exchangelib", "GetItem", ex_get),
                 ("exchangelib", "SyncFolderItems x100", ex_sync),
+                (
+                    "httpx (Graph)",
+                    "GET message $select",
+                    graph_client(emulator, graph_token, graph_message),
+                ),
                 (
                     "httpx (Graph)",
                     "GET mailFolders/inbox",

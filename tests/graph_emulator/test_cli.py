@@ -90,7 +90,8 @@ def test_seed_and_feed_serve_graph(emulator: tuple[dict[str, object], io.StringI
 def test_printed_curl_lines_read_the_inbox(
     emulator: tuple[dict[str, object], io.StringIO],
 ) -> None:
-    """The Graph lines of the banner, run by bash as printed, get a token and read the inbox."""
+    """The Graph lines of the banner, run by bash as printed, get a token, read the inbox's
+    counts and list its newest messages (the acceptance check of issue 12)."""
     _, out = emulator
     section = out.getvalue().split("# Microsoft Graph", 1)[1]
     snippet = section.split(RULE + "\n")[1]
@@ -103,4 +104,5 @@ def test_printed_curl_lines_read_the_inbox(
     messages, _ = decoder.raw_decode(done.stdout[end:].lstrip())
     assert inbox["displayName"] == "Inbox"
     assert inbox["totalItemCount"] > 0
-    assert "value" in messages or "error" in messages
+    assert len(messages["value"]) == min(10, inbox["totalItemCount"])
+    assert all(m["subject"] and m["from"]["emailAddress"]["address"] for m in messages["value"])

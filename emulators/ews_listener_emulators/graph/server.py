@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from ews_listener_emulators._http import LoopbackServer
 from ews_listener_emulators.ca import EmulatorCA
-from ews_listener_emulators.graph import folders, users
+from ews_listener_emulators.graph import folders, messages, users
 from ews_listener_emulators.graph._contract import Route
 from ews_listener_emulators.graph._handler import GraphHandler, GraphRequestRecord
 from ews_listener_emulators.graph._schema import GraphSchema, resolve_graph_schema_dir
@@ -104,7 +104,7 @@ class GraphEmulator:
         directory = resolve_graph_schema_dir(schema_dir)
         self.schema = GraphSchema(directory) if directory is not None else None
         self.request_log: deque[GraphRequestRecord] = deque(maxlen=request_log_size)
-        self.routes: list[Route] = [*users.ROUTES, *folders.ROUTES]
+        self.routes: list[Route] = [*users.ROUTES, *folders.ROUTES, *messages.ROUTES]
         context = ca.server_context() if ca is not None else None
         self._server = LoopbackServer(GraphHandler, host=host, port=port, ssl_context=context)
         self._server.owner = self  # type: ignore[attr-defined]
