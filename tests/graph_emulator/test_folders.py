@@ -170,3 +170,11 @@ def test_child_folders_of_an_unknown_folder_is_404(call: Call) -> None:
     response = call("GET", f"{FOLDERS}/{bob_inbox}/childFolders")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "ErrorItemNotFound"
+
+
+@pytest.mark.parametrize("option", ["$filter=displayName eq 'Inbox'", "$orderby=displayName"])
+def test_options_not_emulated_are_501(call: Call, option: str) -> None:
+    """Folder options the emulator does not implement are refused (501), not ignored."""
+    response = call("GET", f"{FOLDERS}?{option}")
+    assert response.status_code == 501
+    assert response.json()["error"]["code"] == "NotImplemented"

@@ -21,6 +21,7 @@ from ews_listener_emulators.store import Folder, StoreError
 __all__ = ["ROUTES", "folder_resource", "resolve_folder"]
 
 PAGE_SIZE = 10
+_NOT_EMULATED = ("$filter", "$orderby", "$expand", "$search")
 _TYPE = "microsoft.graph.mailFolder"
 _SCHEMA = "#/components/schemas/microsoft.graph.mailFolder"
 _PROPERTIES = (
@@ -70,6 +71,11 @@ def resolve_folder(request: GraphRequest, token: str) -> Folder:
 
 def _shaped(request: GraphRequest, folders: list[Folder]) -> tuple[list[dict[str, Any]], str]:
     """The folders as JSON with ``$select`` applied, and the context suffix it implies."""
+    for option in _NOT_EMULATED:
+        if option in request.query:
+            # Graph can filter and sort folders; this emulator cannot, and says so rather
+            # than answer as if it had.
+            raise GraphError(501, "NotImplemented", f"{option} on mail folders is not emulated.")
     fields = selected(request, _PROPERTIES, _TYPE)
     with request.store.lock:
         entries = [folder_resource(folder) for folder in folders]
