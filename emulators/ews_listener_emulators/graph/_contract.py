@@ -67,13 +67,22 @@ class GraphError(Exception):
     """An error answer in Graph's shape (``status``, ``error.code``, ``error.message``)."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        inner: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.headers = dict(headers or {})
+        # innerError members beyond date and the two request ids (the documented 429 has code,
+        # message and status there: ../shared/graph-samples/throttling-429.http.txt).
+        self.inner = dict(inner or {})
 
 
 Handler = Callable[[GraphRequest], GraphAnswer]

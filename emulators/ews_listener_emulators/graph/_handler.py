@@ -17,6 +17,7 @@ two ids as the response headers of that name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -36,6 +37,8 @@ from ews_listener_emulators.graph._contract import (
     Route,
     match,
 )
+from ews_listener_emulators.graph.delta import sync_state_not_found
+from ews_listener_emulators.graph.faults import GraphFault, fault_error
 from ews_listener_emulators.graph.users import mailbox_for
 from ews_listener_emulators.store import StoreError
 
@@ -144,6 +147,8 @@ class _Refused(Exception):
 class GraphHandler(QuietHandler):
     """One keep-alive connection to the Graph emulator."""
 
+    _cut_after = 0  # > 0: send only this many bytes of the next answer, then drop (a fault)
+
     @property
     def emulator(self) -> GraphEmulator:
         owner: GraphEmulator = self.server.owner.owner  # type: ignore[attr-defined]
@@ -202,6 +207,8 @@ class GraphHandler(QuietHandler):
         if segments is None:
             version = next((p for p in url.path.split("/") if p), "")
             raise GraphError(400, "BadRequest", f"Invalid version: {version}")
+        if segments and segments[0].lower() == "subscriptions":
+            return self._subscriptions(emulator, claims, segments[1:], body, url.query)
         route, params, user = self._route(emulator.routes, segments)
         self._record["operation"] = route.operation
         self._record["template"] = route.template
@@ -238,8 +245,16 @@ class GraphHandler(QuietHandler):
             max_page_size=page_size,
             params=params,
         )
+        fault = emulator.faults.decide(route.operation, mailbox.address)
+        if fault is not None and self._inject(emulator, fault, request):
+            return None  # the connection was dropped before an answer
         try:
-            answer = route.handler(request)
+            with emulator.throttle.slot(self._record["client_id"], mailbox.address):
+                if fault is not None and fault.kind == "latency":
+                    # Inside the slot: a slow request holds its place, so the fifth concurrent
+                    # one is refused (test_throttling.test_mailbox_concurrency_past_four).
+                    time.sleep(fault.delay)
+                answer = route.handler(request)
         except GraphError:
             raise
         except StoreError as exc:
@@ -252,6 +267,63 @@ class GraphHandler(QuietHandler):
         if immutable:
             answer.headers.setdefault("Preference-Applied", 'IdType="ImmutableId"')
         return answer
+
+    def _inject(self, emulator: GraphEmulator, fault: GraphFault, request: GraphRequest) -> bool:
+        """Act on an injected fault: raise its error answer, or drop the connection (True), or
+        let the request go on (False: latency, or a drop in the middle of the answer)."""
+        if fault.kind != "latency" and fault.delay:
+            time.sleep(fault.delay)
+        if fault.kind == "drop":
+            self._record["error_code"] = "ConnectionDropped"
+            if fault.after_bytes:
+                # Mid-answer: the request runs (its effects happen, as when a real connection
+                # breaks on the way back) and only the start of its answer is sent.
+                self._cut_after = fault.after_bytes
+                return False
+            self._log(0)  # before the client can see the cut
+            self.drop_connection()
+            return True
+        if fault.kind == "token_revoked":
+            revoke = getattr(emulator.token_server, "revoke", None)
+            if revoke is not None:
+                revoke(self._record["client_id"])
+            raise GraphError(
+                401,
+                "InvalidAuthenticationToken",
+                _TOKEN_MESSAGES["invalid_token"],
+                headers={"WWW-Authenticate": emulator.challenge()},
+            )
+        if fault.kind == "delta_token_invalidated":
+            raise sync_state_not_found(request)
+        error = fault_error(fault)
+        if error is not None:
+            raise error
+        return False
+
+    def _subscriptions(
+        self,
+        emulator: GraphEmulator,
+        claims: Mapping[str, Any],
+        segments: tuple[str, ...],
+        body: bytes,
+        raw_query: str,
+    ) -> GraphAnswer:
+        """``/subscriptions…``: not below ``users/{user}``; ``subscriptions.Subscriptions`` checks
+        the role and, from the subscribed resource, the mailbox and the app's scope."""
+        template, operation = emulator.subscriptions.route(self.command, segments)
+        self._record["operation"] = operation
+        self._record["template"] = template
+        self._query(raw_query)
+        immutable, _ = parse_prefer(self.headers.get_all("Prefer") or [])
+        return emulator.subscriptions.serve(
+            method=self.command,
+            segments=segments,
+            body=body,
+            claims=claims,
+            token=(self.headers.get("Authorization") or "").partition(" ")[2].strip(),
+            base_url=emulator.url,
+            immutable_ids=immutable,
+        )
 
     def _authenticate(self, emulator: GraphEmulator, length: int) -> Mapping[str, Any]:
         header = self.headers.get("Authorization") or ""
@@ -353,6 +425,7 @@ class GraphHandler(QuietHandler):
                 "code": exc.code,
                 "message": exc.message,
                 "innerError": {
+                    **exc.inner,
                     "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
                     "request-id": self._request_id,
                     "client-request-id": self._client_request_id,
@@ -409,6 +482,28 @@ class GraphHandler(QuietHandler):
                 self._record["template"],
                 problem,
             )
+
+    def send_body(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        cut, self._cut_after = self._cut_after, 0
+        if not cut:
+            super().send_body(status, body, content_type, headers)
+            return
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(body[: min(cut, max(len(body) - 1, 0))])
+            self.wfile.flush()
+        self.drop_connection()
 
     def _log(self, status: int) -> None:
         # Logged before the status line goes out: a client that reads the answer and then looks

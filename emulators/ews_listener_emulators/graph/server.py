@@ -26,6 +26,9 @@ from ews_listener_emulators.graph import folders, messages, users
 from ews_listener_emulators.graph._contract import Route
 from ews_listener_emulators.graph._handler import GraphHandler, GraphRequestRecord
 from ews_listener_emulators.graph._schema import GraphSchema, resolve_graph_schema_dir
+from ews_listener_emulators.graph.faults import GraphFaults
+from ews_listener_emulators.graph.subscriptions import NotificationSettings, Subscriptions
+from ews_listener_emulators.graph.throttling import DEFAULT_CONCURRENCY, DEFAULT_WINDOW, Throttle
 from ews_listener_emulators.soap import DEFAULT_MAX_REQUEST_BYTES
 from ews_listener_emulators.store import MailStore
 from ews_listener_emulators.token_server import GRAPH_AUDIENCES
@@ -94,6 +97,11 @@ class GraphEmulator:
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         request_log_size: int = 100_000,
         audiences: Sequence[str] = GRAPH_AUDIENCES,
+        mailbox_concurrency: int | None = DEFAULT_CONCURRENCY,
+        request_budget: int | None = None,
+        budget_window: float = DEFAULT_WINDOW,
+        fault_seed: int = 0,
+        notifications: NotificationSettings | None = None,
     ) -> None:
         self.token_server = token_server
         self.ca = ca
@@ -104,7 +112,13 @@ class GraphEmulator:
         directory = resolve_graph_schema_dir(schema_dir)
         self.schema = GraphSchema(directory) if directory is not None else None
         self.request_log: deque[GraphRequestRecord] = deque(maxlen=request_log_size)
+        #: Exchange Online's per-(app, mailbox) limits; ``request_budget`` None: no budget.
+        self.throttle = Throttle(
+            concurrency=mailbox_concurrency, budget=request_budget, window=budget_window
+        )
+        self.faults = GraphFaults(seed=fault_seed)
         self.routes: list[Route] = [*users.ROUTES, *folders.ROUTES, *messages.ROUTES]
+        self.subscriptions = Subscriptions(self, notifications)
         context = ca.server_context() if ca is not None else None
         self._server = LoopbackServer(GraphHandler, host=host, port=port, ssl_context=context)
         self._server.owner = self  # type: ignore[attr-defined]
@@ -124,9 +138,11 @@ class GraphEmulator:
 
     def start(self) -> GraphEmulator:
         self._server.start()
+        self.subscriptions.start()
         return self
 
     def stop(self) -> None:
+        self.subscriptions.stop()  # first: no notification goes out from a stopped emulator
         self._server.stop()
 
     def __enter__(self) -> GraphEmulator:
@@ -151,8 +167,12 @@ class GraphEmulator:
         self.scopes.allow(client_id, mailboxes)
 
     def reset(self) -> None:
-        """Forget the request log (and the scopes, when they are this emulator's own)."""
+        """Forget the request log, the fault rules and the throttling state (and the scopes,
+        when they are this emulator's own)."""
         self.request_log.clear()
+        self.subscriptions.clear()
+        self.faults.reset()
+        self.throttle.reset()
         if isinstance(self.scopes, _ScopeTable):
             self.scopes.clear()
 
