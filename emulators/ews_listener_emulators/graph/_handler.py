@@ -209,6 +209,11 @@ class GraphHandler(QuietHandler):
             raise GraphError(400, "BadRequest", f"Invalid version: {version}")
         if segments and segments[0].lower() == "subscriptions":
             return self._subscriptions(emulator, claims, segments[1:], body, url.query)
+        if segments and segments[0].lower() == "$batch":
+            self._record["operation"], self._record["template"] = "$batch", "/$batch"
+            if len(segments) > 1 or self.command != "POST":
+                raise GraphError(405, "Request_BadRequest", _NOT_ALLOWED)
+            return emulator.serve_batch(self, body)
         route, params, user = self._route(emulator.routes, segments)
         self._record["operation"] = route.operation
         self._record["template"] = route.template

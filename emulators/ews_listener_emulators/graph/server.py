@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 from ews_listener_emulators._http import LoopbackServer
 from ews_listener_emulators.ca import EmulatorCA
-from ews_listener_emulators.graph import folders, messages, users
-from ews_listener_emulators.graph._contract import Route
+from ews_listener_emulators.graph import batch, folders, messages, users
+from ews_listener_emulators.graph._contract import GraphAnswer, Route
 from ews_listener_emulators.graph._handler import GraphHandler, GraphRequestRecord
 from ews_listener_emulators.graph._schema import GraphSchema, resolve_graph_schema_dir
 from ews_listener_emulators.graph.faults import GraphFaults
@@ -175,6 +175,11 @@ class GraphEmulator:
         self.throttle.reset()
         if isinstance(self.scopes, _ScopeTable):
             self.scopes.clear()
+
+    def serve_batch(self, outer: GraphHandler, body: bytes) -> GraphAnswer | None:
+        """``POST /v1.0/$batch`` (``batch``; a module the handler cannot import: it imports the
+        handler). None: a fault dropped the connection."""
+        return batch.serve(outer, body)
 
     def challenge(self) -> str:
         """The ``WWW-Authenticate`` value of a 401 (the token server's URL as authority)."""
