@@ -456,3 +456,36 @@ def test_reauthorization_required_shortly_before_expiry(
     [event] = receiver.wait(lambda: receiver.received("/lifecycle"))
     assert event["lifecycleEvent"] == "reauthorizationRequired"
     assert event["subscriptionId"] == sub["id"]
+
+
+def test_fault_rules_replace_a_delivery_with_a_lifecycle_notification(
+    subs: GraphEmulator, ews: EwsEmulator, call: Call, receiver: Receiver
+) -> None:
+    """``notifications_missed`` drops the next batch and sends ``missed``;
+    ``subscription_removed`` removes the subscription and sends ``subscriptionRemoved``."""
+    sub = _subscribe(call, receiver, lifecycleNotificationUrl=f"{receiver.url}/lifecycle")
+    subs.faults.add("notifications_missed", mailbox=ALICE)
+    ews.deliver(ALICE, simple_mime("dropped"))
+    [missed] = receiver.wait(lambda: receiver.received("/lifecycle"))
+    assert missed["lifecycleEvent"] == "missed"
+    subs.faults.add("subscription_removed", mailbox=ALICE)
+    ews.deliver(ALICE, simple_mime("removed"))
+    events = receiver.wait(lambda: (e := receiver.received("/lifecycle")) and len(e) == 2 and e)
+    assert events[1]["lifecycleEvent"] == "subscriptionRemoved"
+    assert receiver.received() == []
+    assert call("GET", f"subscriptions/{sub['id']}").status_code == 404
+
+
+def test_changes_seen_together_go_in_one_post(
+    subs: GraphEmulator, ews: EwsEmulator, call: Call, receiver: Receiver
+) -> None:
+    """Three messages delivered while the delivery thread waits for the store: one POST with
+    three entries, as Graph batches the notifications of a subscription."""
+    _subscribe(call, receiver)
+    with subs.store.lock:  # the delivery thread collects events under this lock
+        for n in range(3):
+            ews.deliver(ALICE, simple_mime(f"batch {n}"))
+    receiver.wait(lambda: len(receiver.received()) == 3)
+    with receiver.lock:
+        sizes = [len(body["value"]) for path, _, body in receiver.posts if path == "/notify"]
+    assert sizes == [3]
