@@ -6,6 +6,7 @@ authenticated, throttled, faulted, validated and logged on its own."""
 from __future__ import annotations
 
 import base64
+import os
 from email.message import EmailMessage
 from typing import Any
 
@@ -16,8 +17,13 @@ from ews_listener_emulators.graph._ids import to_rest_id
 from ews_listener_emulators.graph.server import GraphEmulator
 from ews_listener_emulators.server import EwsEmulator
 from tests.graph_emulator.conftest import ALICE, BOB, SCOPED_ID, Call
+from tests.graph_emulator.direct import sample, samples_available
 
 INBOX = f"users/{ALICE}/mailFolders/inbox"
+# Without ../shared/graph-samples this skips elsewhere and fails in CI (which always has them).
+needs_samples = pytest.mark.skipif(
+    not samples_available() and not os.environ.get("CI"), reason="../shared/graph-samples"
+)
 
 
 def mime(subject: str) -> bytes:
@@ -192,3 +198,24 @@ def test_drop_inside_drops_the_batch(graph: GraphEmulator, call: Call) -> None:
 def test_batch_is_post_only(call: Call) -> None:
     """GET $batch: 405."""
     assert call("GET", "$batch").status_code == 405
+
+
+@needs_samples
+def test_batch_has_the_documented_shape(call: Call) -> None:
+    """Each response has the members of batch-mixed-statuses.http.txt's (id, status, headers,
+    body), a string id, an integer status and a Content-Type header, success or error."""
+    documented = sample("batch-mixed-statuses.http.txt")["responses"]
+    members = {frozenset(r) for r in documented}
+    assert members == {frozenset({"id", "status", "headers", "body"})}
+    requests = [
+        {"id": "1", "method": "GET", "url": INBOX},
+        {"id": "2", "method": "DELETE", "url": INBOX},  # 405, as the sample's request 4
+    ]
+    responses = batch(call, requests).json()["responses"]
+    assert [r["status"] for r in responses] == [200, 405]
+    for response in responses:
+        assert frozenset(response) in members
+        assert isinstance(response["id"], str)
+        assert isinstance(response["status"], int)
+        assert "Content-Type" in response["headers"]
+    assert responses[1]["body"]["error"]["code"] == documented[3]["body"]["error"]["code"]

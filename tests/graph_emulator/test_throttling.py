@@ -4,17 +4,24 @@ budget of a 10-minute window, in the shape of ../shared/graph-samples/throttling
 
 from __future__ import annotations
 
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from ews_listener_emulators.graph.server import GraphEmulator
 from tests.graph_emulator.conftest import ALICE, BOB, CLIENT_ID, READER_ID, Call
+from tests.graph_emulator.direct import SAMPLES_DIR, sample, samples_available
 
 INBOX = f"users/{ALICE}/mailFolders/inbox"
 RETRY_AFTER = re.compile(r"^\d+\.\d{3}$")  # fractional seconds, as the documented 429
 DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")  # innerError.date without offset
+# Without ../shared/graph-samples this skips elsewhere and fails in CI (which always has them).
+needs_samples = pytest.mark.skipif(
+    not samples_available() and not os.environ.get("CI"), reason="../shared/graph-samples"
+)
 
 
 def assert_throttled(response: httpx.Response, message: str) -> float:
@@ -83,3 +90,21 @@ def test_budget_is_off_by_default() -> None:
     assert emulator.throttle.window == 600.0
     limited = GraphEmulator(None, request_budget=10_000, mailbox_concurrency=None)
     assert (limited.throttle.budget, limited.throttle.concurrency) == (10_000, None)
+
+
+@needs_samples
+def test_429_has_the_documented_shape(graph: GraphEmulator, call: Call) -> None:
+    """The members of throttling-429.http.txt's error and innerError, and its Retry-After form."""
+    documented = sample("throttling-429.http.txt")["error"]
+    text = (SAMPLES_DIR / "throttling-429.http.txt").read_text(encoding="utf-8")
+    documented_retry = re.search(r"^Retry-After: (\S+)$", text, re.MULTILINE)
+    assert documented_retry is not None
+    assert RETRY_AFTER.match(documented_retry.group(1))
+    assert DATE.match(documented["innerError"]["date"])
+    graph.throttle.budget = 1
+    call("GET", INBOX)
+    response = call("GET", INBOX)
+    assert_throttled(response, "Application is over its MailboxRequests limit.")
+    error = response.json()["error"]
+    assert set(error) == set(documented)
+    assert set(documented["innerError"]) <= set(error["innerError"])

@@ -7,8 +7,10 @@ Bearer token: signature, expiry, audience ``https://graph.microsoft.com`` or Gra
 ``/v1.0`` (400 ``BadRequest`` for a segment nothing serves, 405 for a method) → query options
 (400) → a ``Mail.*`` role, ``Mail.ReadWrite`` for anything but GET (403 ``ErrorAccessDenied``) →
 the user (404) → the app's mailbox scope, RBAC for Applications (403 ``ErrorAccessDenied``) →
-the resource (``folders``, ``users``, ``messages``) → schema validation of the JSON answer
-(``$GRAPH_SCHEMA_DIR``) → request log.
+injected faults (``faults``) → Exchange Online's throttling per app and mailbox (429,
+``throttling``) → the resource (``folders``, ``users``, ``messages``) → schema validation of the
+JSON answer (``$GRAPH_SCHEMA_DIR``) → request log. ``$batch`` (``batch``) sends each of its
+requests through these steps on its own.
 
 Every error body is Graph's ODataError: ``error.code``, ``error.message`` and ``error.innerError``
 with ``date`` (no offset, as Graph writes it), ``request-id`` and ``client-request-id``, the same

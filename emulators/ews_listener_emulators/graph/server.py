@@ -1,9 +1,11 @@
 """The Graph emulator: a Microsoft Graph v1.0 mail endpoint at ``https://127.0.0.1:PORT/v1.0``.
 
-``GraphEmulator`` owns the routes, the request log and the schema validator, and shares the mail
-store (and the app scopes) with an EWS emulator when given one: a message delivered once is then
-seen through both protocols. ``_handler.GraphHandler`` serves the requests (its docstring gives
-the order of checks). Server stack: ``_http.LoopbackServer``, as the EWS emulator's.
+``GraphEmulator`` owns the routes, the request log, the schema validator, the fault rules
+(``faults``, ``graph.faults``) and Exchange Online's throttling (``throttle``, ``graph.throttling``:
+4 concurrent requests per app and mailbox; a request budget per window when given one), and shares
+the mail store (and the app scopes) with an EWS emulator when given one: a message delivered once
+is then seen through both protocols. ``_handler.GraphHandler`` serves the requests (its docstring
+gives the order of checks). Server stack: ``_http.LoopbackServer``, as the EWS emulator's.
 
 App scopes (RBAC for Applications): Exchange Online has one management scope per app for the
 mailboxes, whichever protocol it reads them with (EWS ``full_access_as_app`` and Graph ``Mail.*``
