@@ -256,6 +256,8 @@ def fault_error(fault: GraphFault) -> GraphError | None:
     """The error answer of a fault kind that is one (throttled, mailbox_concurrency, http_5xx);
     None for the kinds the server acts on otherwise."""
     if fault.kind == "throttled":
+        # The code Exchange Online throttles mail with; the message is our wording (no documented
+        # mail 429 body), the shape is throttling-429.http.txt's.
         return throttled("Application is over its request limit.", fault.retry_after)
     if fault.kind == "mailbox_concurrency":
         return throttled("Application is over its MailboxConcurrency limit.", fault.retry_after)

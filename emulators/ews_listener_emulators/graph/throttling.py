@@ -10,7 +10,9 @@ Outlook resources of Graph (Graph docs, concepts/throttling-limits.md, "Outlook 
   Exchange Online). Off (None) by default so that tests and benchmarks that are not about it are
   not throttled; the 429's ``Retry-After`` is the time left in the window.
 
-``Retry-After`` is written with three decimals (``2.128``), as the documented 429
+The concurrency message is the one Exchange Online answers (as widely reported; Microsoft's pages
+show no mail 429 body); the budget's ("MailboxRequests") is our wording, as no documented answer
+names that limit. ``Retry-After`` is written with three decimals (``2.128``), as the documented 429
 (../shared/graph-samples/throttling-429.http.txt) shows it. The clock is a parameter, so a test
 can run a window out without sleeping (STYLE.md, "No sleeping tests").
 """
@@ -72,7 +74,7 @@ class Throttle:
         concurrency_retry_after: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._defaults = (concurrency, budget, window, concurrency_retry_after)
+        self._defaults = (concurrency, budget, window, concurrency_retry_after, clock)
         self.concurrency = concurrency
         self.budget = budget
         self.window = window
@@ -84,11 +86,16 @@ class Throttle:
         self._counters: Counter[str] = Counter()
 
     def reset(self) -> None:
-        """The limits given to the constructor, nothing in flight or spent, zero counters."""
+        """The limits and clock given to the constructor, nothing in flight or spent, zero
+        counters."""
         with self._lock:
-            self.concurrency, self.budget, self.window, self.concurrency_retry_after = (
-                self._defaults
-            )
+            (
+                self.concurrency,
+                self.budget,
+                self.window,
+                self.concurrency_retry_after,
+                self.clock,
+            ) = self._defaults
             self._in_flight.clear()
             self._windows.clear()
             self._counters.clear()
