@@ -9,6 +9,7 @@ the receiver with a deadline.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 import uuid
@@ -58,6 +59,7 @@ class Receiver:
     url: str = ""
     validation: str = "echo"  # echo | wrong | slow | 500
     fail_next: int = 0  # answer this many notifications to /notify with 500
+    fail_lifecycle: int = 0  # answer this many to /lifecycle with 500
     slow_next: int = 0  # answer this many notifications too late
     delay: float = 1.0  # how late "slow" is
     validations: list[tuple[str, str]] = field(default_factory=list)  # (token, content type)
@@ -100,6 +102,9 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 if receiver.fail_next and url.path == "/notify":
                     receiver.fail_next -= 1
                     status = 500
+                elif receiver.fail_lifecycle and url.path == "/lifecycle":
+                    receiver.fail_lifecycle -= 1
+                    status = 500
                 slow = status == 202 and receiver.slow_next > 0
                 if slow:
                     receiver.slow_next -= 1
@@ -133,18 +138,31 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """A plain-HTTP receiver on 127.0.0.1 (the emulator accepts http on loopback)."""
+def _serve(context: ssl.SSLContext | None) -> Iterator[Receiver]:
     state = Receiver()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    scheme = "https" if context is not None else "http"
+    state.url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     yield state
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A plain-HTTP receiver on 127.0.0.1 (the emulator accepts http on loopback)."""
+    yield from _serve(None)
+
+
+@pytest.fixture
+def https_receiver(world: World) -> Iterator[Receiver]:
+    """An HTTPS receiver with a certificate from the emulator CA."""
+    yield from _serve(world.ca.server_context())
 
 
 @pytest.fixture
@@ -489,3 +507,56 @@ def test_changes_seen_together_go_in_one_post(
     with receiver.lock:
         sizes = [len(body["value"]) for path, _, body in receiver.posts if path == "/notify"]
     assert sizes == [3]
+
+
+def test_an_https_receiver_is_validated_and_notified(
+    subs: GraphEmulator, ews: EwsEmulator, call: Call, https_receiver: Receiver
+) -> None:
+    """An https notificationUrl (the emulator trusts its own CA): handshake and notification."""
+    _subscribe(call, https_receiver)
+    ews.deliver(ALICE, simple_mime("over tls"))
+    [entry] = https_receiver.wait(https_receiver.received)
+    assert entry["changeType"] == "created"
+
+
+def test_a_move_out_of_the_folder_is_deleted_there_and_immutable_ids_are_kept(
+    subs: GraphEmulator, ews: EwsEmulator, call: Call, receiver: Receiver
+) -> None:
+    """Created with ``Prefer: IdType="ImmutableId"``: notifications name messages by immutable
+    id; a move out of the inbox is "deleted" for an inbox subscription, with that same id."""
+    immutable = {"Prefer": 'IdType="ImmutableId"'}
+    body = {
+        "changeType": "created,deleted",
+        "notificationUrl": f"{receiver.url}/notify",
+        "resource": f"users/{ALICE}/mailFolders('inbox')/messages",
+        "expirationDateTime": _in(60),
+    }
+    assert call("POST", "subscriptions", json=body, headers=immutable).status_code == 201
+    ews.deliver(ALICE, simple_mime("moving"))
+    [created] = receiver.wait(receiver.received)
+    listed = call("GET", f"users/{ALICE}/mailFolders/inbox/messages", headers=immutable)
+    [message] = listed.json()["value"]
+    assert created["resourceData"]["id"] == message["id"]
+    moved = call(
+        "POST",
+        f"users/{ALICE}/messages/{message['id']}/move",
+        json={"destinationId": "archive"},
+        headers=immutable,
+    )
+    assert moved.status_code == 201, moved.text
+    entries = receiver.wait(lambda: (e := receiver.received()) and len(e) == 2 and e)
+    assert entries[1]["changeType"] == "deleted"
+    assert entries[1]["resourceData"]["id"] == message["id"]
+    _check_payload(subs, entries)
+
+
+def test_lifecycle_notifications_are_retried(
+    subs: GraphEmulator, call: Call, receiver: Receiver
+) -> None:
+    """A lifecycle receiver that fails twice gets the notification on the third attempt."""
+    sub = _subscribe(call, receiver, lifecycleNotificationUrl=f"{receiver.url}/lifecycle")
+    receiver.fail_lifecycle = 2
+    subs.subscriptions.remove(sub["id"])
+    [event] = receiver.wait(lambda: receiver.received("/lifecycle"))
+    assert event["lifecycleEvent"] == "subscriptionRemoved"
+    assert len(receiver.received("/lifecycle", status=500)) == 2

@@ -21,7 +21,8 @@ What Microsoft documents (../shared/graph-samples/, the subscription and webhook
   sent when the token the subscription was created (or last reauthorized) with stops verifying
   (``TokenServer.revoke``), and shortly before expiry; while the token is refused, change
   notifications wait, and ``POST /subscriptions/{id}/reauthorize`` with a valid token resumes them.
-  ``missed`` is sent when notifications were dropped after the retry window.
+  ``missed`` is sent when notifications were dropped after the retry window. Lifecycle
+  notifications are retried as change notifications are (then dropped without a word).
 - An expired subscription sends nothing and is gone (404).
 
 One background thread per Graph emulator (``Subscriptions.start`` / ``stop``) turns events into
@@ -115,6 +116,40 @@ class SubscriptionCall:
 
 
 @dataclass
+class _Outbox:
+    """Notifications waiting for one receiver URL, and its back-off; guarded by
+    ``Subscriptions._lock``."""
+
+    url: str
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    attempts: int = 0
+    failing_since: float | None = None
+    next_attempt: float = 0.0
+
+    def batch(self, now: float, size: int) -> list[dict[str, Any]]:
+        """The next entries to POST, or none while backing off."""
+        return list(self.pending[:size]) if self.next_attempt <= now else []
+
+    def delivered(self, count: int) -> None:
+        del self.pending[:count]
+        self.attempts, self.failing_since, self.next_attempt = 0, None, 0.0
+
+    def failed(self, now: float, settings: NotificationSettings) -> bool:
+        """Back off exponentially; True when the retry window is over and the entries were
+        dropped."""
+        self.attempts += 1
+        if self.failing_since is None:
+            self.failing_since = now
+        if now - self.failing_since >= settings.retry_for:
+            self.pending.clear()
+            self.attempts, self.failing_since, self.next_attempt = 0, None, 0.0
+            return True
+        delay = settings.first_retry * 2 ** (self.attempts - 1)
+        self.next_attempt = now + min(delay, settings.max_retry)
+        return False
+
+
+@dataclass
 class _Subscription:
     """One subscription; guarded by ``Subscriptions._lock``."""
 
@@ -135,10 +170,10 @@ class _Subscription:
     seq: int  # the mailbox's event log position already turned into notifications
     token_refused: bool = False
     warned_for: datetime | None = None  # the expiration a reauthorizationRequired was sent for
-    pending: list[dict[str, Any]] = field(default_factory=list)
-    attempts: int = 0
-    failing_since: float | None = None
-    next_attempt: float = 0.0
+    outbox: _Outbox = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outbox = _Outbox(self.notification_url)
 
     @property
     def change_types(self) -> frozenset[str]:
@@ -187,7 +222,8 @@ class Subscriptions:
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self._lock = threading.RLock()
         self._subscriptions: dict[str, _Subscription] = {}
-        self._lifecycle: deque[tuple[str, dict[str, Any]]] = deque()  # (url, entry)
+        # By lifecycleNotificationUrl: kept after a subscription is gone (subscriptionRemoved).
+        self._lifecycle: dict[str, _Outbox] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -233,7 +269,7 @@ class Subscriptions:
         with self._lock:
             sub = self._subscriptions[subscription_id]
             sub.seq = self.emulator.store.last_event_seq(sub.mailbox)
-            sub.pending.clear()
+            sub.outbox.pending.clear()
             self._queue_lifecycle(sub, "missed")
 
     def require_reauthorization(self, subscription_id: str) -> None:
@@ -520,18 +556,17 @@ class Subscriptions:
             with self._lock:
                 if not sub.token_refused:
                     self._collect(sub)
-        while True:
-            with self._lock:
-                if not self._lifecycle:
-                    break
-                url, entry = self._lifecycle.popleft()
-            self._send("lifecycle", url, [entry])
+        with self._lock:
+            lifecycle = list(self._lifecycle.values())
+        for outbox in lifecycle:
+            self._deliver("lifecycle", outbox, now)
         for sub in subs:
             with self._lock:
-                due = sub.pending and not sub.token_refused and sub.next_attempt <= now
-                batch = list(sub.pending[: self.settings.max_batch]) if due else []
-            if batch and not self._faulted(sub):
-                self._deliver(sub, batch)
+                due = not sub.token_refused and sub.outbox.batch(now, 1)
+            # _deliver is True when the retry window ended and the notifications were dropped.
+            if due and not self._faulted(sub) and self._deliver("notification", sub.outbox, now):
+                with self._lock:
+                    self._queue_lifecycle(sub, "missed")
 
     def _expire(self) -> None:
         now = self.clock()
@@ -567,12 +602,12 @@ class Subscriptions:
         if take("subscription_removed", sub.mailbox.address):
             with self._lock:
                 if self._subscriptions.pop(sub.id, None) is not None:
-                    sub.pending.clear()
+                    sub.outbox.pending.clear()
                     self._queue_lifecycle(sub, "subscriptionRemoved")
             return True
         if take("notifications_missed", sub.mailbox.address):
             with self._lock:
-                sub.pending.clear()
+                sub.outbox.pending.clear()
                 self._queue_lifecycle(sub, "missed")
             return True
         return False
@@ -587,7 +622,8 @@ class Subscriptions:
             "clientState": sub.client_state,
             "lifecycleEvent": event,
         }
-        self._lifecycle.append((sub.lifecycle_url, entry))
+        outbox = self._lifecycle.setdefault(sub.lifecycle_url, _Outbox(sub.lifecycle_url))
+        outbox.pending.append(entry)
         with self.emulator.store.changed:
             self.emulator.store.changed.notify_all()
 
@@ -600,7 +636,7 @@ class Subscriptions:
             for event in events:
                 for change, item_id in self._changes(sub, event):
                     if change in sub.change_types:
-                        sub.pending.append(self._entry(sub, change, item_id))
+                        sub.outbox.pending.append(self._entry(sub, change, item_id))
 
     def _changes(self, sub: _Subscription, event: Event) -> list[tuple[str, str]]:
         """(changeType, EWS item id) for ``event`` as the subscription's folder sees it."""
@@ -648,24 +684,19 @@ class Subscriptions:
             "tenantId": sub.tenant_id,
         }
 
-    def _deliver(self, sub: _Subscription, batch: list[dict[str, Any]]) -> None:
-        ok = self._send("notification", sub.notification_url, batch)
-        now = time.monotonic()
+    def _deliver(self, kind: str, outbox: _Outbox, now: float) -> bool:
+        """POST the outbox's next batch; True when a failure ended the retry window (the
+        entries were dropped)."""
+        with self._lock:
+            batch = outbox.batch(now, self.settings.max_batch)
+        if not batch:
+            return False
+        ok = self._send(kind, outbox.url, batch)
         with self._lock:
             if ok:
-                del sub.pending[: len(batch)]
-                sub.attempts, sub.failing_since, sub.next_attempt = 0, None, 0.0
-                return
-            sub.attempts += 1
-            if sub.failing_since is None:
-                sub.failing_since = now
-            if now - sub.failing_since >= self.settings.retry_for:
-                sub.pending.clear()
-                sub.attempts, sub.failing_since, sub.next_attempt = 0, None, 0.0
-                self._queue_lifecycle(sub, "missed")
-                return
-            delay = self.settings.first_retry * 2 ** (sub.attempts - 1)
-            sub.next_attempt = now + min(delay, self.settings.max_retry)
+                outbox.delivered(len(batch))
+                return False
+            return outbox.failed(time.monotonic(), self.settings)
 
 
 def _json_body(raw: bytes) -> dict[str, Any]:
