@@ -9,6 +9,7 @@ the receiver with a deadline.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import threading
 import time
@@ -40,7 +41,12 @@ from tests.graph_emulator.conftest import (
     Call,
     World,
 )
+from tests.graph_emulator.direct import SAMPLES_DIR, samples_available
 
+# Without ../shared/graph-samples this skips elsewhere and fails in CI (which always has them).
+needs_samples = pytest.mark.skipif(
+    not samples_available() and not os.environ.get("CI"), reason="../shared/graph-samples"
+)
 FAST = NotificationSettings(
     validation_timeout=0.5,
     delivery_timeout=0.3,
@@ -560,3 +566,46 @@ def test_lifecycle_notifications_are_retried(
     [event] = receiver.wait(lambda: receiver.received("/lifecycle"))
     assert event["lifecycleEvent"] == "subscriptionRemoved"
     assert len(receiver.received("/lifecycle", status=500)) == 2
+
+
+# --- Microsoft's documented shapes (../shared/graph-samples, read, never copied) -------------
+
+
+def _documented(name: str, marker: str) -> Any:
+    """The first JSON body after ``marker`` in a sample file (a line starting with ``{``: the
+    request lines hold ``{id}`` placeholders)."""
+    text = (SAMPLES_DIR / name).read_text(encoding="utf-8").split(marker, 1)[1]
+    return json.loads(text[text.index("\n{") :])
+
+
+@needs_samples
+def test_documented_requests_and_shapes(
+    subs: GraphEmulator, ews: EwsEmulator, call: Call, receiver: Receiver
+) -> None:
+    """The documented create-with-lifecycle-url and renew requests are accepted; the answer has
+    every property of subscription-create's (but notificationContentType, not in v1.0), and the
+    POSTed notifications have the keys of webhook-change-notification and
+    webhook-lifecycle-notification."""
+    request = _documented("subscription-create-with-lifecycle-url.request.http.txt", "### request")
+    request["resource"] = request["resource"].replace("{id}", ALICE)
+    request["notificationUrl"] = f"{receiver.url}/notify"
+    request["lifecycleNotificationUrl"] = f"{receiver.url}/lifecycle"
+    request["expirationDateTime"] = _in(60)
+    created = call("POST", "subscriptions", json=request)
+    assert created.status_code == 201, created.text
+    answer = _documented("subscription-create.http.txt", "### response")
+    assert set(answer) - {"notificationContentType"} <= set(created.json())
+    renew = _documented("subscription-renew.request.http.txt", "### request")
+    assert set(renew) == {"expirationDateTime"}
+    path = f"subscriptions/{created.json()['id']}"
+    assert call("PATCH", path, json={**renew, "expirationDateTime": _in(90)}).status_code == 200
+
+    ews.deliver(ALICE, simple_mime("documented"))
+    [entry] = receiver.wait(receiver.received)
+    [documented] = _documented("webhook-change-notification.http.txt", "### body")["value"]
+    assert set(entry) == set(documented)
+    assert set(entry["resourceData"]) == set(documented["resourceData"])
+    subs.subscriptions.remove(created.json()["id"])
+    [event] = receiver.wait(lambda: receiver.received("/lifecycle"))
+    [lifecycle] = _documented("webhook-lifecycle-notification.http.txt", "### body")["value"]
+    assert set(event) == set(lifecycle)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import ssl
 import threading
 import time
@@ -675,6 +676,8 @@ class Subscriptions:
             data["@odata.etag"] = f'W/"{item.change_key}"'
         data["id"] = graph_id
         return {
+            # Each notification has an id of its own (webhook-change-notification: "lsgTZMr9KwAAA").
+            "id": secrets.token_urlsafe(10)[:13],
             "subscriptionId": sub.id,
             "subscriptionExpirationDateTime": _timestamp(sub.expiration),
             "changeType": change,
