@@ -609,3 +609,12 @@ def test_documented_requests_and_shapes(
     [event] = receiver.wait(lambda: receiver.received("/lifecycle"))
     [lifecycle] = _documented("webhook-lifecycle-notification.http.txt", "### body")["value"]
     assert set(event) == set(lifecycle)
+
+
+def test_stop_ends_the_delivery_thread(world: World) -> None:
+    """A Graph emulator of its own: start() starts the delivery thread, stop() ends it."""
+    emulator = GraphEmulator(world.token_server, world.ca, notifications=FAST)
+    assert not emulator.subscriptions.running
+    with emulator:
+        assert emulator.subscriptions.running
+    assert not emulator.subscriptions.running

@@ -246,6 +246,11 @@ class Subscriptions:
             self.emulator.store.changed.notify_all()
         thread.join(timeout=self.settings.delivery_timeout + 5)
 
+    @property
+    def running(self) -> bool:
+        """Whether the delivery thread runs (between ``start`` and ``stop``)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def clear(self) -> None:
         """Forget every subscription and queued notification (``GraphEmulator.reset``)."""
         with self._lock:
