@@ -206,6 +206,17 @@ def _subscribe(call: Call, receiver: Receiver, **fields: Any) -> dict[str, Any]:
     return body
 
 
+def _barrier(call: Call, receiver: Receiver) -> None:
+    """Subscribe Bob's inbox to /barrier: once mail delivered to Bob after Alice's is notified
+    there, the delivery thread has been through Alice's event too (no sleeping)."""
+    _subscribe(
+        call,
+        receiver,
+        notificationUrl=f"{receiver.url}/barrier",
+        resource=f"users/{BOB}/mailFolders('inbox')/messages",
+    )
+
+
 def _check_payload(graph: GraphEmulator, entries: list[dict[str, Any]]) -> None:
     if graph.schema is not None:
         problem = graph.schema.validate({"value": entries}, CHANGE_NOTIFICATIONS_SCHEMA)
@@ -401,9 +412,10 @@ def test_an_expired_subscription_sends_nothing_and_is_gone(
     """Past its expirationDateTime a subscription is 404 and mail notifies nobody."""
     sub = _subscribe(call, receiver, expirationDateTime=_in(0.5 / 60))
     receiver.wait(lambda: call("GET", f"subscriptions/{sub['id']}").status_code == 404, timeout=5)
+    _barrier(call, receiver)
     ews.deliver(ALICE, simple_mime("too late"))
-    ews.deliver(BOB, simple_mime("flush"))  # a round of the delivery thread after the first
-    time.sleep(0.05)
+    ews.deliver(BOB, simple_mime("barrier"))
+    receiver.wait(lambda: receiver.received("/barrier"))
     assert receiver.received() == []
 
 
@@ -461,8 +473,10 @@ def test_revoked_token_asks_for_reauthorization(
     world.token_server.revoke(client_id)
     [event] = receiver.wait(lambda: receiver.received("/lifecycle"))
     assert event["lifecycleEvent"] == "reauthorizationRequired"
+    _barrier(call, receiver)
     ews.deliver(ALICE, simple_mime("held"))
-    time.sleep(0.05)
+    ews.deliver(BOB, simple_mime("barrier"))
+    receiver.wait(lambda: receiver.received("/barrier"))
     assert receiver.received() == []
     path = f"subscriptions/{created.json()['id']}/reauthorize"
     assert call("POST", path, bearer=fresh()).status_code == 204
