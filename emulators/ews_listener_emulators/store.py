@@ -157,8 +157,35 @@ class MailStore:
                     "ErrorFolderExists", "A folder with the specified name already exists."
                 )
             folder = self._new_folder(mailbox, name, parent, folder_class=folder_class)
+            self._log_folder(parent)  # one more child folder
+            self._log_folder(folder)
             self._event(mailbox, "Created", None, folder.folder_id, is_folder=True)
             return folder
+
+    def delete_folder(self, folder: Folder) -> None:
+        """Remove a user folder with its subfolders and their items for good (DeleteFolder
+        HardDelete); ``ErrorDeleteDistinguishedFolder`` for a distinguished folder."""
+        with self.lock:
+            if folder.distinguished is not None:
+                raise StoreError(
+                    "ErrorDeleteDistinguishedFolder", "Distinguished folders cannot be deleted."
+                )
+            mailbox = folder.mailbox
+            stack = [folder]
+            while stack:
+                current = stack.pop()
+                stack.extend(current.children)
+                for item in list(current.items.values()):
+                    self.delete(item)
+                del mailbox.folders[current.folder_id]
+                mailbox.folder_csns.pop(current.folder_id, None)
+                mailbox.csn += 1
+                mailbox.removed_folders[current.folder_id] = mailbox.csn
+            if folder.parent is not None:
+                folder.parent.children.remove(folder)
+                folder.parent.version += 1
+                self._log_folder(folder.parent)  # one child folder fewer
+            self._event(mailbox, "Deleted", None, folder.folder_id, is_folder=True)
 
     def folder(self, mailbox: Mailbox, folder_id: str) -> Folder | None:
         """A folder by id or distinguished id."""
@@ -399,6 +426,12 @@ class MailStore:
         folder.log_csns.append(mailbox.csn)
         folder.item_log.setdefault(item_id, []).append((mailbox.csn, op))
         folder.version += 1
+
+    def _log_folder(self, folder: Folder) -> None:
+        """A change of the folder itself, for Graph's mailFolders/delta (``folder_csns``)."""
+        mailbox = folder.mailbox
+        mailbox.csn += 1
+        mailbox.folder_csns[folder.folder_id] = mailbox.csn
 
     def sync(
         self,

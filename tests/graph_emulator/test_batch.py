@@ -209,7 +209,7 @@ def test_batch_has_the_documented_shape(call: Call) -> None:
     assert members == {frozenset({"id", "status", "headers", "body"})}
     requests = [
         {"id": "1", "method": "GET", "url": INBOX},
-        {"id": "2", "method": "DELETE", "url": INBOX},  # 405, as the sample's request 4
+        {"id": "2", "method": "PUT", "url": INBOX},  # 405, as the sample's request 4
     ]
     responses = batch(call, requests).json()["responses"]
     assert [r["status"] for r in responses] == [200, 405]

@@ -53,7 +53,15 @@ from ews_listener_emulators.graph._render import (
 from ews_listener_emulators.graph._resource import answer_headers, check_options, folder_of, option
 from ews_listener_emulators.store import Folder, Item, SyncChange
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "ROUTES", "messages_delta", "sync_state_not_found"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "ROUTES",
+    "messages_delta",
+    "read_token",
+    "sign_token",
+    "sync_state_not_found",
+]
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 1000
@@ -83,25 +91,38 @@ class DeltaState:
     initial: bool = True
 
     def encode(self) -> str:
-        payload = json.dumps(
-            [self.folder_id, self.csn, self.select, self.change_type, self.initial],
-            separators=(",", ":"),
-        ).encode()
-        mac = hmac.new(_KEY, payload, hashlib.sha256).digest()[:_MAC_LENGTH]
-        return base64.urlsafe_b64encode(mac + payload).decode().rstrip("=")
+        return sign_token([self.folder_id, self.csn, self.select, self.change_type, self.initial])
 
     @classmethod
     def decode(cls, token: str) -> DeltaState | None:
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except ValueError:
+        payload = read_token(token)
+        if not isinstance(payload, list) or len(payload) != 5:  # 6: a mailFolders/delta token
             return None
-        mac, payload = raw[:_MAC_LENGTH], raw[_MAC_LENGTH:]
-        expected = hmac.new(_KEY, payload, hashlib.sha256).digest()[:_MAC_LENGTH]
-        if not hmac.compare_digest(mac, expected):
-            return None
-        folder_id, csn, select, change_type, initial = json.loads(payload)
+        folder_id, csn, select, change_type, initial = payload
         return cls(folder_id, csn, tuple(select) if select else None, change_type, initial)
+
+
+def sign_token(payload: Any) -> str:
+    """``payload`` as JSON, signed with this process's key, URL-safe: a delta token."""
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    mac = hmac.new(_KEY, data, hashlib.sha256).digest()[:_MAC_LENGTH]
+    return base64.urlsafe_b64encode(mac + data).decode().rstrip("=")
+
+
+def read_token(token: str) -> Any:
+    """The payload of a token ``sign_token`` made in this process, or None."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except ValueError:
+        return None
+    mac, data = raw[:_MAC_LENGTH], raw[_MAC_LENGTH:]
+    expected = hmac.new(_KEY, data, hashlib.sha256).digest()[:_MAC_LENGTH]
+    if not hmac.compare_digest(mac, expected):
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
 
 
 def _folder_segment(request: GraphRequest) -> str:
@@ -111,6 +132,8 @@ def _folder_segment(request: GraphRequest) -> str:
 
 def _link(request: GraphRequest, query: str) -> str:
     base = f"{request.base_url}/users/{quote(request.user, safe='')}"
+    if "folder" not in request.params:  # users/{u}/mailFolders/delta (folder_delta)
+        return f"{base}/mailFolders/delta{query}"
     return f"{base}/{_folder_segment(request)}/messages/delta{query}"
 
 

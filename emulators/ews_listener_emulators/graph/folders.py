@@ -6,6 +6,8 @@ Shapes follow ``microsoft.graph.mailFolder`` in the OpenAPI description (``id``,
 mail folders only (``IPF.Note`` and its subclasses; no Calendar, Contacts, Tasks …), by display
 name, ten a page (Exchange's default for mail folders) with ``$skip`` in ``@odata.nextLink``.
 A folder is named by its REST id or by a well-known name (``inbox``, ``archive`` …, ``_ids``).
+``DELETE mailFolders/{id}`` removes a user folder with what it holds (``MailStore.delete_folder``);
+``mailFolders/delta`` is ``folder_delta``.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from ews_listener_emulators.graph._odata import collection, context_user, select
 from ews_listener_emulators.mailstore.model import well_formed_id
 from ews_listener_emulators.store import Folder, StoreError
 
-__all__ = ["ROUTES", "folder_resource", "resolve_folder"]
+__all__ = ["FOLDER_PROPERTIES", "ROUTES", "folder_resource", "mail_folders", "resolve_folder"]
 
 PAGE_SIZE = 10
 _NOT_EMULATED = ("$filter", "$orderby", "$expand", "$search")
 _TYPE = "microsoft.graph.mailFolder"
 _SCHEMA = "#/components/schemas/microsoft.graph.mailFolder"
-_PROPERTIES = (
+FOLDER_PROPERTIES = (
     "id",
     "displayName",
     "parentFolderId",
@@ -44,6 +46,14 @@ def _mail_children(folder: Folder) -> list[Folder]:
         (child for child in folder.children if _is_mail_folder(child)),
         key=lambda child: child.name.lower(),
     )
+
+
+def mail_folders(root: Folder) -> list[Folder]:
+    """Every mail folder below ``root``, each before its children (mailFolders/delta)."""
+    found: list[Folder] = []
+    for child in _mail_children(root):
+        found += [child, *mail_folders(child)]
+    return found
 
 
 def folder_resource(folder: Folder) -> dict[str, Any]:
@@ -76,7 +86,7 @@ def _shaped(request: GraphRequest, folders: list[Folder]) -> tuple[list[dict[str
             # Graph can filter and sort folders; this emulator cannot, and says so rather
             # than answer as if it had.
             raise GraphError(501, "NotImplemented", f"{option} on mail folders is not emulated.")
-    fields = selected(request, _PROPERTIES, _TYPE)
+    fields = selected(request, FOLDER_PROPERTIES, _TYPE)
     with request.store.lock:
         entries = [folder_resource(folder) for folder in folders]
     if fields is None:
@@ -165,6 +175,17 @@ def create_child(request: GraphRequest) -> GraphAnswer:
     return _create(request, parent, context)
 
 
+def delete_folder(request: GraphRequest) -> GraphAnswer:
+    """DELETE a user folder, its subfolders and their messages (204); a well-known folder is
+    refused as EWS DeleteFolder refuses a distinguished one."""
+    folder = resolve_folder(request, request.params["folder"])
+    try:
+        request.store.delete_folder(folder)
+    except StoreError as exc:
+        raise GraphError(403, exc.code, str(exc)) from None
+    return GraphAnswer(status=204)
+
+
 _FOLDERS = "/users/{user-id}/mailFolders"
 _FOLDER = _FOLDERS + "/{mailFolder-id}"
 _CHILDREN = _FOLDER + "/childFolders"
@@ -173,6 +194,7 @@ ROUTES: list[Route] = [
     Route("GET", "mailFolders", list_folders, _FOLDERS, "user_ListMailFolder"),
     Route("POST", "mailFolders", create_top_folder, _FOLDERS, "user_CreateMailFolder"),
     Route("GET", "mailFolders/{folder}", get_folder, _FOLDER, "user_GetMailFolder"),
+    Route("DELETE", "mailFolders/{folder}", delete_folder, _FOLDER, "user_DeleteMailFolder"),
     Route(
         "GET",
         "mailFolders/{folder}/childFolders",

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from ews_listener_emulators._http import LoopbackServer
 from ews_listener_emulators.ca import EmulatorCA
-from ews_listener_emulators.graph import batch, folders, messages, users
+from ews_listener_emulators.graph import batch, folder_delta, folders, messages, users
 from ews_listener_emulators.graph._contract import GraphAnswer, Route
 from ews_listener_emulators.graph._handler import GraphHandler, GraphRequestRecord
 from ews_listener_emulators.graph._schema import GraphSchema, resolve_graph_schema_dir
@@ -119,7 +119,14 @@ class GraphEmulator:
             concurrency=mailbox_concurrency, budget=request_budget, window=budget_window
         )
         self.faults = GraphFaults(seed=fault_seed)
-        self.routes: list[Route] = [*users.ROUTES, *folders.ROUTES, *messages.ROUTES]
+        # Folder delta first: mailFolders/{folder} would match mailFolders/delta otherwise. It
+        # is not in folders.ROUTES because folder_delta reads folders' rendering (an import cycle).
+        self.routes: list[Route] = [
+            *users.ROUTES,
+            *folder_delta.ROUTES,
+            *folders.ROUTES,
+            *messages.ROUTES,
+        ]
         self.subscriptions = Subscriptions(self, notifications)
         context = ca.server_context() if ca is not None else None
         self._server = LoopbackServer(GraphHandler, host=host, port=port, ssl_context=context)

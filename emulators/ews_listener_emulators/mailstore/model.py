@@ -253,6 +253,11 @@ class Mailbox:
     distinguished: dict[str, Folder] = field(default_factory=dict)
     csn: int = 0
     events: list[Event] = field(default_factory=list)
+    # Graph's mailFolders/delta (graph/folder_delta.py): folder id -> the CSN of the folder's last
+    # change of its own (created, a child folder added or removed), and the ids of deleted folders
+    # -> the CSN of the delete. Item changes are in each folder's ``log``.
+    folder_csns: dict[str, int] = field(default_factory=dict)
+    removed_folders: dict[str, int] = field(default_factory=dict)
 
 
 #: (distinguished id, display name, parent distinguished id, folder class)
