@@ -337,9 +337,12 @@ _PROPERTIES: dict[str, Callable[[Item, Shape], Any]] = {
 
 FILE_ATTACHMENT = "#microsoft.graph.fileAttachment"
 ITEM_ATTACHMENT = "#microsoft.graph.itemAttachment"
+REFERENCE_ATTACHMENT = "#microsoft.graph.referenceAttachment"
 
 
 def attachment_type(attachment: Attachment) -> str:
+    if attachment.source_url is not None:
+        return REFERENCE_ATTACHMENT
     return ITEM_ATTACHMENT if attachment.item is not None else FILE_ATTACHMENT
 
 
@@ -351,7 +354,9 @@ def attachment_json(
     context: str | None = None,
 ) -> dict[str, Any]:
     """A fileAttachment (``attachment-get-file``) or an itemAttachment (``attachment-get-item``),
-    its ``item`` with ``$expand=microsoft.graph.itemattachment/item`` (``…-item-expand``)."""
+    its ``item`` with ``$expand=microsoft.graph.itemattachment/item`` (``…-item-expand``), or a
+    referenceAttachment (``attachment-get-reference``): the base attachment properties only, as
+    v1.0 types it (``sourceUrl``, ``providerType`` … are beta's)."""
     out: dict[str, Any] = {
         "@odata.type": attachment_type(attachment),
         "id": to_rest_id(attachment.attachment_id),
@@ -362,11 +367,11 @@ def attachment_json(
         "size": attachment.size,
         "isInline": attachment.is_inline,
     }
-    if attachment.item is None:
+    if attachment.item is None and attachment.source_url is None:
         out["contentId"] = attachment.content_id
         out["contentLocation"] = None
         out["contentBytes"] = base64.b64encode(attachment.content or b"").decode()
-    elif expand_item:
+    elif expand_item and attachment.item is not None:
         if context is not None:
             out["item@odata.context"] = context
         out["item"] = message_json(attachment.item, Shape())

@@ -577,6 +577,14 @@ def attachment_content(request: GraphRequest) -> GraphAnswer:
     check_options(request, frozenset())
     with request.store.lock:
         attachment = attachment_of(request, message_of(request))
+        if attachment.source_url is not None:
+            # attachment-get.md: "attempting to get the $value of a reference attachment returns
+            # HTTP 405"; the docs give no error code, this one is ours.
+            raise GraphError(
+                405,
+                "ErrorInvalidRequest",
+                "The raw contents of a reference attachment cannot be read; follow its link.",
+            )
         if attachment.item is not None:
             embedded = attachment.item
             # attachment-get-item-eventmessage-value: the attached item's MIME.

@@ -95,7 +95,8 @@ class Flag:
 
 @dataclass
 class Attachment:
-    """A file attachment (``content``) or an item attachment (``item``)."""
+    """A file attachment (``content``), an item attachment (``item``) or a reference attachment
+    (``source_url``: a link to a file in OneDrive or SharePoint, Graph's referenceAttachment)."""
 
     attachment_id: str
     name: str
@@ -105,11 +106,15 @@ class Attachment:
     content_id: str | None = None
     is_inline: bool = False
     last_modified: datetime | None = None
+    source_url: str | None = None
+    provider: str | None = None  # oneDriveBusiness, oneDriveConsumer, dropbox, other
 
     @property
     def size(self) -> int:
         if self.content is not None:
             return len(self.content)
+        if self.source_url is not None:
+            return len(self.source_url.encode())  # the link is all the message holds
         return self.item.size if self.item is not None else 0
 
 
