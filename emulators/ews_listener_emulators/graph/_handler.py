@@ -9,7 +9,8 @@ Bearer token: signature, expiry, audience ``https://graph.microsoft.com`` or Gra
 the user (404) → the app's mailbox scope, RBAC for Applications (403 ``ErrorAccessDenied``) →
 injected faults (``faults``) → Exchange Online's throttling per app and mailbox (429,
 ``throttling``) → the resource (``folders``, ``users``, ``messages``) → schema validation of the
-JSON answer (``$GRAPH_SCHEMA_DIR``) → request log. ``$batch`` (``batch``) sends each of its
+JSON answer (``$GRAPH_SCHEMA_DIR``) and of its OData annotations (the samples beside it,
+``_annotations``) → request log. ``$batch`` (``batch``) sends each of its
 requests through these steps on its own.
 
 Every error body is Graph's ODataError: ``error.code``, ``error.message`` and ``error.innerError``
@@ -469,26 +470,42 @@ class GraphHandler(QuietHandler):
         self.send_body(answer.status, data, content_type, headers)
 
     def _validate(self, answer: GraphAnswer) -> None:
+        """The answer against the OpenAPI description (``$GRAPH_SCHEMA_DIR``) and its OData
+        annotations against the samples (``_annotations``); a violation of either is recorded
+        as ``schema_valid`` False with ``schema_error``."""
+        problems: list[str] = []
+        checked = False
         schema = self.emulator.schema
-        if schema is None:
+        pointer = self._schema_pointer(answer) if schema is not None else None
+        if schema is not None and pointer is not None:
+            checked = True
+            problem = schema.validate(answer.json, pointer)
+            if problem is not None:
+                problems.append(problem)
+        annotations = self.emulator.annotations
+        if annotations is not None:
+            checked = True
+            problems += annotations.check(answer.json, self.emulator.url)
+        if not checked:
             return
-        pointer = answer.schema
-        if pointer is None and answer.status >= 400:
-            pointer = _ERROR_SCHEMA
-        if pointer is None and self._record["template"] is not None:
-            pointer = schema.response_pointer(self._record["template"], self.command, answer.status)
-        if pointer is None:
-            return
-        problem = schema.validate(answer.json, pointer)
-        self._record["schema_valid"] = problem is None
-        if problem is not None:
-            self._record["schema_error"] = problem
+        self._record["schema_valid"] = not problems
+        if problems:
+            self._record["schema_error"] = "\n".join(problems)
             log.warning(
                 "Graph emulator: invalid %s %s answer: %s",
                 self.command,
                 self._record["template"],
-                problem,
+                "; ".join(problems),
             )
+
+    def _schema_pointer(self, answer: GraphAnswer) -> str | None:
+        schema = self.emulator.schema
+        pointer = answer.schema
+        if pointer is None and answer.status >= 400:
+            pointer = _ERROR_SCHEMA
+        if pointer is None and schema is not None and self._record["template"] is not None:
+            pointer = schema.response_pointer(self._record["template"], self.command, answer.status)
+        return pointer
 
     def send_body(
         self,

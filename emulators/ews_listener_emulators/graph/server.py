@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from ews_listener_emulators._http import LoopbackServer
 from ews_listener_emulators.ca import EmulatorCA
 from ews_listener_emulators.graph import batch, folder_delta, folders, messages, users
+from ews_listener_emulators.graph._annotations import AnnotationChecker, resolve_graph_samples_dir
 from ews_listener_emulators.graph._contract import GraphAnswer, Route
 from ews_listener_emulators.graph._handler import GraphHandler, GraphRequestRecord
 from ews_listener_emulators.graph._schema import GraphSchema, resolve_graph_schema_dir
@@ -113,6 +114,10 @@ class GraphEmulator:
         self.max_request_bytes = max_request_bytes
         directory = resolve_graph_schema_dir(schema_dir)
         self.schema = GraphSchema(directory) if directory is not None else None
+        # The OData annotations the description does not model, checked against the documented
+        # samples beside the schema (or $GRAPH_SAMPLES_DIR): issue 12, point 8.
+        samples = resolve_graph_samples_dir(directory)
+        self.annotations = AnnotationChecker(samples) if samples is not None else None
         self.request_log: deque[GraphRequestRecord] = deque(maxlen=request_log_size)
         #: Exchange Online's per-(app, mailbox) limits; ``request_budget`` None: no budget.
         self.throttle = Throttle(
