@@ -182,3 +182,16 @@ def test_a_well_known_folder_cannot_be_deleted(call: Call) -> None:
     answer = call("DELETE", f"{FOLDERS}/inbox")
     assert answer.status_code == 403
     assert answer.json()["error"]["code"] == "ErrorDeleteDistinguishedFolder"
+
+
+def test_an_injected_dead_token_is_the_documented_410(graph: GraphEmulator, call: Call) -> None:
+    """The delta_token_invalidated fault hits folder delta too, with Location on
+    mailFolders/delta (not on a folder's messages/delta)."""
+    _, delta_link = round_of(call, call("GET", DELTA))
+    graph.faults.add("delta_token_invalidated", mailbox=ALICE)
+    answer = call("GET", delta_link)
+    assert answer.status_code == 410
+    assert answer.json()["error"]["code"] == "syncStateNotFound"
+    location = answer.headers["Location"]
+    assert location.endswith("/users/alice%40contoso.com/mailFolders/delta?$deltatoken=")
+    assert call("GET", delta_link).status_code == 200  # the rule is spent, the token was fine
