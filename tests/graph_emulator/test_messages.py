@@ -579,6 +579,27 @@ def test_a_meeting_request_is_an_event_message_request(graph: Client) -> None:
     assert answer.json["@odata.type"] == "#microsoft.graph.eventMessageRequest"
 
 
+def test_patch_as_documented(graph: Client) -> None:
+    """The message-update sample: subject, body and inferenceClassification of a draft."""
+    draft = graph.store.new_item(subject="draft", text_body="first", is_draft=True)
+    graph.store.file(graph.mailbox.distinguished["drafts"], draft, new_mail=False)
+    patch = {
+        "subject": "subject-value",
+        "body": {"contentType": "text", "content": "content-value"},
+        "inferenceClassification": "other",
+    }
+    answer = graph.call("PATCH", f"messages/{rest(draft)}", body=patch)
+    assert answer.status == 200
+    assert answer.json["subject"] == "subject-value"
+    assert answer.json["body"] == {"contentType": "text", "content": "content-value"}
+    assert answer.json["inferenceClassification"] == "other"
+    assert graph.get(f"messages/{rest(draft)}").json["inferenceClassification"] == "other"
+    refused = graph.call(
+        "PATCH", f"messages/{rest(draft)}", body={"inferenceClassification": "spam"}
+    )
+    assert (refused.status, refused.code) == (400, "RequestBodyRead")
+
+
 def test_patch_a_draft(graph: Client) -> None:
     """A draft's subject and body may change; the answer shows them."""
     draft = graph.store.new_item(subject="draft", text_body="first", is_draft=True)

@@ -60,6 +60,7 @@ COVERED_BY: dict[str, tuple[str, ...]] = {
         "test_messages::test_move_answers_201_and_the_message_with_a_new_id",
     ),
     "message-update.http.txt": (
+        "test_messages::test_patch_as_documented",
         "test_messages::test_patch_a_draft",
         "test_messages::test_patch_categories_flag_importance",
     ),

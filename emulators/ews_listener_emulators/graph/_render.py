@@ -320,7 +320,7 @@ _PROPERTIES: dict[str, Callable[[Item, Shape], Any]] = {
     "isDraft": lambda i, _: i.is_draft,
     "webLink": lambda i, _: web_link(i),
     # The store has no Focused Inbox; everything is where Outlook puts mail by default.
-    "inferenceClassification": lambda i, _: "focused",
+    "inferenceClassification": lambda i, _: i.inference_classification,
     "body": lambda i, shape: _body(i, shape.body_type),
     "sender": lambda i, _: recipient(i.sender or i.from_),
     "from": lambda i, _: recipient(i.from_),

@@ -366,7 +366,15 @@ _DRAFT_ONLY = frozenset(
 _IMPORTANCE = {"low": "Low", "normal": "Normal", "high": "High"}
 _FLAG_STATUS = {"notFlagged": "NotFlagged", "flagged": "Flagged", "complete": "Complete"}
 _KNOWN = frozenset(
-    name.lower() for name in (*_DRAFT_ONLY, "isRead", "categories", "flag", "importance")
+    name.lower()
+    for name in (
+        *_DRAFT_ONLY,
+        "isRead",
+        "categories",
+        "flag",
+        "importance",
+        "inferenceClassification",
+    )
 )
 
 
@@ -445,6 +453,10 @@ def _change(name: str, value: Any) -> Callable[[Item], None]:
     if name == "flag":
         flag = _flag(value)
         return lambda i: setattr(i, "flag", flag)
+    if name == "inferenceClassification":
+        if value not in ("focused", "other"):
+            raise _bad_value(name, value, "focused or other")
+        return lambda i: setattr(i, "inference_classification", value)
     if name == "subject":
         if not isinstance(value, str):
             raise _bad_value(name, value, "'Edm.String'")

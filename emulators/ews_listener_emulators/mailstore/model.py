@@ -155,6 +155,8 @@ class Item:
     read_receipt_requested: bool = False
     delivery_receipt_requested: bool = False
     version: int = 0
+    # Graph's inferenceClassification (the Focused Inbox): "focused" or "other".
+    inference_classification: str = "focused"
     # Graph's ImmutableId (Prefer: IdType="ImmutableId"): kept by moves, new for a copy.
     immutable_id: str = field(default_factory=new_immutable_id)
 
