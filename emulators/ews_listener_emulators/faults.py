@@ -18,9 +18,6 @@ Every injected fault is counted by kind (``counters()``) for the chaos run repor
 from __future__ import annotations
 
 import contextlib
-import itertools
-import random
-import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +25,7 @@ from typing import Any
 
 from lxml import etree
 
+from ews_listener_emulators._rules import RuleBook
 from ews_listener_emulators._unauthorized import unauthorized_headers
 from ews_listener_emulators.soap import (
     Fault,
@@ -158,91 +156,23 @@ def _connection_count_fault() -> Fault:
     )
 
 
-class FaultEngine:
+class FaultEngine(RuleBook[FaultRule]):
     """Thread-safe fault rules, counters and the per-mailbox concurrency limit."""
 
     def __init__(
         self, *, seed: int = 0, connection_limit: int | None = DEFAULT_CONNECTION_LIMIT
     ) -> None:
-        self._lock = threading.Lock()
-        self._seed = seed
-        self._random = random.Random(seed)
-        self._rules: list[FaultRule] = []
-        self._ids = itertools.count(1)
-        self._counters: Counter[str] = Counter()
+        super().__init__(
+            FaultRule,
+            kinds=KINDS,
+            parameters=("back_off_ms", "retry_after", "delay", "after_bytes"),
+            seed=seed,
+        )
         self._in_flight: Counter[str] = Counter()
         self.connection_limit = connection_limit
 
-    # --- rules ---------------------------------------------------------------------------------
-
-    def add(
-        self,
-        kind: str,
-        *,
-        operation: str = "*",
-        mailbox: str = "*",
-        count: int | None = None,
-        probability: float | None = None,
-        **params: Any,
-    ) -> FaultRule:
-        """Add a rule; without ``count`` or ``probability`` it fires once.
-
-        ``params``: ``back_off_ms``, ``retry_after``, ``delay``, ``after_bytes`` (see FaultRule).
-        """
-        if kind not in KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(KINDS)}")
-        if count is not None and probability is not None:
-            raise ValueError("give a count or a probability, not both")
-        if probability is not None and not 0.0 < probability <= 1.0:
-            raise ValueError(f"probability must be in (0, 1], got {probability}")
-        if probability is None and count is None:
-            count = 1
-        if count is not None and count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
-        unknown = set(params) - {"back_off_ms", "retry_after", "delay", "after_bytes"}
-        if unknown:
-            raise ValueError(f"unknown fault parameters: {', '.join(sorted(unknown))}")
-        with self._lock:
-            rule = FaultRule(
-                rule_id=f"r{next(self._ids)}",
-                kind=kind,
-                operation=operation,
-                mailbox=mailbox,
-                count=count,
-                probability=probability,
-                **params,
-            )
-            self._rules.append(rule)
-            return rule
-
-    def rules(self) -> list[FaultRule]:
-        """The active rules (``count`` is what remains)."""
-        with self._lock:
-            return list(self._rules)
-
-    def remove(self, rule_id: str) -> bool:
-        """Remove one rule; False when there is none with that id."""
-        with self._lock:
-            before = len(self._rules)
-            self._rules = [r for r in self._rules if r.rule_id != rule_id]
-            return len(self._rules) != before
-
-    def clear(self) -> None:
-        """Remove every rule (counters stay)."""
-        with self._lock:
-            self._rules.clear()
-
-    def reset(self) -> None:
-        """No rules, zero counters, the random sequence restarted from the seed."""
-        with self._lock:
-            self._rules.clear()
-            self._counters.clear()
-            self._random = random.Random(self._seed)
-
-    def counters(self) -> dict[str, int]:
-        """Injected faults by rule kind (plus ``connection_limit`` for the standing limit)."""
-        with self._lock:
-            return dict(self._counters)
+    # --- rules: add, rules, remove, clear, reset, counters (RuleBook; the counters also count
+    # ``connection_limit`` refusals of the standing limit) --------------------------------------
 
     def decide(self, operation: str, mailbox: str | None) -> Fault | None:
         """The fault for this request, or None to answer normally.
@@ -255,22 +185,15 @@ class FaultEngine:
         chosen: Fault | None = None
         with self._lock:
             for index, rule in enumerate(self._rules):
-                if not rule.matches(operation, mailbox):
+                if not self._fires(index, rule, operation, mailbox):
                     continue
-                if rule.probability is not None:
-                    if self._random.random() >= rule.probability:
-                        continue
-                elif rule.count is not None:
-                    # Replacing in place keeps the enumeration valid; spent rules go below.
-                    self._rules[index] = replace(rule, count=rule.count - 1)
-                self._counters[rule.kind] += 1
                 fault = fault_for(rule)
                 if fault.kind == "latency":
                     delay += fault.delay
                     continue
                 chosen = fault
                 break
-            self._rules = [r for r in self._rules if r.count is None or r.count > 0]
+            self._drop_spent()
         if chosen is not None:
             return replace(chosen, delay=chosen.delay + delay)
         return Fault(kind="latency", delay=delay) if delay else None

@@ -20,13 +20,10 @@ notification and, on True, sends the lifecycle notification instead.
 
 from __future__ import annotations
 
-import itertools
-import random
-import threading
-from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from ews_listener_emulators._rules import RuleBook
 from ews_listener_emulators.graph._contract import GraphError
 from ews_listener_emulators.graph.throttling import retry_after, throttled
 
@@ -110,88 +107,12 @@ class GraphFault:
     after_bytes: int = 0
 
 
-class GraphFaults:
-    """Thread-safe fault rules and counters for the Graph emulator."""
+class GraphFaults(RuleBook[FaultRule]):
+    """Thread-safe fault rules and counters for the Graph emulator (``RuleBook``: add, rules,
+    remove, clear, reset, counters)."""
 
     def __init__(self, *, seed: int = 0) -> None:
-        self._lock = threading.Lock()
-        self._seed = seed
-        self._random = random.Random(seed)
-        self._rules: list[FaultRule] = []
-        self._ids = itertools.count(1)
-        self._counters: Counter[str] = Counter()
-
-    def add(
-        self,
-        kind: str,
-        *,
-        operation: str = "*",
-        mailbox: str = "*",
-        count: int | None = None,
-        probability: float | None = None,
-        **params: Any,
-    ) -> FaultRule:
-        """Add a rule; without ``count`` or ``probability`` it fires once.
-
-        ``params``: ``retry_after``, ``delay``, ``after_bytes`` (see ``FaultRule``).
-        """
-        if kind not in KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(KINDS)}")
-        if count is not None and probability is not None:
-            raise ValueError("give a count or a probability, not both")
-        if probability is not None and not 0.0 < probability <= 1.0:
-            raise ValueError(f"probability must be in (0, 1], got {probability}")
-        if probability is None and count is None:
-            count = 1
-        if count is not None and count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
-        unknown = set(params) - _PARAMETERS
-        if unknown:
-            raise ValueError(
-                f"unknown fault parameters: {', '.join(sorted(unknown))}; "
-                f"expected {', '.join(sorted(_PARAMETERS))}"
-            )
-        with self._lock:
-            rule = FaultRule(
-                rule_id=f"r{next(self._ids)}",
-                kind=kind,
-                operation=operation,
-                mailbox=mailbox,
-                count=count,
-                probability=probability,
-                **params,
-            )
-            self._rules.append(rule)
-            return rule
-
-    def rules(self) -> list[FaultRule]:
-        """The active rules (``count`` is what remains)."""
-        with self._lock:
-            return list(self._rules)
-
-    def remove(self, rule_id: str) -> bool:
-        """Remove one rule; False when there is none with that id."""
-        with self._lock:
-            before = len(self._rules)
-            self._rules = [r for r in self._rules if r.rule_id != rule_id]
-            return len(self._rules) != before
-
-    def clear(self) -> None:
-        """Remove every rule (counters stay)."""
-        with self._lock:
-            self._rules.clear()
-
-    def reset(self) -> None:
-        """No rules, zero counters, the random sequence restarted from the seed."""
-        with self._lock:
-            self._rules.clear()
-            self._counters.clear()
-            self._random = random.Random(self._seed)
-
-    def counters(self) -> dict[str, int]:
-        """Injected faults by kind."""
-        with self._lock:
-            return dict(self._counters)
+        super().__init__(FaultRule, kinds=KINDS, parameters=_PARAMETERS, seed=seed)
 
     def decide(self, operation: str | None, mailbox: str | None) -> GraphFault | None:
         """The fault for this request, or None to answer normally.
@@ -222,8 +143,7 @@ class GraphFaults:
         For the resources that consume a hook kind (``subscription_removed``,
         ``notifications_missed``): ``if faults.take("notifications_missed", mailbox): …``.
         """
-        if kind not in KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(KINDS)}")
+        self._check_kind(kind)
         with self._lock:
             fired = False
             for index, rule in enumerate(self._rules):
@@ -232,24 +152,6 @@ class GraphFaults:
                     break
             self._drop_spent()
             return fired
-
-    def _fires(
-        self, index: int, rule: FaultRule, operation: str | None, mailbox: str | None
-    ) -> bool:
-        # Under self._lock. A count is spent by replacing the rule in place, which keeps the
-        # caller's enumeration valid; spent rules go in _drop_spent.
-        if not rule.matches(operation, mailbox):
-            return False
-        if rule.probability is not None:
-            if self._random.random() >= rule.probability:
-                return False
-        elif rule.count is not None:
-            self._rules[index] = replace(rule, count=rule.count - 1)
-        self._counters[rule.kind] += 1
-        return True
-
-    def _drop_spent(self) -> None:
-        self._rules = [r for r in self._rules if r.count is None or r.count > 0]
 
 
 def fault_error(fault: GraphFault) -> GraphError | None:
