@@ -58,6 +58,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "ROUTES",
     "messages_delta",
+    "page_size",
     "read_token",
     "sign_token",
     "sync_state_not_found",
@@ -173,7 +174,8 @@ def _state(request: GraphRequest, folder: Folder) -> DeltaState:
     return state
 
 
-def _page_size(request: GraphRequest) -> int:
+def page_size(request: GraphRequest) -> int:
+    """A delta page's size: ``Prefer: odata.maxpagesize``, else ``$top``, else the default."""
     top = option(request, "$top")
     if top is not None and not top.isdigit():
         raise GraphError(400, "BadRequest", f"Invalid value '{top}' for query option '$top'.")
@@ -212,7 +214,7 @@ def _removed(request: GraphRequest, change: SyncChange) -> dict[str, Any]:
 def messages_delta(request: GraphRequest) -> GraphAnswer:
     """One page of a delta round."""
     check_options(request, _OPTIONS)
-    size = _page_size(request)
+    size = page_size(request)
     body_type = body_preference(request.headers)
     with request.store.lock:
         folder = folder_of(request, request.params["folder"])

@@ -23,13 +23,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
-from ews_listener_emulators.graph._contract import GraphAnswer, GraphError, GraphRequest, Route
+from ews_listener_emulators.graph._contract import GraphAnswer, GraphRequest, Route
 from ews_listener_emulators.graph._ids import to_rest_id
 from ews_listener_emulators.graph._odata import selected
 from ews_listener_emulators.graph._resource import answer_headers, check_options, option
 from ews_listener_emulators.graph.delta import (
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE_SIZE,
+    page_size,
     read_token,
     sign_token,
     sync_state_not_found,
@@ -89,14 +88,6 @@ def _state(request: GraphRequest) -> FolderDeltaState:
     return state
 
 
-def _page_size(request: GraphRequest) -> int:
-    top = option(request, "$top")
-    if top is not None and not top.isdigit():
-        raise GraphError(400, "BadRequest", f"Invalid value '{top}' for query option '$top'.")
-    wanted = request.max_page_size or (int(top) if top else DEFAULT_PAGE_SIZE)
-    return max(1, min(wanted, MAX_PAGE_SIZE))
-
-
 def changed_csn(mailbox: Mailbox, folder: Folder) -> int:
     """The CSN of the folder's last change: its own (``folder_csns``) or its items' (``log``)."""
     own = mailbox.folder_csns.get(folder.folder_id, 0)
@@ -128,7 +119,7 @@ def _link(request: GraphRequest, query: str) -> str:
 def mail_folders_delta(request: GraphRequest) -> GraphAnswer:
     """One page of a folder delta round."""
     check_options(request, _OPTIONS)
-    size = _page_size(request)
+    size = page_size(request)
     with request.store.lock:
         state = _state(request)
         entries = _entries(request, state)
