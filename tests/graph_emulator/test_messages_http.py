@@ -167,3 +167,40 @@ def test_delta_round_trip_over_https(ews: EwsEmulator, call: Call) -> None:
     restart = call("GET", dead.headers["Location"])
     assert restart.status_code == 200
     assert len(restart.json()["value"]) == 3
+
+
+def test_filter_by_internet_message_id_and_expand_with_select(ews: EwsEmulator, call: Call) -> None:
+    """``$filter=internetMessageId eq '…'`` matches the Message-ID as sent (what a client uses
+    to find mail again), and ``$expand=attachments($select=…)`` leaves the content out."""
+    ews.deliver(ALICE, mime("findable", attachment=b"payload"))
+    ews.deliver(ALICE, mime("other"))
+    [wanted] = [
+        m
+        for m in call("GET", f"users/{ALICE}/messages?$select=internetMessageId,subject").json()[
+            "value"
+        ]
+        if m["subject"] == "findable"
+    ]
+    mid = wanted["internetMessageId"].replace("'", "''")
+    found = call(
+        "GET",
+        f"users/{ALICE}/mailFolders/inbox/messages",
+        params={"$filter": f"internetMessageId eq '{mid}'", "$select": "id,subject"},
+    )
+    assert found.status_code == 200
+    assert [m["subject"] for m in found.json()["value"]] == ["findable"]
+    one = call(
+        "GET",
+        f"users/{ALICE}/messages/{wanted['id']}",
+        params={"$select": "subject", "$expand": "attachments($select=id,name,size,isInline)"},
+    )
+    assert one.status_code == 200
+    [attachment] = one.json()["attachments"]
+    assert "contentBytes" not in attachment
+    assert attachment["name"]
+    bad = call(
+        "GET",
+        f"users/{ALICE}/messages/{wanted['id']}",
+        params={"$expand": "attachments($select=x)"},
+    )
+    assert bad.status_code == 400

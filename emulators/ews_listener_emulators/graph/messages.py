@@ -121,7 +121,10 @@ _BOOLEANS: dict[str, Callable[[Item], bool]] = {
 _STRINGS: dict[str, Callable[[Item], str]] = {
     "subject": lambda i: i.subject,
     "importance": lambda i: i.importance.lower(),
+    # Compared as sent (list-messages: "$filter=internetMessageId eq '<…>'").
+    "internetMessageId": lambda i: i.internet_message_id or "",
 }
+_EXACT = frozenset({"subject", "internetMessageId"})
 _FILTERABLE = {name.lower(): name for name in (*_TIMES, *_ADDRESSES, *_BOOLEANS, *_STRINGS)}
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "eq": lambda a, b: a == b,
@@ -190,7 +193,7 @@ def _clause(name: str, op: str, value: str) -> Predicate:
         get_address = _ADDRESSES[name]
         return lambda item: compare(get_address(item), text.lower())
     get_text = _STRINGS[name]
-    return lambda item: compare(get_text(item), text if name == "subject" else text.lower())
+    return lambda item: compare(get_text(item), text if name in _EXACT else text.lower())
 
 
 _SORTABLE = {name.lower(): name for name in (*_TIMES, "subject", "isRead", "importance")}
@@ -267,19 +270,44 @@ def _mail_folders(request: GraphRequest) -> list[Folder]:
     return found
 
 
-def _expand_attachments(request: GraphRequest) -> bool:
+_EXPAND = re.compile(r"^\s*attachments\s*(?:\(\s*\$select\s*=\s*(?P<select>[^()]*)\))?\s*$", re.I)
+
+
+def _expand_attachments(request: GraphRequest) -> bool | frozenset[str]:
+    """``$expand=attachments`` (True) or ``attachments($select=id,name,…)`` (the names, as
+    query-parameters.md's nested ``$select`` in ``$expand``); False without ``$expand``."""
     raw = option(request, "$expand")
     if raw is None:
         return False
-    if raw.strip().lower() != "attachments":
+    found = _EXPAND.match(raw)
+    if found is None:
         raise GraphError(400, "BadRequest", f"Expanding '{raw}' on a message is not supported.")
-    return True
+    if found["select"] is None:
+        return True
+    by_lower = {name.lower(): name for name in ATTACHMENT_PROPERTIES}
+    names = set()
+    for token in (t.strip() for t in found["select"].split(",")):
+        if token and token.lower() not in by_lower:
+            raise GraphError(
+                400,
+                "RequestBroker--ParseUri",
+                f"Could not find a property named '{token}' on type 'microsoft.graph.attachment'.",
+            )
+        if token:
+            names.add(by_lower[token.lower()])
+    return frozenset(names)
+
+
+def _expanded(item: Item, expand: bool | frozenset[str]) -> list[dict[str, Any]]:
+    select = expand if isinstance(expand, frozenset) else None
+    return [attachment_json(a, select=select) for a in item.attachments]
 
 
 def _message_body(request: GraphRequest, item: Item, **kinds: bool) -> dict[str, Any]:
     body = message_json(item, shape(request, **kinds))
-    if _expand_attachments(request):
-        body["attachments"] = [attachment_json(a) for a in item.attachments]
+    expand = _expand_attachments(request)
+    if expand:
+        body["attachments"] = _expanded(item, expand)
     return body
 
 
@@ -317,7 +345,7 @@ def list_messages(request: GraphRequest) -> GraphAnswer:
         for item in page:
             rendered = message_json(item, item_shape)
             if expand:
-                rendered["attachments"] = [attachment_json(a) for a in item.attachments]
+                rendered["attachments"] = _expanded(item, expand)
             value.append(rendered)
     path = "/".join(request.segments)
     body: dict[str, Any] = {"@odata.context": f"{user_context(request)}/{path}"}
