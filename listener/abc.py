@@ -1,15 +1,16 @@
 """The small interfaces the pipeline is built from; implementations live in plural packages.
 
-``SecretSource`` (``secrets/``), ``TokenProvider`` (``auth/``), ``MailSource`` (``ews/``, later a
-Microsoft Graph source), ``Handler`` (``handlers/``) and ``StateStore`` (``store/``).
+``SecretSource`` (``secrets/``), ``TokenProvider`` (``auth/``), ``MailSource`` and
+``SourceFactory`` (``sources/ews/``, ``sources/graph/``), ``Handler`` (``handlers/``) and
+``StateStore`` (``store/``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import SecretStr
 
@@ -25,7 +26,9 @@ __all__ = [
     "LedgerEntry",
     "MailSource",
     "PendingEntry",
+    "ProbeStep",
     "SecretSource",
+    "SourceFactory",
     "StateStore",
     "TokenProvider",
 ]
@@ -79,10 +82,13 @@ class TokenProvider(Protocol):
 
 @dataclass(frozen=True)
 class ItemRef:
-    """An item in a mail source: its id and, when known, its change key."""
+    """An item of a mail source, by the id that source gave it: opaque to everything else.
+
+    The pipeline stores it (pending queue, dead letters) beside the ``kind`` of the source that
+    issued it, and hands it back only to a source of that kind.
+    """
 
     item_id: str
-    change_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,15 +113,28 @@ class FetchFailure:
     transient: bool = False
 
 
+@dataclass(frozen=True)
+class ProbeStep:
+    """One step of ``MailSource.probe``: what was tried and what came of it."""
+
+    name: str  # "token", "mailbox", "folder", "items"
+    ok: bool
+    detail: str  # one line a person reads: what worked, or what failed and what to do
+
+
 class MailSource(Protocol):
     """One watched folder of one mailbox, as seen by the pipeline.
 
-    The seam between the pipeline and a mail protocol: EWS implements it first; a Microsoft Graph
-    source (delta queries) can implement it without touching the pipeline.
+    The seam between the pipeline and a mail protocol (EWS, Microsoft Graph): nothing on this
+    side knows a protocol. Failures are ``listener.errors.SourceError`` subclasses (sync state
+    lost, throttled, gone, denied, unauthorized, unavailable); item ids and sync states are opaque
+    strings that only a source of the same ``kind`` reads.
     """
 
+    kind: str  # "ews", "graph", ...: recorded with every sync state and item id it issues
     mailbox: str
     folder: str
+    page_limit: int  # the most changes one ``changes`` call may ask for
 
     def changes(self, sync_state: str | None, max_changes: int) -> ChangePage:
         """Items created since ``sync_state`` (None: from the beginning of the folder)."""
@@ -157,8 +176,33 @@ class MailSource(Protocol):
         """
         ...
 
+    def probe(self) -> Iterator[ProbeStep]:
+        """Check the way to the folder step by step (token, mailbox, folder, items), stopping
+        after the first step that fails: what ``mailbox test`` and ``credentials validate
+        --mailbox`` print. Reads nothing into the pipeline and changes nothing."""
+        ...
+
     def close(self) -> None:
         """Release what this source holds (sessions are shared and closed by their owner)."""
+        ...
+
+
+class SourceFactory(Protocol):
+    """Builds the mail sources of one protocol and owns what they share (sessions, gates)."""
+
+    kind: str
+    # (operation, outcome) of every request to the mail server, for metrics
+    on_request: Callable[[str, str], None] | None
+    # (credential, seconds) whenever the server asks a credential to back off
+    on_back_off: Callable[[str, float], None] | None
+
+    def source(self, name: str, mailbox: Any, *, folder: str | None = None) -> MailSource:
+        """A source for the configured mailbox ``name`` (cheap: no I/O until first use);
+        ``folder`` overrides the watched folder (replay of mail moved elsewhere)."""
+        ...
+
+    def close(self) -> None:
+        """Close every session of every source this factory built."""
         ...
 
 
@@ -201,13 +245,15 @@ class PendingEntry:
 
     mailbox: str  # the mailbox's configured name
     item_id: str
-    change_key: str | None
     idempotency_key: str
     handlers: tuple[str, ...]  # still to do
     attempts: int
     next_attempt_at: datetime
     last_error: str
     first_seen_at: datetime
+    source: str = "ews"  # the kind of source that issued ``item_id``
+    # How a source of another kind finds the mail again after the mailbox switched protocol.
+    internet_message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,7 +263,6 @@ class DeadLetter:
     id: int | None  # assigned by the store
     mailbox: str
     item_id: str
-    change_key: str | None
     idempotency_key: str
     handlers: tuple[str, ...]
     error: str
@@ -229,6 +274,7 @@ class DeadLetter:
     # The dead-letter folder the mail was moved (or was being moved) to: if the process died
     # between that move and the record of the new item id, replay finds it there by Message-ID.
     moved_to: str | None = None
+    source: str = "ews"  # the kind of source that issued ``item_id``
 
 
 class StateStore(Protocol):
@@ -267,13 +313,13 @@ class StateStore(Protocol):
         pending: Sequence[PendingEntry] = (),
         resolved: Sequence[str] = (),
         dead: Sequence[DeadLetter] = (),
-        relocated: Sequence[tuple[str, str, str | None]] = (),
+        relocated: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Record one page's outcome in ONE transaction.
 
         Adds ``successes`` to the ledger, upserts ``pending`` (keyed by mailbox + item id), deletes
         the pending entries whose item ids are in ``resolved``, adds ``dead`` letters, gives the
-        dead letters named by ``relocated`` (old item id, new item id, new change key) the id
+        dead letters named by ``relocated`` (old item id, new item id) the id
         their mail has after its move to the dead-letter folder, and, when ``sync_state`` is not
         None, moves the folder's sync state to it.
         """

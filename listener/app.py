@@ -1,8 +1,10 @@
 """Everything one process runs, built from ``Settings`` and closed in a fixed order.
 
 ``App`` is what ``run``, ``once``, ``mailbox test`` and ``dead-letters replay`` share: token
-providers, EWS connections, the state store, handlers and one poller per enabled mailbox. Building
-it does no network I/O: a credential that is wrong only fails its own mailboxes when they poll.
+providers, one source factory per protocol in use (``listener.sources``: EWS, Microsoft Graph),
+the state store, handlers and one poller per enabled mailbox. Building it does no network I/O: a
+credential that is wrong only fails its own mailboxes when they poll. It imports no protocol
+library itself: a factory is loaded only when a mailbox of its kind is configured.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ from typing import Any
 
 import structlog
 
-from listener.abc import Handler, StateStore
+from listener.abc import Handler, MailSource, SourceFactory, StateStore
 from listener.auth import TokenProviders
-from listener.ews.connections import EwsConnections, MailboxTarget
-from listener.ews.source import EwsMailSource
 from listener.handlers import build_handlers
 from listener.poller import FailurePolicy, Poller, PollerSettings
 from listener.routing import Router
 from listener.service import MailboxRunner
+from listener.sources import build_factory
 from listener.store import open_store
 
 __all__ = ["App"]
@@ -47,11 +48,7 @@ class App:
         self.settings = settings
         self.stop = threading.Event()
         self.providers = TokenProviders(settings.credentials)
-        self.connections = EwsConnections(
-            self.providers.get,
-            max_connections=lambda name: settings.credentials[name].max_connections,
-            stop=self.stop,
-        )
+        self.factories: dict[str, SourceFactory] = {}
         # Handlers first: one that cannot be built is a configuration error, found before the
         # state database is created or touched.
         self.handlers: Mapping[str, Handler] = (
@@ -72,27 +69,27 @@ class App:
                 {name: mailbox.address for name, mailbox in settings.mailboxes.items()}
             )
         self._observe = observe
-        self.sources: dict[str, EwsMailSource] = {}
+        self.sources: dict[str, MailSource] = {}
         self.pollers: dict[str, Poller] = {}
         for name, mailbox in settings.mailboxes.items():
             if mailbox.enabled:
                 self.pollers[name] = self._poller(name, mailbox)
 
-    def target(self, name: str, mailbox: Any, *, folder: str | None = None) -> MailboxTarget:
-        credential = self.settings.credentials[mailbox.credential]
-        return MailboxTarget(
-            name=name,
-            address=mailbox.address,
-            credential=mailbox.credential,
-            client_id=credential.client_id,
-            endpoint=str(mailbox.endpoint),
-            folder=folder or mailbox.folder,
-            ca_bundle=str(mailbox.ca_bundle) if mailbox.ca_bundle else None,
-            version=mailbox.version,
-        )
+    def factory(self, kind: str) -> SourceFactory:
+        """The source factory of protocol ``kind`` ("ews", "graph"), built on first use."""
+        if kind not in self.factories:
+            self.factories[kind] = build_factory(
+                kind, self.providers, self.settings, stop=self.stop
+            )
+        return self.factories[kind]
+
+    def source(self, name: str, *, folder: str | None = None) -> MailSource:
+        """A mail source for the configured mailbox ``name`` (no I/O until it is used)."""
+        mailbox = self.settings.mailboxes[name]
+        return self.factory(mailbox.source).source(name, mailbox, folder=folder)
 
     def _poller(self, name: str, mailbox: Any) -> Poller:
-        source = self.connections.source(self.target(name, mailbox))
+        source = self.source(name)
         self.sources[name] = source
         failure = mailbox.on_failure
         dead_letter = failure.dead_letter
@@ -134,11 +131,12 @@ class App:
         return out
 
     def close(self) -> None:
-        """Handlers first (they may flush), then EWS sessions, then the store."""
+        """Handlers first (they may flush), then the mail sources' sessions, then the store."""
         for handler in self.handlers.values():
             try:
                 handler.close()
             except Exception:
                 log.warning("handler.close_failed", handler=handler.name, exc_info=True)
-        self.connections.close()
+        for factory in self.factories.values():
+            factory.close()
         self.store.close()

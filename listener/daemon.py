@@ -51,10 +51,10 @@ def _wire(app: App, metrics: Metrics, health: HealthState | None) -> list[Mailbo
             log.warning("metrics.pending_unavailable", exc_info=True)
 
     app.providers.on_request = lambda credential, ok: metrics.token_requested(credential, ok=ok)
-    app.connections.on_request = metrics.ews_request
+    for factory in app.factories.values():
+        factory.on_request = metrics.source_request(factory.kind)
+        factory.on_back_off = metrics.backed_off
     runners = app.runners(on_result)
-    for gate in app.connections.gates.values():
-        gate.on_back_off = metrics.backed_off
     for runner in runners:
         if health is not None:
             health.register_mailbox(runner.name, runner.interval)

@@ -20,12 +20,18 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "EXIT_UNEXPECTED",
     "EXIT_USAGE",
+    "Denied",
+    "Gone",
     "ListenerError",
     "PermanentError",
     "SecretError",
     "SourceError",
+    "SyncStateLost",
+    "Throttled",
     "TokenError",
     "TransientError",
+    "Unauthorized",
+    "Unavailable",
 ]
 
 
@@ -63,24 +69,77 @@ class TokenError(ListenerError):
 
 
 class SourceError(ListenerError):
-    """A mail source operation failed (EWS fault, HTTP error, throttling, ...).
+    """A mail source operation failed; the subclasses say how, in terms no protocol owns.
 
-    ``transient`` says whether trying again later may help; ``back_off`` is the server's requested
-    pause in seconds when it gave one (``BackOffMilliseconds``, ``Retry-After``).
+    Every source (EWS, Microsoft Graph, the fake) raises these and only these, so the pipeline,
+    the scheduler and ``/readyz`` never see an EWS response code or an HTTP status. ``code`` is the
+    source's own name for what happened (``ErrorServerBusy``, ``HTTP 429``, ...), for logs and
+    metrics only: nothing branches on it. ``transient`` says whether trying again later may
+    help; ``back_off`` is the pause in seconds the server asked for, when it gave one
+    (``BackOffMilliseconds``, ``Retry-After``). ``kind`` names the class for metrics and health.
     """
+
+    kind = "failed"
+    default_transient = True
 
     def __init__(
         self,
         message: str,
         *,
         code: str | None = None,
-        transient: bool = True,
+        transient: bool | None = None,
         back_off: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
-        self.transient = transient
+        self.transient = self.default_transient if transient is None else transient
         self.back_off = back_off
+
+
+class SyncStateLost(SourceError):
+    """The server no longer knows the stored sync state (EWS ``ErrorInvalidSyncStateData``, a
+    Graph 410 or expired delta token), or the state belongs to another protocol: the folder is
+    synced again from its start, the ledger skipping what is done."""
+
+    kind = "sync_state_lost"
+    default_transient = False
+
+
+class Throttled(SourceError):
+    """The server asked us to slow down (EWS ``ErrorServerBusy``, HTTP 429 / 503 with
+    ``Retry-After``); ``back_off`` holds its pause when it named one."""
+
+    kind = "throttled"
+
+
+class Gone(SourceError):
+    """The mailbox or the watched folder does not exist (any more)."""
+
+    kind = "gone"
+    default_transient = False
+
+
+class Denied(SourceError):
+    """The app may not open this mailbox or folder (impersonation refused, RBAC scope, 403)."""
+
+    kind = "denied"
+    default_transient = False
+
+
+class Unauthorized(SourceError):
+    """The server refused the access token even after a fresh one (HTTP 401).
+
+    Transient by default: revocations and clock skew heal; the mailbox stays on the shorter
+    back-off while an operator looks.
+    """
+
+    kind = "unauthorized"
+
+
+class Unavailable(SourceError):
+    """The server or the network failed (connection, timeout, 5xx, token endpoint outage)."""
+
+    kind = "unavailable"
 
 
 class PermanentError(ListenerError):

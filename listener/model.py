@@ -200,9 +200,16 @@ class Message(_Value):
 
     mailbox: str = Field(description="SMTP address of the watched mailbox.")
     folder: str = Field(description="The watched folder, as configured (e.g. 'inbox').")
-    item_id: str = Field(description="EWS item id (changes when the item moves).")
-    change_key: str | None = None
-    item_class: str = Field(default="IPM.Note", description="Exchange item class.")
+    item_id: str = Field(
+        description=(
+            "The mail source's id of the item, opaque (EWS: changes when the item moves;"
+            " Microsoft Graph: an immutable id)."
+        )
+    )
+    source: str = Field(default="ews", description="The protocol it was read with: ews, graph.")
+    item_class: str | None = Field(
+        default=None, description="Exchange item class (e.g. IPM.Note) when the source says."
+    )
     internet_message_id: str | None = None
     conversation_id: str | None = None
     subject: str = ""

@@ -37,7 +37,7 @@ from listener.abc import (
     PendingEntry,
     StateStore,
 )
-from listener.errors import PermanentError, SourceError
+from listener.errors import PermanentError, SourceError, SyncStateLost
 from listener.identity import identify
 from listener.model import Message, message_fingerprint
 from listener.polling import FailurePolicy, PollerSettings, PollResult
@@ -46,11 +46,21 @@ __all__ = ["FailurePolicy", "PollResult", "Poller", "PollerSettings"]
 
 log = structlog.get_logger("listener.poller")
 
-# SyncFolderItems page size: the most EWS allows. Pages are handed over in batches of
-# ``batch_size``; a large page keeps the read-flag changes our own mark_read causes from
-# crowding the next page (one sync per 512 changes, not one per batch).
-SYNC_PAGE = 512
-INVALID_SYNC_STATE = "ErrorInvalidSyncStateData"
+# Stored sync states carry the kind of the source that issued them ("graph:https://…"); a state
+# written before issue 13 has no prefix and is EWS's (base64, which has no colon).
+_LEGACY_KIND = "ews"
+
+
+def _stored(kind: str, state: str) -> str:
+    return f"{kind}:{state}"
+
+
+def _parse_stored(value: str) -> tuple[str, str]:
+    """(kind, the source's own state) of a stored sync state."""
+    kind, sep, state = value.partition(":")
+    if sep and kind.isidentifier() and not state.startswith("//"):
+        return kind, state
+    return _LEGACY_KIND, value
 
 
 def _batches(refs: Sequence[ItemRef], size: int) -> list[tuple[Sequence[ItemRef], bool]]:
@@ -68,8 +78,8 @@ class _Page:
     pending: list[PendingEntry] = field(default_factory=list)
     dead: list[tuple[ItemRef, DeadLetter]] = field(default_factory=list)
     resolved: list[str] = field(default_factory=list)
-    # (old item id, new item id, new change key) of dead letters moved to the dead-letter folder
-    relocated: list[tuple[str, str, str | None]] = field(default_factory=list)
+    # (old item id, new item id) of dead letters moved to the dead-letter folder
+    relocated: list[tuple[str, str]] = field(default_factory=list)
     complete: bool = True
     saved: bool = False  # its records are committed (by the poll, or by flush() at shutdown)
 
@@ -137,16 +147,15 @@ class Poller:
             ),
             self._saving_on_error(),
         ):
-            state = self._starting_state(result)
+            state, floor = self._starting_state()
             self._retry_due(result)  # 1
-            floor: datetime | None = None
             while not self._stop.is_set():
                 try:
-                    page = self.source.changes(state, SYNC_PAGE)  # 2
-                except SourceError as e:
-                    if e.code != INVALID_SYNC_STATE or state is None:
+                    page = self.source.changes(state, self.source.page_limit)  # 2
+                except SyncStateLost as e:
+                    if state is None:
                         raise
-                    state, floor = None, self._resync_floor(e)
+                    state, floor = None, self._resync_floor(str(e))
                     continue
                 result.pages += 1
                 for batch, last in _batches(page.created, self.settings.batch_size):
@@ -155,7 +164,8 @@ class Poller:
                     # Shutting down: commit now, tidy up after the restart (it syncs this page
                     # again and tidies what the ledger says is done).
                     outcome.complete = outcome.complete and not self._stop.is_set()
-                    self._settle(outcome, result, page.sync_state if last else None)  # 5, 6
+                    end = _stored(self.source.kind, page.sync_state) if last else None
+                    self._settle(outcome, result, end)  # 5, 6
                     if not outcome.complete:
                         return result
                 if page.last_page:
@@ -179,8 +189,9 @@ class Poller:
                 log.exception("poll.save_after_error_failed")
             raise
 
-    def _resync_floor(self, error: SourceError) -> datetime | None:
-        """The server lost our sync state: sync again from the start of the folder.
+    def _resync_floor(self, error: str) -> datetime | None:
+        """The server lost our sync state, or it is another protocol's: sync again from the start
+        of the folder.
 
         The ledger skips what was handed over already. With ``start_from`` "new" or "unread",
         mail received before the mailbox was first watched is not handed over now either (the
@@ -192,7 +203,7 @@ class Poller:
         floor = datetime.fromisoformat(since) - timedelta(minutes=5) if since else None
         log.error(
             "sync_state.invalid",
-            error=str(error),
+            error=error,
             action="syncing the folder again from its start; the ledger skips what is done",
             floor=since,
         )
@@ -213,11 +224,29 @@ class Poller:
             if not (isinstance(m, Message) and m.received_at is not None and m.received_at < floor)
         ]
 
-    def _starting_state(self, result: PollResult) -> str | None:
-        """The stored sync state, or on the very first poll the one ``start_from`` asks for."""
-        state = self.store.get_sync_state(self.name, self.settings.folder)
-        if state is not None or self.settings.start_from == "all":
-            return state
+    def _starting_state(self) -> tuple[str | None, datetime | None]:
+        """The stored sync state, or on the very first poll the one ``start_from`` asks for; with
+        the floor below which mail is not handed over (only when syncing again from the start).
+
+        A state another kind of source wrote (the mailbox moved from EWS to Microsoft Graph, or
+        back) cannot be read by this one: the folder is synced from its start, the ledger
+        skipping what the other protocol handed over (the keys do not depend on the protocol)
+        and the ``start_from`` floor kept. That is the migration path of README "Moving off EWS".
+        """
+        stored = self.store.get_sync_state(self.name, self.settings.folder)
+        if stored is not None:
+            kind, state = _parse_stored(stored)
+            if kind == self.source.kind:
+                return state, None
+            log.warning(
+                "mailbox.source_switched",
+                previous=kind,
+                now=self.source.kind,
+                action="syncing the folder from its start; the ledger skips what is done",
+            )
+            return None, self._resync_floor(f"the stored sync state is {kind}'s")
+        if self.settings.start_from == "all":
+            return None, None
         # "new" and "unread": begin at the folder's present end; "unread" parks what is unread
         # now in the pending queue (due at once), in the same commit as the starting state.
         now = self._clock()
@@ -229,19 +258,24 @@ class Poller:
             PendingEntry(
                 mailbox=self.name,
                 item_id=r.item_id,
-                change_key=r.change_key,
                 idempotency_key="",
                 handlers=(),
                 attempts=0,
                 next_attempt_at=now,
                 last_error="",
                 first_seen_at=now,
+                source=self.source.kind,
             )
             for r in unread
         ]
-        self.store.commit(self.name, self.settings.folder, sync_state=end, pending=parked)
+        self.store.commit(
+            self.name,
+            self.settings.folder,
+            sync_state=_stored(self.source.kind, end),
+            pending=parked,
+        )
         log.info("mailbox.first_sync", start_from=self.settings.start_from, parked=len(parked))
-        return end
+        return end, None
 
     # --- step 1: retries ------------------------------------------------------------------------
 
@@ -250,14 +284,63 @@ class Poller:
             due = self.store.due_pending(self.name, self._clock(), self.settings.batch_size)
             if not due:
                 return
-            entries = {e.item_id: e for e in due}
-            fetched = self.source.fetch([ItemRef(e.item_id, None) for e in due])
+            refs, entries, lost, finished = self._due_refs(due)
+            fetched = [*self.source.fetch(refs), *lost]
             # Only what _hand_over reached leaves the queue (resolved, re-parked or dead): a stop
             # in the middle of the batch leaves the rest pending, due at once after the restart.
             outcome = self._hand_over(fetched, result, retrying=entries)
+            outcome.resolved += finished
+            reached = {*outcome.resolved, *(p.item_id for p in outcome.pending)}
+            reached |= {ref.item_id for ref, _ in outcome.dead}
+            outcome.resolved += [
+                e.item_id
+                for native, e in entries.items()
+                if e.item_id != native and native in reached
+            ]
             self._settle(outcome, result, None, tidy=True)
             if len(due) < self.settings.batch_size or not outcome.complete:
                 return
+
+    def _due_refs(
+        self, due: Sequence[PendingEntry]
+    ) -> tuple[list[ItemRef], dict[str, PendingEntry], list[FetchFailure], list[str]]:
+        """The refs to fetch for ``due`` entries, the entry behind each fetched id, and the
+        failures of entries whose mail cannot be found, and the entries found to be done.
+
+        An entry another kind of source parked (the mailbox switched protocol since) names its
+        mail by an id this source cannot read: it is found again by its Message-ID in the watched
+        folder. Mail no longer there was either handed over by the sync from the start that the
+        switch caused (the ledger says so: the entry is done) or left the folder (a dead letter
+        that says so, replayable by Message-ID).
+        """
+        refs: list[ItemRef] = []
+        entries: dict[str, PendingEntry] = {}
+        lost: list[FetchFailure] = []
+        finished: list[str] = []
+        for entry in due:
+            if entry.source == self.source.kind:
+                refs.append(ItemRef(entry.item_id))
+                entries[entry.item_id] = entry
+                continue
+            found = None
+            if entry.internet_message_id:
+                found = self.source.find(self.settings.folder, entry.internet_message_id)
+            if found is not None:
+                refs.append(found)
+                entries[found.item_id] = entry
+                continue
+            key = entry.idempotency_key
+            done = {handler for _, handler in self.store.done([key])} if key else set()
+            if entry.handlers and set(entry.handlers) <= done:
+                finished.append(entry.item_id)
+                continue
+            entries[entry.item_id] = entry
+            why = (
+                f"parked by the {entry.source} source before the mailbox switched to "
+                f"{self.source.kind}; not found again in {self.settings.folder!r}"
+            )
+            lost.append(FetchFailure(ItemRef(entry.item_id), why, gone=True))
+        return refs, entries, lost, finished
 
     # --- step 4: hand-over ----------------------------------------------------------------------
 
@@ -358,7 +441,7 @@ class Poller:
             return
         attempts = (previous.attempts if previous else 0) + 1
         error = "; ".join(f"{n}: {e}" for n, e in failed.items())
-        ref = ItemRef(message.item_id, message.change_key)
+        ref = ItemRef(message.item_id)
         if permanent or attempts >= self.settings.failure.max_attempts:
             self._dead_letter(
                 page,
@@ -379,13 +462,14 @@ class Poller:
             PendingEntry(
                 mailbox=self.name,
                 item_id=message.item_id,
-                change_key=message.change_key,
                 idempotency_key=message.idempotency_key,
                 handlers=tuple(failed),
                 attempts=attempts,
                 next_attempt_at=now + timedelta(seconds=delay),
                 last_error=error,
                 first_seen_at=previous.first_seen_at if previous else now,
+                source=self.source.kind,
+                internet_message_id=message.internet_message_id,
             )
         )
         result.failed += 1
@@ -413,13 +497,14 @@ class Poller:
                 PendingEntry(
                     mailbox=self.name,
                     item_id=ref.item_id,
-                    change_key=ref.change_key,
                     idempotency_key=previous.idempotency_key if previous else "",
                     handlers=previous.handlers if previous else (),
                     attempts=attempts,
                     next_attempt_at=now + timedelta(seconds=delay),
                     last_error=failure.error,
                     first_seen_at=previous.first_seen_at if previous else now,
+                    source=self.source.kind,
+                    internet_message_id=previous.internet_message_id if previous else None,
                 )
             )
             result.failed += 1
@@ -438,6 +523,9 @@ class Poller:
             permanent=not failure.transient,
             subject="",
             movable=not failure.gone,
+            internet_message_id=previous.internet_message_id if previous else None,
+            # A foreign entry's mail not found again keeps the id (and kind) it was parked with.
+            source=previous.source if previous and previous.item_id == ref.item_id else None,
         )
 
     def _dead_letter(
@@ -454,13 +542,13 @@ class Poller:
         subject: str,
         movable: bool = True,
         internet_message_id: str | None = None,
+        source: str | None = None,
     ) -> None:
         folder = self.settings.failure.dead_letter_folder
         letter = DeadLetter(
             id=None,
             mailbox=self.name,
             item_id=ref.item_id,
-            change_key=ref.change_key,
             idempotency_key=key,
             handlers=handlers,
             error=error,
@@ -470,8 +558,9 @@ class Poller:
             created_at=self._clock(),
             internet_message_id=internet_message_id,
             moved_to=folder if movable else None,
+            source=source or self.source.kind,
         )
-        page.dead.append((ref if movable else ItemRef("", None), letter))
+        page.dead.append((ref if movable else ItemRef(""), letter))
         page.resolved.append(ref.item_id)
         result.dead_lettered += 1
         for name in handlers or ("-",):
@@ -509,7 +598,7 @@ class Poller:
         (Found by the chaos run: a throttled or dropped UpdateItem used to abort the poll after
         the handlers had run, so the page was handed over again at the next poll.)
         """
-        refs = [ItemRef(m.item_id, m.change_key) for m in page.succeeded]
+        refs = [ItemRef(m.item_id) for m in page.succeeded]
         action, argument = self.settings.after_success
         if refs and action != "none":
             for ref, error in zip(refs, self._after_success(refs, action, argument), strict=False):
@@ -527,7 +616,7 @@ class Poller:
                 log.warning("dead_letter.move_failed", folder=folder, error=str(e))
                 moved = [str(e)] * len(movable)
             page.relocated = [
-                (ref.item_id, new.item_id, new.change_key)
+                (ref.item_id, new.item_id)
                 for ref, new in zip(movable, moved, strict=True)
                 if not isinstance(new, str)
             ]
@@ -618,13 +707,14 @@ class Poller:
                 ref.item_id: PendingEntry(
                     mailbox=self.name,
                     item_id=ref.item_id,
-                    change_key=ref.change_key,
                     idempotency_key=d.idempotency_key,
                     handlers=d.handlers,
                     attempts=0,
                     next_attempt_at=self._clock(),
                     last_error=d.error,
                     first_seen_at=d.created_at,
+                    source=self.source.kind,
+                    internet_message_id=d.internet_message_id,
                 )
                 for d, ref in zip(letters, refs, strict=True)
             }
@@ -645,18 +735,38 @@ class Poller:
     def _fetch_letters(
         self, letters: Sequence[DeadLetter]
     ) -> tuple[list[ItemRef], list[Message | FetchFailure]]:
-        """Fetch the mail of ``letters``; mail moved to the dead-letter folder after its letter
-        was recorded, but before its new id was, is looked up there by its Message-ID."""
-        refs = [ItemRef(d.item_id, None) for d in letters]
-        fetched = list(self.source.fetch(refs))
+        """Fetch the mail of ``letters``, found by Message-ID where its id cannot serve.
+
+        That is mail moved to the dead-letter folder after its letter was recorded but before its
+        new id was (looked up in ``moved_to``), and mail of a letter another kind of source
+        recorded before the mailbox switched protocol (looked up where it went, else in the
+        watched folder).
+        """
+        kind = self.source.kind
+        refs = [ItemRef(d.item_id) for d in letters]
+        native = [i for i, d in enumerate(letters) if d.source == kind]
+        fetched: list[Message | FetchFailure] = [
+            FetchFailure(
+                refs[i],
+                f"recorded by the {d.source} source before the mailbox switched to {kind}, "
+                "without a Message-ID to find the mail by",
+                gone=True,
+            )
+            for i, d in enumerate(letters)
+        ]
+        for i, item in zip(native, self.source.fetch([refs[i] for i in native]), strict=True):
+            fetched[i] = item
         for i, (letter, item) in enumerate(zip(letters, fetched, strict=True)):
-            if not (isinstance(item, FetchFailure) and item.gone):
+            if not (isinstance(item, FetchFailure) and item.gone and letter.internet_message_id):
                 continue
-            if not (letter.moved_to and letter.internet_message_id):
-                continue
-            found = self.source.find(letter.moved_to, letter.internet_message_id)
-            if found is not None:
-                log.info("dead_letter.found_by_message_id", folder=letter.moved_to)
-                refs[i] = found
-                fetched[i] = self.source.fetch([found])[0]
+            folders = [letter.moved_to] if letter.moved_to else []
+            if letter.source != kind:
+                folders.append(self.settings.folder)
+            for folder in folders:
+                found = self.source.find(folder, letter.internet_message_id)
+                if found is not None:
+                    log.info("dead_letter.found_by_message_id", folder=folder)
+                    refs[i] = found
+                    fetched[i] = self.source.fetch([found])[0]
+                    break
         return refs, fetched

@@ -1,4 +1,5 @@
-"""``ews-listener mailbox test``: token, impersonation, folder and item count of one mailbox."""
+"""``ews-listener mailbox test``: token, mailbox, folder and item count of one mailbox, as its
+source (EWS or Microsoft Graph) probes them."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def check_mailbox(settings: Any, wanted: str, *, credential: str | None = None) 
 
     Also ``credentials validate NAME --mailbox ADDRESS`` (then only mailboxes of ``credential``).
     """
-    from listener.app import App  # noqa: PLC0415 - imports exchangelib
+    from listener.app import App  # noqa: PLC0415 - imports the mail sources
 
     wanted = wanted.lower()
     names = [
@@ -47,23 +48,12 @@ def check_mailbox(settings: Any, wanted: str, *, credential: str | None = None) 
 
 
 def _mailbox_steps(app: Any, name: str, mailbox: Any) -> bool:
-    """Each step on one line; stop at the first that fails."""
-    source = app.connections.source(app.target(name, mailbox))
-    step = "token"
-    try:
-        token = app.providers.get(mailbox.credential).get_token()
-        echo(f"  token   ok   expires {token.expires_at.isoformat(timespec='seconds')}")
-        step = "folder"
-        folder = source.watched_folder()
-        echo(f"  folder  ok   {source.folder!r} opened with impersonation")
-        step = "items"
-        total = folder.total_count if folder.total_count is not None else "?"
-        unread = len(source.unread())
-        echo(f"  items   ok   {total} item(s), {unread} unread")
-    except Exception as e:
-        echo(f"  {step:<7} FAIL {type(e).__name__}: {e}")
-        return False
-    return True
+    """Each step of the source's probe on one line; it stops at the first that fails."""
+    ok = True
+    for step in app.source(name).probe():
+        echo(f"  {step.name:<7} {'ok  ' if step.ok else 'FAIL'} {step.detail}")
+        ok = ok and step.ok
+    return ok
 
 
 class _NullStore:

@@ -117,6 +117,11 @@ class Metrics:
             "EWS operations by outcome (ok, fault, throttled, unauthorized, error).",
             ("operation", "outcome"),
         )
+        self.graph_requests = counter(
+            "graph_requests",
+            "Microsoft Graph requests by operation and outcome (ok, throttled, an HTTP status).",
+            ("operation", "outcome"),
+        )
         self.throttle_backoff = counter(
             "throttle_backoff_seconds",
             "Seconds spent backing off because the server asked (ErrorServerBusy, 503, 429).",
@@ -167,6 +172,13 @@ class Metrics:
 
     def ews_request(self, operation: str, outcome: str) -> None:
         self.ews_requests.labels(_label(operation), _label(outcome)).inc()
+
+    def graph_request(self, operation: str, outcome: str) -> None:
+        self.graph_requests.labels(_label(operation), _label(outcome)).inc()
+
+    def source_request(self, kind: str) -> Callable[[str, str], None]:
+        """The recorder of one protocol's requests (``ews_requests`` or ``graph_requests``)."""
+        return self.graph_request if kind == "graph" else self.ews_request
 
     def backed_off(self, credential: str, seconds: float) -> None:
         if seconds > 0:

@@ -10,6 +10,7 @@ into ``_create_v1`` so that a fresh database still passes through every step.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,7 +50,8 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
-# The version 1 shapes of the tables later steps change (schema 3: ledger, dead_letters).
+# The version 1 shapes of the tables later steps change (schema 3: ledger, dead_letters; schema 4:
+# pending, dead_letters).
 _V1 = MetaData()
 _LEDGER_V1 = Table(
     "ledger",
@@ -61,6 +63,20 @@ _LEDGER_V1 = Table(
     Column("internet_message_id", Text, nullable=True),
     Column("handed_at", _schema.UtcDateTime, nullable=False),
     Index("ix_ledger_mailbox", "mailbox"),
+)
+_PENDING_V1 = Table(
+    "pending",
+    _V1,
+    Column("mailbox", Text, primary_key=True),
+    Column("item_id", Text, primary_key=True),
+    Column("change_key", Text, nullable=True),
+    Column("idempotency_key", Text, nullable=False),
+    Column("handlers", JSON, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", _schema.UtcDateTime, nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("first_seen_at", _schema.UtcDateTime, nullable=False),
+    Index("ix_pending_due", "mailbox", "next_attempt_at"),
 )
 _DEAD_LETTERS_V1 = Table(
     "dead_letters",
@@ -82,7 +98,7 @@ _DEAD_LETTERS_V1 = Table(
 
 
 def _create_v1(conn: Connection) -> None:
-    _schema.metadata.create_all(conn, tables=[_schema.sync_state, _schema.pending], checkfirst=True)
+    _schema.metadata.create_all(conn, tables=[_schema.sync_state], checkfirst=True)
     _V1.create_all(conn, checkfirst=True)
 
 
@@ -114,11 +130,30 @@ def _key_by_message_id(conn: Connection) -> None:
     )
 
 
+def _source_kinds(conn: Connection) -> None:
+    # Issue 13: item ids belong to the kind of source that issued them (EWS or Microsoft Graph),
+    # so a mailbox switched from one protocol to the other never hands one's id to the other.
+    # Rows written before are EWS's. Change keys are EWS's business: no longer stored (dropped
+    # where the database can; SQLite before 3.35 keeps the unused, nullable column).
+    can_drop = conn.dialect.name != "sqlite" or sqlite3.sqlite_version_info >= (3, 35, 0)
+    for table in ("pending", "dead_letters"):
+        present = {c["name"] for c in inspect(conn).get_columns(table)}
+        if "source" not in present:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN source TEXT NOT NULL DEFAULT 'ews'"))
+        if table == "pending" and "internet_message_id" not in present:
+            conn.execute(text("ALTER TABLE pending ADD COLUMN internet_message_id TEXT"))
+        if "change_key" in present and can_drop:
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN change_key"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sync_state, ledger, pending and dead_letters", _create_v1),
     Migration(2, "index dead letters by idempotency key", _index_dead_letter_keys),
     Migration(
         3, "idempotency keys by Message-ID; dead letters findable after a move", _key_by_message_id
+    ),
+    Migration(
+        4, "item ids tagged with their source kind; change keys no longer kept", _source_kinds
     ),
 )
 LATEST = MIGRATIONS[-1].version

@@ -109,13 +109,16 @@ pending = Table(
     metadata,
     Column("mailbox", Text, primary_key=True),
     Column("item_id", Text, primary_key=True),
-    Column("change_key", Text, nullable=True),
     Column("idempotency_key", Text, nullable=False),
     Column("handlers", JSON, nullable=False),  # list of handler names still to do
     Column("attempts", Integer, nullable=False),
     Column("next_attempt_at", UtcDateTime, nullable=False),
     Column("last_error", Text, nullable=False),
     Column("first_seen_at", UtcDateTime, nullable=False),
+    # Schema 4: the kind of mail source that issued item_id (ews, graph); ids are opaque to
+    # everything but a source of that kind.
+    Column("source", Text, nullable=False, default="ews", server_default="ews"),
+    Column("internet_message_id", Text, nullable=True),  # schema 4
     Index("ix_pending_due", "mailbox", "next_attempt_at"),
 )
 
@@ -127,7 +130,6 @@ dead_letters = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("mailbox", Text, nullable=False),
     Column("item_id", Text, nullable=False),
-    Column("change_key", Text, nullable=True),
     Column("idempotency_key", Text, nullable=False),
     Column("handlers", JSON, nullable=False),
     Column("error", Text, nullable=False),
@@ -139,6 +141,7 @@ dead_letters = Table(
     # dead-letter folder and the record of its new item id.
     Column("internet_message_id", Text, nullable=True),
     Column("moved_to", Text, nullable=True),
+    Column("source", Text, nullable=False, default="ews", server_default="ews"),  # schema 4
     Index("ix_dead_letters_mailbox", "mailbox"),
     sqlite_autoincrement=True,
 )

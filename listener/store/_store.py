@@ -232,7 +232,7 @@ class SqlStateStore:
         pending: Sequence[PendingEntry] = (),
         resolved: Sequence[str] = (),
         dead: Sequence[DeadLetter] = (),
-        relocated: Sequence[tuple[str, str, str | None]] = (),
+        relocated: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Record one page's outcome in ONE transaction (see ``listener.abc.StateStore.commit``).
 
@@ -272,14 +272,14 @@ class SqlStateStore:
                 )
             if dead:
                 conn.execute(insert(tb.dead_letters), [_dead_row(d) for d in dead])
-            for old_id, new_id, change_key in relocated:
+            for old_id, new_id in relocated:
                 conn.execute(
                     update(tb.dead_letters)
                     .where(
                         tb.dead_letters.c.mailbox == mailbox,
                         tb.dead_letters.c.item_id == old_id,
                     )
-                    .values(item_id=new_id, change_key=change_key)
+                    .values(item_id=new_id)
                 )
             if sync_state is not None:
                 self._set_sync_state(conn, mailbox, folder, sync_state)
@@ -398,7 +398,6 @@ def _pending_row(entry: PendingEntry) -> dict[str, Any]:
     return {
         "mailbox": entry.mailbox,
         "item_id": entry.item_id,
-        "change_key": entry.change_key,
         "idempotency_key": entry.idempotency_key,
         "handlers": list(entry.handlers),
         "attempts": entry.attempts,
@@ -407,11 +406,14 @@ def _pending_row(entry: PendingEntry) -> dict[str, Any]:
         # wrote to stderr and receivers answered, tokens included (issue 11).
         "last_error": redact(entry.last_error),
         "first_seen_at": entry.first_seen_at,
+        "source": entry.source,
+        "internet_message_id": entry.internet_message_id,
     }
 
 
 def _pending_entry(row: Row[Any]) -> PendingEntry:
     values = row._asdict()
+    values.pop("change_key", None)  # SQLite before 3.35 keeps the column (schema 4)
     values["handlers"] = tuple(values["handlers"])
     return PendingEntry(**values)
 
@@ -420,7 +422,6 @@ def _dead_row(letter: DeadLetter) -> dict[str, Any]:
     return {
         "mailbox": letter.mailbox,
         "item_id": letter.item_id,
-        "change_key": letter.change_key,
         "idempotency_key": letter.idempotency_key,
         "handlers": list(letter.handlers),
         "error": redact(letter.error),  # masked, as in _pending_row
@@ -430,11 +431,13 @@ def _dead_row(letter: DeadLetter) -> dict[str, Any]:
         "created_at": letter.created_at,
         "internet_message_id": letter.internet_message_id,
         "moved_to": letter.moved_to,
+        "source": letter.source,
     }
 
 
 def _dead_letter(row: Row[Any]) -> DeadLetter:
     values = row._asdict()
+    values.pop("change_key", None)  # SQLite before 3.35 keeps the column (schema 4)
     values["handlers"] = tuple(values["handlers"])
     values["permanent"] = bool(values["permanent"])
     return DeadLetter(**values)

@@ -16,8 +16,8 @@ import requests
 import trustme
 
 from listener._tls import origin
-from listener.ews import _transport
-from listener.ews._transport import _CaBundleAdapter, register_ca_bundle
+from listener.sources.ews import _transport
+from listener.sources.ews._transport import _CaBundleAdapter, register_ca_bundle
 
 
 class _Ok(BaseHTTPRequestHandler):

@@ -22,8 +22,8 @@ import structlog
 from listener.abc import DeadLetter
 from listener.config import load_settings
 from listener.daemon import run_once
-from listener.ews import source as source_module
-from listener.ews._streaming import SPOOL_MAX_MEMORY
+from listener.sources.ews import source as source_module
+from listener.sources.ews._streaming import SPOOL_MAX_MEMORY
 from listener.store import open_store
 from tests.e2e.conftest import World
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from exchangelib import FileAttachment, Message
 
 from ews_listener_emulators.server import EwsEmulator
-from listener.ews._convert import to_message
+from listener.sources.ews._convert import to_message
 from tests.emulator.conftest import ALICE, AccountFactory
 
 HEAD = (
@@ -90,7 +90,7 @@ def test_address_less_senders_keep_their_names(
         "s2": ("Mail Delivery System", None),
     }
     assert items["s1"].author.name == "MAILER DAEMON"
-    # The listener's event keeps the name too (listener/ews/_convert.py).
+    # The listener's event keeps the name too (listener/sources/ews/_convert.py).
     event = to_message(items["s1"], mailbox=ALICE, folder="inbox")
     assert event.sender is not None
     assert (event.sender.name, event.sender.email) == ("MAILER DAEMON", "")

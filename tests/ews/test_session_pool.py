@@ -20,7 +20,7 @@ from exchangelib.transport import OAUTH2
 from exchangelib.version import EXCHANGE_2016, Version
 
 from listener.abc import AccessToken
-from listener.ews._transport import ListenerRetryPolicy, TokenBridge, install_adapter
+from listener.sources.ews._transport import ListenerRetryPolicy, TokenBridge, install_adapter
 
 
 class _Tokens:

@@ -41,7 +41,7 @@ def full_message(**overrides: object) -> Message:
         "mailbox": "Orders@Example.com",
         "folder": "inbox",
         "item_id": "AAMk=",
-        "change_key": "CQAA",
+        "source": "ews",
         "internet_message_id": "<1@example.net>",
         "conversation_id": "AAQk",
         "subject": "Order 42 — ünïcode ✓",

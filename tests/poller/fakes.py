@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from listener.abc import ChangePage, FetchFailure, ItemRef
-from listener.errors import SourceError
+from listener.abc import ChangePage, FetchFailure, ItemRef, ProbeStep
+from listener.errors import SourceError, SyncStateLost
 from listener.model import Address, Attachment, Message
 
 
@@ -26,6 +26,9 @@ class FakeItem:
 
 class FakeSource:
     """Folders of items; the sync state is the position in the folder's creation log."""
+
+    kind = "fake"
+    page_limit = 512
 
     def __init__(self, mailbox: str = "box@example.com", folder: str = "inbox") -> None:
         self.mailbox = mailbox
@@ -70,13 +73,11 @@ class FakeSource:
         if self.fail_changes is not None:
             raise self.fail_changes
         if self.forget_states and sync_state is not None:
-            raise SourceError(
-                "sync state unknown", code="ErrorInvalidSyncStateData", transient=False
-            )
+            raise SyncStateLost("sync state unknown")
         start = int(sync_state or 0)
         window = self.log[start : start + max_changes]
         created = tuple(
-            ItemRef(i, "ck")
+            ItemRef(i)
             for i in window
             if i in self.items and self.items[i].folder == self.folder
         )
@@ -87,7 +88,7 @@ class FakeSource:
         return str(len(self.log))
 
     def unread(self) -> Sequence[ItemRef]:
-        return [ItemRef(i.item_id, "ck") for i in self.in_folder() if not i.is_read]
+        return [ItemRef(i.item_id) for i in self.in_folder() if not i.is_read]
 
     def fetch(self, refs: Sequence[ItemRef]) -> list[Message | FetchFailure]:
         self.calls.append(f"fetch:{len(refs)}")
@@ -103,7 +104,7 @@ class FakeSource:
                     mailbox=self.mailbox,
                     folder=self.folder,
                     item_id=item.item_id,
-                    change_key="ck",
+                    source="fake",
                     internet_message_id=item.message_id,
                     subject=item.subject,
                     from_=Address(email=item.sender),
@@ -128,7 +129,7 @@ class FakeSource:
             item.item_id = f"{ref.item_id}-moved"
             item.folder = folder_path
             self.items[item.item_id] = item
-            out.append(ItemRef(item.item_id, "ck2"))
+            out.append(ItemRef(item.item_id))
         return out
 
     def categorize(self, refs: Sequence[ItemRef], category: str) -> list[str | None]:
@@ -145,8 +146,12 @@ class FakeSource:
         self.calls.append(f"find:{folder_path}")
         for item in self.in_folder(folder_path):
             if item.message_id == internet_message_id:
-                return ItemRef(item.item_id, "ck")
+                return ItemRef(item.item_id)
         return None
+
+    def probe(self) -> Iterator[ProbeStep]:
+        yield ProbeStep("folder", True, f"{self.folder!r} in memory")
+        yield ProbeStep("items", True, f"{len(self.in_folder())} item(s)")
 
     def close(self) -> None:
         return

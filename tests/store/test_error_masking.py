@@ -43,7 +43,6 @@ def test_pending_and_dead_letter_errors_are_stored_masked(store: SqlStateStore) 
     pending = PendingEntry(
         mailbox="orders",
         item_id="AAMk1",
-        change_key="CK1",
         idempotency_key="k1",
         handlers=("push",),
         attempts=1,
@@ -55,7 +54,6 @@ def test_pending_and_dead_letter_errors_are_stored_masked(store: SqlStateStore) 
         id=None,
         mailbox="orders",
         item_id="AAMk2",
-        change_key="CK2",
         idempotency_key="k2",
         handlers=("push",),
         error=LEAKY,

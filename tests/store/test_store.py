@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -23,11 +24,11 @@ def entry(key: str, handler: str = "h", mailbox: str = "box", at: datetime = T0)
 
 
 def parked(item: str, at: datetime = T0, mailbox: str = "box", attempts: int = 1) -> PendingEntry:
-    return PendingEntry(mailbox, item, "ck", f"key-{item}", ("a", "b"), attempts, at, "boom", T0)
+    return PendingEntry(mailbox, item, f"key-{item}", ("a", "b"), attempts, at, "boom", T0)
 
 
 def letter(item: str, mailbox: str = "box") -> DeadLetter:
-    return DeadLetter(None, mailbox, item, "ck", f"key-{item}", ("a",), "gone", True, 3, "Hi", T0)
+    return DeadLetter(None, mailbox, item, f"key-{item}", ("a",), "gone", True, 3, "Hi", T0)
 
 
 def raw_engine(url: str) -> sa.Engine:
@@ -49,7 +50,7 @@ def test_ledger_round_trip_keeps_the_instant_in_utc(store: SqlStateStore) -> Non
 
 def test_pending_round_trip(store: SqlStateStore) -> None:
     """A pending entry comes back equal, with its handlers as a tuple and aware UTC times."""
-    p = PendingEntry("box", "i1", None, "key", ("a", "b"), 2, T0.astimezone(PARIS), "x" * 5000, T0)
+    p = PendingEntry("box", "i1", "key", ("a", "b"), 2, T0.astimezone(PARIS), "x" * 5000, T0)
     store.commit("box", "inbox", sync_state=None, pending=[p])
     [got] = store.pending("box")
     assert got == p
@@ -59,7 +60,7 @@ def test_pending_round_trip(store: SqlStateStore) -> None:
 
 def test_dead_letter_round_trip_assigns_an_id(store: SqlStateStore) -> None:
     """A dead letter comes back with an id assigned and every other field unchanged."""
-    d = DeadLetter(None, "box", "i1", None, "key", ("a", "b"), "bad", False, 5, "Ünïcode", T0)
+    d = DeadLetter(None, "box", "i1", "key", ("a", "b"), "bad", False, 5, "Ünïcode", T0)
     store.commit("box", "inbox", sync_state=None, dead=[d])
     [got] = store.dead_letters()
     assert got.id is not None
@@ -96,7 +97,7 @@ def test_naive_datetimes_are_refused(store: SqlStateStore) -> None:
     [
         pytest.param(parked("p", at=datetime(2026, 1, 1)), id="naive-time"),  # fails in Python
         pytest.param(
-            PendingEntry("box", "p", None, None, (), 0, T0, "", T0),  # type: ignore[arg-type]
+            PendingEntry("box", "p", None, (), 0, T0, "", T0),  # type: ignore[arg-type]
             id="not-null",  # fails in the database
         ),
     ],
@@ -370,3 +371,57 @@ def test_two_stores_on_one_database_wait_for_each_other(store_url: str) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+def test_schema_4_tags_earlier_rows_as_ews_and_drops_change_keys(store_url: str) -> None:
+    """Rows written at schema 3 (EWS ids with change keys) come through as the ews source's."""
+    from listener.store import _migrations  # noqa: PLC0415
+
+    url = sa.engine.make_url(store_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = raw_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            metadata.tables["schema_version"].create(conn)
+            for step in _migrations.MIGRATIONS[:3]:
+                step.apply(conn)
+                conn.execute(
+                    metadata.tables["schema_version"]
+                    .insert()
+                    .values(version=step.version, applied_at=T0)
+                )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO pending (mailbox, item_id, change_key, idempotency_key, handlers,"
+                    " attempts, next_attempt_at, last_error, first_seen_at) VALUES"
+                    " ('box', 'AAMk1', 'CK', 'k1', '[\"a\"]', 1, :t, 'x', :t)"
+                ),
+                {"t": T0},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO dead_letters (mailbox, item_id, change_key, idempotency_key,"
+                    " handlers, error, permanent, attempts, subject, created_at) VALUES"
+                    " ('box', 'AAMk2', 'CK', 'k2', '[\"a\"]', 'bad', :f, 5, 'Hi', :t)"
+                ),
+                {"t": T0, "f": False},
+            )
+    finally:
+        engine.dispose()
+    store = open_store(store_url)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION
+        (entry,) = store.pending("box")
+        assert (entry.item_id, entry.source, entry.internet_message_id) == ("AAMk1", "ews", None)
+        (letter,) = store.dead_letters("box")
+        assert (letter.item_id, letter.source) == ("AAMk2", "ews")
+    finally:
+        store.close()
+    engine = raw_engine(store_url)
+    try:
+        for table in ("pending", "dead_letters"):
+            columns = {c["name"] for c in sa.inspect(engine).get_columns(table)}
+            assert "change_key" not in columns and "source" in columns, table
+    finally:
+        engine.dispose()

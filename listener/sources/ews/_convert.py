@@ -13,7 +13,7 @@ from listener.model import Address, Attachment, Importance, Message
 
 __all__ = ["FETCH_FIELDS", "ConversionError", "conversion_bug", "to_message"]
 
-log = structlog.get_logger("listener.ews")
+log = structlog.get_logger("listener.sources.ews")
 
 # Only what a Message needs: no MimeContent, no attachment content (both load on demand).
 FETCH_FIELDS = (
@@ -122,8 +122,8 @@ def to_message(item: Any, *, mailbox: str, folder: str) -> Message:
         mailbox=mailbox,
         folder=folder,
         item_id=item.id,
-        change_key=item.changekey,
-        item_class=item.item_class or "IPM.Note",
+        source="ews",
+        item_class=item.item_class or None,
         internet_message_id=getattr(item, "message_id", None),
         conversation_id=conversation.id if conversation is not None else None,
         subject=item.subject or "",

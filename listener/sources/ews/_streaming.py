@@ -23,9 +23,8 @@ Two exchangelib habits handled here:
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import Any
 
 from exchangelib.attachments import AttachmentId
 from exchangelib.fields import FieldPath
@@ -39,6 +38,8 @@ from exchangelib.util import (
     StreamingContentHandler,
 )
 
+from listener.sources._spool import SPOOL_MAX_MEMORY, spool  # moved; kept importable here
+
 __all__ = [
     "SPOOL_MAX_MEMORY",
     "AttachmentStream",
@@ -46,9 +47,6 @@ __all__ = [
     "MimeStream",
     "spool",
 ]
-
-SPOOL_MAX_MEMORY = 1 << 20
-"""Content up to this size (1 MiB) stays in memory; larger content goes to a temporary file."""
 
 _NO_WHITESPACE = str.maketrans("", "", " \t\r\n")
 
@@ -141,22 +139,3 @@ class AttachmentStream(_StreamsOneElement, GetAttachment):  # type: ignore[misc]
             additional_fields=None,
         )
         return self.stream(payload)
-
-
-def spool(chunks: Iterator[bytes]) -> IO[bytes]:
-    """Write ``chunks`` to a spooled file and return it rewound; the caller closes it."""
-    out: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_MEMORY)  # noqa: SIM115
-    try:
-        for chunk in chunks:
-            out.write(chunk)
-        out.seek(0)
-    except BaseException:
-        out.close()
-        raise
-    finally:
-        # A write that fails (a full $TMPDIR) leaves the stream unfinished: close it now, so its
-        # HTTP session goes back to the pool rather than when the traceback is collected.
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-    return out

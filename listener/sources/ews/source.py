@@ -26,32 +26,46 @@ from exchangelib.items import ALWAYS_OVERWRITE, ID_ONLY, MOVE_TO_DELETED_ITEMS, 
 from exchangelib.queryset import Q
 from exchangelib.services import SyncFolderItems
 
-from listener.abc import ChangePage, FetchFailure, ItemRef
-from listener.errors import ListenerError, SourceError, TokenError
-from listener.ews._convert import FETCH_FIELDS, conversion_bug, to_message
-from listener.ews._folders import FolderResolver
-from listener.ews._streaming import AttachmentStream, ElementNotFound, MimeStream, spool
-from listener.ews._transport import TokenBridge
+from listener.abc import ChangePage, FetchFailure, ItemRef, ProbeStep
+from listener.errors import (
+    Denied,
+    Gone,
+    ListenerError,
+    SourceError,
+    SyncStateLost,
+    Throttled,
+    TokenError,
+    Unauthorized,
+    Unavailable,
+)
 from listener.model import Attachment, Message
+from listener.sources.ews._convert import FETCH_FIELDS, conversion_bug, to_message
+from listener.sources.ews._folders import FolderResolver
+from listener.sources.ews._streaming import AttachmentStream, ElementNotFound, MimeStream, spool
+from listener.sources.ews._transport import TokenBridge
 
 __all__ = ["EwsMailSource", "translate_error"]
 
 T = TypeVar("T")
 
 # Errors that say the mailbox or the app's rights are wrong: retrying soon will not help.
-_PERMANENT = (
-    ews_errors.ErrorNonExistentMailbox,
+_DENIED = (
     ews_errors.ErrorImpersonateUserDenied,
     ews_errors.ErrorImpersonationDenied,
     ews_errors.ErrorAccessDenied,
     ews_errors.ErrorInvalidExchangeImpersonationHeaderData,
-    ews_errors.ErrorFolderNotFound,
     ews_errors.ErrorMailboxConfiguration,
+)
+_MISSING = (
+    ews_errors.ErrorNonExistentMailbox,
+    ews_errors.ErrorFolderNotFound,
     ews_errors.ErrorInvalidSmtpAddress,
 )
 # Errors that mean an item vanished between two requests (a person moved or deleted it).
 _GONE = (ews_errors.ErrorItemNotFound, ews_errors.ErrorInvalidIdMalformed)
-_SYNC_STATE_ERROR = "ErrorInvalidSyncStateData"
+# SyncFolderItems' MaxChangesReturned: the most EWS allows. A large page keeps the read-flag
+# changes our own mark_read causes from crowding the next page (one sync per 512 changes).
+PAGE_LIMIT = 512
 
 
 def _one_item_may_be_at_fault(error: SourceError) -> bool:
@@ -91,35 +105,43 @@ _SERVER_OR_NETWORK = (
 
 
 def translate_error(error: BaseException) -> SourceError:
-    """Map an exchangelib or HTTP failure to a :class:`SourceError` the poller can reason about."""
+    """Map an exchangelib or HTTP failure to the typed :class:`SourceError` the pipeline knows."""
     code = type(error).__name__
     message = f"{code}: {error}"
     if isinstance(error, ews_errors.ErrorServerBusy):
-        return SourceError(message, code="ErrorServerBusy", transient=True, back_off=error.back_off)
+        return Throttled(message, code="ErrorServerBusy", back_off=error.back_off)
     if isinstance(error, ews_errors.ErrorExceededConnectionCount):
-        return SourceError(message, code=code, transient=True, back_off=5.0)
+        return Throttled(message, code=code, back_off=5.0)
     if isinstance(error, ews_errors.ErrorInvalidSyncStateData):
-        return SourceError(message, code=_SYNC_STATE_ERROR, transient=False)
-    if isinstance(error, _PERMANENT):
-        return SourceError(message, code=code, transient=False)
+        return SyncStateLost(message, code=code)
+    if isinstance(error, _DENIED):
+        return Denied(message, code=code)
+    if isinstance(error, _MISSING):
+        return Gone(message, code=code)
     if isinstance(error, ews_errors.UnauthorizedError):
-        return SourceError(
+        return Unauthorized(
             f"{code}: Exchange rejected the access token (HTTP 401) even after a fresh one "
             f"({error}); if it says token_expired, compare this host's clock with the token "
             "endpoint's and Exchange's; otherwise check the app's full_access_as_app permission "
             "and EWSAllowedAppIDs",
             code="Unauthorized",
-            # Revocations and clock skew heal; keep the mailbox on the shorter back-off.
-            transient=True,
         )
     if isinstance(error, SourceError):
         return error
     # Connection errors, timeouts, 5xx, malformed responses, token outages: try again later.
-    return SourceError(message, code=code, transient=True)
+    return Unavailable(message, code=code)
+
+
+def _is_ews_state(state: str) -> bool:
+    """EWS sync states are base64; another protocol's (a Graph delta link) is a URL."""
+    return "://" not in state
 
 
 class EwsMailSource:
     """One folder of one mailbox over EWS; implements ``MailSource`` and ``ContentLoader``."""
+
+    kind = "ews"
+    page_limit = PAGE_LIMIT
 
     def __init__(
         self,
@@ -191,9 +213,9 @@ class EwsMailSource:
             # TokenError and friends from the token provider: transient for the mailbox.
             if isinstance(e, TokenError):
                 code = f"TokenError:{e.aadsts or e.error or 'unavailable'}"
-                raise SourceError(str(e), code=code, transient=True) from e
+                raise Unavailable(str(e), code=code) from e
             if isinstance(e, ListenerError):
-                raise SourceError(str(e), code=type(e).__name__, transient=True) from e
+                raise Unavailable(str(e), code=type(e).__name__) from e
             raise
 
     def watched_folder(self) -> Folder:
@@ -205,6 +227,11 @@ class EwsMailSource:
     # --- MailSource ---------------------------------------------------------------------------
 
     def changes(self, sync_state: str | None, max_changes: int) -> ChangePage:
+        if sync_state is not None and not _is_ews_state(sync_state):
+            raise SyncStateLost(
+                "the stored sync state is not an EWS one (the mailbox used another protocol)",
+                code="ForeignSyncState",
+            )
         folder = self.watched_folder()
         with self._translated():
 
@@ -221,7 +248,7 @@ class EwsMailSource:
                     sync_scope=None,
                 ):
                     if change_type == SyncFolderItems.CREATE:
-                        created.append(ItemRef(item.id, item.changekey))
+                        created.append(ItemRef(item.id))
                 return ChangePage(
                     created=tuple(created),
                     sync_state=svc.sync_state,
@@ -233,7 +260,7 @@ class EwsMailSource:
     def current_state(self) -> str:
         state: str | None = None
         while True:
-            page = self.changes(state, 512)
+            page = self.changes(state, PAGE_LIMIT)
             state = page.sync_state
             if page.last_page:
                 return state
@@ -246,7 +273,7 @@ class EwsMailSource:
                 query = FolderCollection(account=self.account, folders=[folder]).filter(
                     Q(is_read=False)
                 )
-                return [ItemRef(i.id, i.changekey) for i in query.only("id", "changekey")]
+                return [ItemRef(i.id) for i in query.only("id")]
 
             return self._call(find, "FindItem")
 
@@ -258,7 +285,7 @@ class EwsMailSource:
                 items = self._call(
                     lambda: list(
                         self.account.fetch(
-                            ids=[(r.item_id, r.change_key) for r in refs],
+                            ids=[(r.item_id, None) for r in refs],
                             only_fields=FETCH_FIELDS,
                             chunk_size=len(refs),
                         )
@@ -306,7 +333,7 @@ class EwsMailSource:
     ) -> list[Any]:
         if not refs:
             return []
-        ids = [(r.item_id, r.change_key) for r in refs]
+        ids: list[tuple[str, str | None]] = [(r.item_id, None) for r in refs]
         with self._translated():
             return self._call(lambda: run(ids), operation)
 
@@ -380,9 +407,9 @@ class EwsMailSource:
             if isinstance(result, BaseException):
                 out.append(f"{type(result).__name__}: {result}")
             elif isinstance(result, tuple):
-                out.append(ItemRef(result[0], result[1]))
+                out.append(ItemRef(result[0]))
             else:
-                out.append(ItemRef(result.id, result.changekey))
+                out.append(ItemRef(result.id))
         return out
 
     def delete(self, refs: Sequence[ItemRef]) -> list[str | None]:
@@ -400,12 +427,29 @@ class EwsMailSource:
             folder = self._call(lambda: self.folders.resolve(folder_path), "GetFolder")
 
             def first() -> ItemRef | None:
-                found = folder.filter(message_id=internet_message_id).only("id", "changekey")
+                found = folder.filter(message_id=internet_message_id).only("id")
                 for item in found[:1]:
-                    return ItemRef(item.id, item.changekey)
+                    return ItemRef(item.id)
                 return None
 
             return self._call(first, "FindItem")
+
+    def probe(self) -> Iterator[ProbeStep]:
+        """Token, impersonation, folder and item count, each a step; stops at the first failure."""
+        step = "token"
+        try:
+            token = self._bridge.provider.get_token()
+            expires = token.expires_at.isoformat(timespec="seconds")
+            yield ProbeStep("token", True, f"expires {expires}")
+            step = "folder"
+            folder = self.watched_folder()
+            yield ProbeStep("folder", True, f"{self.folder!r} opened with impersonation")
+            step = "items"
+            total = folder.total_count if folder.total_count is not None else "?"
+            unread = len(self.unread())
+            yield ProbeStep("items", True, f"{total} item(s), {unread} unread")
+        except Exception as e:
+            yield ProbeStep(step, False, f"{type(e).__name__}: {e}")
 
     def close(self) -> None:
         # Sessions belong to the shared Protocol; its owner (EwsConnections) closes them.
@@ -437,11 +481,10 @@ class EwsMailSource:
                 # an account"), which dead-lettered such mail (issue 11, point 5).
                 if attachment.size == 0 or attachment.kind == "item":
                     return
-                raise SourceError(
+                raise Unavailable(
                     f"GetAttachment answered without the content of {attachment.name!r} "
                     f"({attachment.size} bytes)",
                     code="ContentMissing",
-                    transient=True,
                 ) from None
 
         return self._content(chunks, "GetAttachment", f"attachment {attachment.name!r}")
@@ -460,4 +503,4 @@ class EwsMailSource:
             raise conversion_bug(f"reading {what}", e) from e
 
     def ref(self, message: Message) -> ItemRef:
-        return ItemRef(message.item_id, message.change_key)
+        return ItemRef(message.item_id)

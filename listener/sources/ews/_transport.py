@@ -257,4 +257,9 @@ class TokenBridge(OAuth2AuthorizationCodeCredentials):  # type: ignore[misc]
     def __repr__(self) -> str:
         return f"TokenBridge({self.client_id!r}, provider={self._provider.name!r})"
 
+    @property
+    def provider(self) -> TokenProvider:
+        """The token provider behind this bridge (``probe`` asks it for a token)."""
+        return self._provider
+
     __str__ = __repr__

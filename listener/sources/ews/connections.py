@@ -13,22 +13,23 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from exchangelib import DELEGATE, IMPERSONATION, OAUTH2, Account, Configuration, Version
 from exchangelib.protocol import Protocol
 from exchangelib.version import Build
 
 from listener.abc import TokenProvider
-from listener.errors import SourceError
-from listener.ews._transport import (
+from listener.errors import SourceError, Throttled, Unavailable
+from listener.sources.ews._transport import (
     ListenerRetryPolicy,
     TokenBridge,
     install_adapter,
     register_ca_bundle,
 )
-from listener.ews.source import EwsMailSource
+from listener.sources.ews.source import EwsMailSource
 
-__all__ = ["CredentialGate", "EwsConnections", "MailboxTarget"]
+__all__ = ["CredentialGate", "EwsConnections", "EwsSources", "MailboxTarget"]
 
 _VERSIONS = {
     "exchange2013": Build(15, 0, 0, 0),
@@ -89,14 +90,13 @@ class CredentialGate:
     def __call__(self) -> Iterator[None]:
         wait = self.remaining_pause()
         if wait > self.max_inline_wait:
-            raise SourceError(
+            raise Throttled(
                 f"credential {self.name!r} is throttled for another {wait:.0f} s",
                 code="ErrorServerBusy",
-                transient=True,
                 back_off=wait,
             )
         if self._stop.is_set() or (wait > 0 and self._stop.wait(wait)):
-            raise SourceError("shutting down: no new EWS request", code="Stopping")
+            raise Unavailable("shutting down: no new EWS request", code="Stopping")
         with self._slots:
             try:
                 yield
@@ -116,7 +116,7 @@ class EwsConnections:
 
     def __init__(
         self,
-        providers: Callable[[str], TokenProvider],
+        providers: Callable[[str, str], TokenProvider],  # (credential, endpoint)
         *,
         max_connections: Callable[[str], int],
         request_timeout: float = 120.0,
@@ -150,7 +150,9 @@ class EwsConnections:
             if target.ca_bundle:
                 register_ca_bundle(target.endpoint, target.ca_bundle)
             bridge = TokenBridge(
-                self._providers(target.credential), target.client_id, identity=target.address
+                self._providers(target.credential, target.endpoint),
+                target.client_id,
+                identity=target.address,
             )
             version = None
             if target.version:
@@ -202,3 +204,53 @@ class EwsConnections:
         for config, _ in configs:
             # exchangelib caches one Protocol per configuration; this returns that one.
             Protocol(config=config).close()
+
+
+class EwsSources:
+    """The ``SourceFactory`` of EWS mailboxes (``source = "ews"``) of one configuration."""
+
+    kind = "ews"
+
+    def __init__(
+        self, providers: Any, settings: Any, *, stop: threading.Event | None = None
+    ) -> None:
+        self._settings = settings
+        self.on_back_off: Callable[[str, float], None] | None = None
+        self.connections = EwsConnections(
+            providers.for_source,
+            max_connections=lambda name: settings.credentials[name].max_connections,
+            stop=stop,
+        )
+
+    @property
+    def on_request(self) -> Callable[[str, str], None] | None:
+        return self.connections.on_request
+
+    @on_request.setter
+    def on_request(self, callback: Callable[[str, str], None] | None) -> None:
+        self.connections.on_request = callback
+
+    def _backed_off(self, credential: str, seconds: float) -> None:
+        if self.on_back_off is not None:
+            self.on_back_off(credential, seconds)
+
+    def target(self, name: str, mailbox: Any, *, folder: str | None = None) -> MailboxTarget:
+        credential = self._settings.credentials[mailbox.credential]
+        return MailboxTarget(
+            name=name,
+            address=mailbox.address,
+            credential=mailbox.credential,
+            client_id=credential.client_id,
+            endpoint=str(mailbox.endpoint),
+            folder=folder or mailbox.folder,
+            ca_bundle=str(mailbox.ca_bundle) if mailbox.ca_bundle else None,
+            version=mailbox.version,
+        )
+
+    def source(self, name: str, mailbox: Any, *, folder: str | None = None) -> EwsMailSource:
+        source = self.connections.source(self.target(name, mailbox, folder=folder))
+        self.connections.gates[mailbox.credential].on_back_off = self._backed_off
+        return source
+
+    def close(self) -> None:
+        self.connections.close()
