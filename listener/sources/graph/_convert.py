@@ -72,6 +72,10 @@ def _address(value: Any) -> Address | None:
     email_address = value.get("emailAddress") or {}
     email = email_address.get("address") or ""
     name = email_address.get("name") or None
+    if name is not None and name.strip().lower() == email.strip().lower():
+        # Graph names a recipient without a display name by its address ("name":
+        # "fannyd@contoso.com" in message-move); EWS leaves the name out.
+        name = None
     if not email and not name:
         return None
     return Address(email=email, name=name)

@@ -38,8 +38,11 @@ __all__ = ["DEFAULT_PAGE_LIMIT", "ConversionError", "GraphMailSource"]
 
 log = structlog.get_logger("listener.sources.graph")
 
-#: ``Prefer: odata.maxpagesize`` of a delta round; see the measurement in tests/graph_source/
-#: test_delta.py::test_page_size_pays (README of the task: "as large as pays").
+#: ``Prefer: odata.maxpagesize`` of a delta round (tests/graph_source/test_page_size.py, 600
+#: messages on the emulator: 50 → 13 requests 1.28 s, 100 → 6 / 1.27 s, 200 → 3 / 1.09 s,
+#: 500 → 2 / 0.74 s, 1000 → 1 / 1.13 s). Past 200 a round saves at most one request per few
+#: hundred messages, while what a page holds in memory (every body, in the delta cache) and
+#: what a crash makes the poller redo (one page is one commit) grow with it.
 DEFAULT_PAGE_LIMIT = 200
 #: The largest page Graph serves for message collections (list-messages: ``$top`` 1-1000).
 _WALK_PAGE = 1000
