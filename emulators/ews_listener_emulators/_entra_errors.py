@@ -22,6 +22,7 @@ __all__ = [
     "missing_client_auth",
     "missing_parameter",
     "rfc6749_body",
+    "several_resources",
     "unknown_client",
     "unknown_tenant",
     "unsupported_grant",
@@ -144,6 +145,23 @@ def bad_scope(scope: str) -> OAuthError:
         f"the input parameter 'scope' is not valid. The scope {scope} is not valid. The "
         "scope format is invalid. Scope must be in a valid URI form <https://example/scope> or "
         "a valid Guid <guid/scope>.",
+    )
+
+
+def several_resources(scope: str) -> OAuthError:
+    """AADSTS70011 for ``.default`` scopes of two resources: a token is for one resource.
+
+    Entra's wording for client credentials (msal-js issue 6069, azure-sdk-for-net issue 9076):
+    the malformed-scope sentence of ``bad_scope`` without its "format is invalid" tail, since
+    each scope is well formed. Interactive flows answer AADSTS28000 ("contains more than one
+    resource") instead; client credentials do not.
+    """
+    return OAuthError(
+        400,
+        "invalid_scope",
+        70011,
+        f"The provided request must include a 'scope' input parameter. The provided value for "
+        f"the input parameter 'scope' is not valid. The scope {scope} is not valid.",
     )
 
 

@@ -112,13 +112,20 @@ def parse_client_auth(authorization: str | None, form: dict[str, str]) -> Client
 
 
 def resource_of(scope: str | None, default: str | None) -> str:
-    """The resource of a client-credentials scope (exactly one ``{resource}/.default``)."""
+    """The resource of a client-credentials scope (exactly one ``{resource}/.default``).
+
+    ``.default`` scopes of several resources (Graph's and Exchange Online's) are refused as
+    Entra refuses them: a token is for one resource (``errors.several_resources``).
+    """
     if scope is None:
         if default is not None:
             return default
         raise errors.missing_parameter("scope")
     parts = scope.split()
-    if len(parts) != 1 or not parts[0].endswith("/.default") or len(parts[0]) <= 9:
+    well_formed = bool(parts) and all(p.endswith("/.default") and len(p) > 9 for p in parts)
+    if well_formed and len({p[:-9].rstrip("/").lower() for p in parts}) > 1:
+        raise errors.several_resources(scope)
+    if len(parts) != 1 or not well_formed:
         raise errors.bad_scope(scope)
     return parts[0][: -len("/.default")]
 

@@ -19,8 +19,9 @@ _HINTS = {
     "in token_endpoint (the app must be registered or consented there)",
     "90002": "tenant not found: check the tenant id or domain in token_endpoint",
     "900023": "the tenant in token_endpoint is not a valid tenant id or domain",
-    "70011": "invalid scope: for EWS app-only access the scope must be "
-    "'https://outlook.office365.com/.default'",
+    "70011": "invalid scope: app-only tokens are for one resource, '{resource}/.default': "
+    "'https://outlook.office365.com/.default' for EWS, 'https://graph.microsoft.com/.default' "
+    "for Microsoft Graph (one credential may name both: each gets its own token)",
     "1002012": "invalid scope: for EWS app-only access the scope must be "
     "'https://outlook.office365.com/.default'",
     "700027": "the certificate is not registered on the app, or the assertion is malformed: "

@@ -115,13 +115,18 @@ class _HttpAdapter:
 
 
 class MsalClient:
-    """Requests tokens for one credential with msal (client secret in the body, or certificate)."""
+    """Requests tokens for one credential with msal (client secret in the body, or certificate).
+
+    ``scopes``: what to request (default: all the credential's; one resource's, see
+    ``listener.auth.resources``).
+    """
 
     def __init__(
         self,
         name: str,
         config: CredentialConfig,
         *,
+        scopes: tuple[str, ...] | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         authority = config.authority
@@ -129,6 +134,7 @@ class MsalClient:
             raise ValueError(f"credential {name!r}: msal needs a Microsoft-shaped token_endpoint")
         self.name = name
         self.config = config
+        self.scopes = tuple(scopes) if scopes is not None else config.scopes
         self.authority = authority
         self._where = f"credential {name!r}"
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -222,7 +228,9 @@ class MsalClient:
             source = config.certificate.password
         if source is None:
             return False
-        before = source.read().get_secret_value()
+        # Against the value this application was built with, not the source's cached one: a
+        # sibling provider of the same credential (another resource) may have re-read it already.
+        before = self._known_secrets[0] if self._known_secrets else source.read().get_secret_value()
         changed = source.refresh().get_secret_value() != before
         if changed:
             with self._lock:
@@ -238,7 +246,7 @@ class MsalClient:
             for entry in list(cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
                 cache.remove_at(entry)
         try:
-            result = app.acquire_token_for_client(scopes=list(self.config.scopes))
+            result = app.acquire_token_for_client(scopes=list(self.scopes))
         except msal.exceptions.MsalServiceError as exc:
             raise TokenError(
                 f"{self._where}: the token endpoint failed: {_short(str(exc))}", transient=True
@@ -273,7 +281,7 @@ class MsalClient:
             token=str(result["access_token"]),
             expires_at=self._clock() + timedelta(seconds=expires_in),
             token_type=str(result.get("token_type") or "Bearer"),
-            scopes=self.config.scopes,
+            scopes=self.scopes,
         )
 
     def close(self) -> None:

@@ -109,13 +109,18 @@ def parse_token_response(
 
 
 class OAuth2Client:
-    """Requests client-credentials tokens for one credential from any RFC 6749 endpoint."""
+    """Requests client-credentials tokens for one credential from any RFC 6749 endpoint.
+
+    ``scopes``: what to request (default: all the credential's; one resource's, see
+    ``listener.auth.resources``).
+    """
 
     def __init__(
         self,
         name: str,
         config: CredentialConfig,
         *,
+        scopes: tuple[str, ...] | None = None,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
@@ -123,7 +128,9 @@ class OAuth2Client:
             raise ValueError(f"credential {name!r}: the RFC 6749 client needs a client secret")
         self.name = name
         self.config = config
+        self.scopes = tuple(scopes) if scopes is not None else config.scopes
         self._secret_source = config.secret
+        self._sent: str | None = None  # the secret of the last request
         self._clock = clock or (lambda: datetime.now(UTC))
         self._transport = transport
         self._http: httpx.Client | None = None
@@ -140,14 +147,17 @@ class OAuth2Client:
         return self._http
 
     def refresh_secret(self) -> bool:
-        before = self._secret_source.read().get_secret_value()
+        # Against the secret this client sent, not the source's cached value: a sibling provider
+        # of the same credential (another resource) may have re-read it already.
+        before = self._sent or self._secret_source.read().get_secret_value()
         return self._secret_source.refresh().get_secret_value() != before
 
     def request_token(self) -> AccessToken:
         config = self.config
         where = f"credential {self.name!r}"
         secret = self._secret_source.read().get_secret_value()
-        form = {"grant_type": "client_credentials", "scope": " ".join(config.scopes)}
+        self._sent = secret
+        form = {"grant_type": "client_credentials", "scope": " ".join(self.scopes)}
         headers = {"Accept": "application/json"}
         if config.auth_method == "body":
             form |= {"client_id": config.client_id, "client_secret": secret}
@@ -187,7 +197,7 @@ class OAuth2Client:
             response.content,
             where=where,
             now=self._clock(),
-            scopes=config.scopes,
+            scopes=self.scopes,
             secrets=(secret,),
         )
 

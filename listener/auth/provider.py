@@ -1,8 +1,9 @@
 """The caching layer every credential's tokens go through, whichever client fetches them.
 
-One token per credential in memory, shared by all its mailboxes; renewed ``renew_before`` seconds
-before it expires; one request in flight per credential (a burst of mailboxes needing a token at
-once waits for that one answer instead of stampeding the token endpoint); bounded retries with
+One token per (credential, resource) in memory, shared by all the mailboxes that need it (see
+``listener.auth.resources``); renewed ``renew_before`` seconds before it expires; one request in
+flight per provider (a burst of mailboxes needing a token at once waits for that one answer
+instead of stampeding the token endpoint); bounded retries with
 exponential back-off on 5xx and network errors; after ``invalid_client`` the secret is re-read once
 and, when it changed (rotation), the request is tried once more.
 """
@@ -55,19 +56,24 @@ class RetryPolicy:
 
 
 class CachingTokenProvider:
-    """A ``TokenProvider`` for one credential on top of a ``TokenClient``."""
+    """A ``TokenProvider`` for one credential (and one resource) on top of a ``TokenClient``.
+
+    ``resource`` only labels log lines (the client holds the scopes); metrics keep the credential.
+    """
 
     def __init__(
         self,
         name: str,
         client: TokenClient,
         *,
+        resource: str | None = None,
         renew_before: float = 300.0,
         retry: RetryPolicy | None = None,
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.name = name
+        self.resource = resource
         self.client = client
         self.renew_before = renew_before
         self.retry = retry or RetryPolicy()
@@ -82,7 +88,7 @@ class CachingTokenProvider:
 
     def __repr__(self) -> str:
         state = "cached" if self._token is not None else "empty"
-        return f"CachingTokenProvider(name={self.name!r}, {state})"
+        return f"CachingTokenProvider(name={self.name!r}, resource={self.resource!r}, {state})"
 
     def get_token(self, *, force_refresh: bool = False) -> AccessToken:
         """A token valid beyond the renewal margin; ``force_refresh`` asks the server anew.
@@ -130,6 +136,7 @@ class CachingTokenProvider:
         log.info(
             "token.acquired",
             credential=self.name,
+            resource=self.resource,
             expires_in=round(lifetime),
             renew_in=round((self._renew_at - now).total_seconds()),
         )
@@ -147,13 +154,16 @@ class CachingTokenProvider:
                 if exc.error == "invalid_client" and not rotated:
                     rotated = True
                     if self._secret_rotated():
-                        log.info("token.secret_reread", credential=self.name)
+                        log.info(
+                            "token.secret_reread", credential=self.name, resource=self.resource
+                        )
                         continue
                 retry += 1
                 if not exc.transient or retry >= self.retry.attempts:
                     log.warning(
                         "token.failed",
                         credential=self.name,
+                        resource=self.resource,
                         error=exc.error,
                         aadsts=exc.aadsts,
                         status=exc.status,
@@ -163,7 +173,12 @@ class CachingTokenProvider:
                     raise
                 delay = self.retry.delay(retry)
                 log.info(
-                    "token.retry", credential=self.name, reason=str(exc), delay=delay, retry=retry
+                    "token.retry",
+                    credential=self.name,
+                    resource=self.resource,
+                    reason=str(exc),
+                    delay=delay,
+                    retry=retry,
                 )
                 self._sleep(delay)
                 continue
@@ -174,7 +189,12 @@ class CachingTokenProvider:
         try:
             return self.client.refresh_secret()
         except Exception as exc:  # a failing re-read must not hide the server's answer
-            log.warning("token.secret_reread_failed", credential=self.name, reason=str(exc))
+            log.warning(
+                "token.secret_reread_failed",
+                credential=self.name,
+                resource=self.resource,
+                reason=str(exc),
+            )
             return False
 
     def _report(self, *, succeeded: bool) -> None:

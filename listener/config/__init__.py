@@ -15,6 +15,7 @@ from __future__ import annotations
 from listener.config.loading import ConfigError, ConfigIssue, load_settings
 from listener.config.models import (
     DEFAULT_EWS_ENDPOINT,
+    DEFAULT_GRAPH_ENDPOINT,
     ENV_CONFIG,
     ENV_PREFIX,
     Action,
@@ -30,6 +31,7 @@ from listener.config.models import (
 
 __all__ = [
     "DEFAULT_EWS_ENDPOINT",
+    "DEFAULT_GRAPH_ENDPOINT",
     "ENV_CONFIG",
     "ENV_PREFIX",
     "Action",

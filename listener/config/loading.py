@@ -26,6 +26,7 @@ from listener.config.models import (
     default_state_url,
     inherit_env_problems,
     reference_problems,
+    source_problems,
 )
 from listener.errors import ListenerError
 from listener.handlers.config import HandlerConfig
@@ -212,6 +213,7 @@ def _validate_sections(
                     env_paths,
                 )
             )
+    valid: dict[str, dict[str, Any]] = {"credentials": {}, "mailboxes": {}, "handlers": {}}
     for section in ("credentials", "mailboxes", "handlers"):
         table = data.get(section, {})
         if not isinstance(table, dict):
@@ -233,7 +235,7 @@ def _validate_sections(
                     )
                 )
             try:
-                _adapter(section).validate_python(entry)
+                valid[section][name] = _adapter(section).validate_python(entry)
             except ValidationError as exc:
                 issues += _issues(exc, entry, (section, name), file, env_paths)
     for section in ("state", "service"):
@@ -248,6 +250,8 @@ def _validate_sections(
     for loc, message in reference_problems(
         tables["credentials"], tables["handlers"], tables["mailboxes"]
     ):
+        issues.append(_issue(file, loc, None, message, env_paths))
+    for loc, message in source_problems(valid["credentials"], valid["mailboxes"]):
         issues.append(_issue(file, loc, None, message, env_paths))
     for loc, message in inherit_env_problems(data):
         issues.append(_issue(file, loc, None, message, env_paths))

@@ -13,9 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from listener.auth.resources import GRAPH_HOSTS, ResourceMismatch, host_of, select
 from listener.handlers.config import HandlerConfig
 from listener.routing import Route
 from listener.secrets import SecretSpec, environment_reads
@@ -23,6 +31,7 @@ from listener.secrets._base import check_url
 
 __all__ = [
     "DEFAULT_EWS_ENDPOINT",
+    "DEFAULT_GRAPH_ENDPOINT",
     "ENV_CONFIG",
     "ENV_PREFIX",
     "NAME_PATTERN",
@@ -34,14 +43,19 @@ __all__ = [
     "ServiceConfig",
     "Settings",
     "StateConfig",
+    "default_endpoint",
     "default_state_url",
     "inherit_env_problems",
     "reference_problems",
+    "source_problems",
 ]
 
 ENV_PREFIX = "EWS_LISTENER_"
 ENV_CONFIG = "EWS_LISTENER_CONFIG"
 DEFAULT_EWS_ENDPOINT = "https://outlook.office365.com/EWS/Exchange.asmx"
+# Graph's service root; national clouds and the emulator by URL (https://graph.microsoft.us/v1.0,
+# https://127.0.0.1:8443/v1.0).
+DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com/v1.0"
 
 # Lower-case only: environment variables are matched case-insensitively, so a table named "Sales"
 # could never be overridden by EWS_LISTENER_CREDENTIALS__SALES__….
@@ -219,12 +233,19 @@ class FailureConfig(_Model):
         return Action.parse(value, _DEAD_LETTER) if isinstance(value, str) else value
 
 
+def default_endpoint(source: Any) -> str:
+    """The endpoint of a mailbox that names none: Exchange Online's EWS, or Graph's v1.0."""
+    return DEFAULT_GRAPH_ENDPOINT if source == "graph" else DEFAULT_EWS_ENDPOINT
+
+
 class MailboxConfig(_Model):
     """One watched folder of one mailbox."""
 
+    # Before the fields that depend on it: their validators read it from ``info.data``.
+    source: Literal["ews", "graph"] = "ews"
     address: str
     credential: str
-    endpoint: str = DEFAULT_EWS_ENDPOINT
+    endpoint: str = DEFAULT_EWS_ENDPOINT  # by source: see _default_endpoint
     folder: str = Field(default="inbox", min_length=1)
     interval: float = Field(default=60.0, gt=0)
     cron: str | None = None
@@ -246,10 +267,31 @@ class MailboxConfig(_Model):
             raise ValueError("must be an email address like 'sales@contoso.com'")
         return value.strip()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_endpoint(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "endpoint" not in data:
+            return {**data, "endpoint": default_endpoint(data.get("source", "ews"))}
+        return data
+
     @field_validator("endpoint")
     @classmethod
-    def _endpoint(cls, value: str) -> str:
-        return check_url(value, what="endpoint")
+    def _endpoint(cls, value: str, info: ValidationInfo) -> str:
+        value = check_url(value, what="endpoint")
+        source = info.data.get("source")
+        path = urlsplit(value).path.rstrip("/").lower()
+        if source == "graph" and path.endswith(".asmx"):
+            raise ValueError(
+                "is an EWS URL, but source is 'graph': give Graph's service root like "
+                f"{DEFAULT_GRAPH_ENDPOINT!r} (or remove endpoint for that default)"
+            )
+        if source == "ews" and (host_of(value) in GRAPH_HOSTS or path.endswith("/v1.0")):
+            raise ValueError(
+                "is a Microsoft Graph URL, but source is 'ews' (the default): set "
+                'source = "graph" for this mailbox, or give an EWS URL like '
+                f"{DEFAULT_EWS_ENDPOINT!r}"
+            )
+        return value
 
     @field_validator("folder")
     @classmethod
@@ -291,9 +333,14 @@ class MailboxConfig(_Model):
 
     @field_validator("version")
     @classmethod
-    def _version(cls, value: str | None) -> str | None:
+    def _version(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
+        if info.data.get("source") == "graph":
+            raise ValueError(
+                "is an EWS server version, and this mailbox's source is 'graph': remove "
+                "version (Graph has none to pin)"
+            )
         if value.lower() not in _EWS_VERSIONS:
             raise ValueError(f"expected one of {', '.join(_EWS_VERSIONS.values())}")
         return _EWS_VERSIONS[value.lower()]
@@ -370,6 +417,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _references(self) -> Settings:
         problems = reference_problems(self.credentials, self.handlers, self.mailboxes)
+        problems += source_problems(self.credentials, self.mailboxes)
         problems += inherit_env_problems(self.model_dump())
         if problems:
             raise ValueError("; ".join(f"{'.'.join(loc)}: {msg}" for loc, msg in problems))
@@ -414,7 +462,7 @@ def reference_problems(
                         )
                     )
         address, folder = mailbox.get("address"), mailbox.get("folder", "inbox")
-        endpoint = mailbox.get("endpoint", DEFAULT_EWS_ENDPOINT)
+        endpoint = mailbox.get("endpoint", default_endpoint(mailbox.get("source", "ews")))
         if not (isinstance(address, str) and isinstance(folder, str) and isinstance(endpoint, str)):
             continue
         key = (address.strip().lower(), folder.strip(" /").lower(), endpoint.rstrip("/"))
@@ -428,6 +476,30 @@ def reference_problems(
             )
         else:
             seen[key] = name
+    return problems
+
+
+def source_problems(
+    credentials: Mapping[str, CredentialConfig], mailboxes: Mapping[str, MailboxConfig]
+) -> list[tuple[tuple[str, ...], str]]:
+    """Mailboxes whose source their credential's scopes cannot serve, as (location, message).
+
+    Validated entries only (an invalid one already has its own issue): a Graph mailbox needs a
+    Graph resource among the scopes, an EWS mailbox of a credential that names Graph needs an
+    Exchange one (``listener.auth.resources.select``, the rule the token providers apply).
+    """
+    problems: list[tuple[tuple[str, ...], str]] = []
+    for name, mailbox in mailboxes.items():
+        credential = credentials.get(mailbox.credential)
+        if credential is None:
+            continue  # reference_problems names it
+        try:
+            select(
+                credential.scopes, mailbox.source, mailbox.endpoint, credential=mailbox.credential
+            )
+        except ResourceMismatch as exc:
+            default = "" if "source" in mailbox.model_fields_set else " (the default)"
+            problems.append((("mailboxes", name, "source"), f"{mailbox.source!r}{default} {exc}"))
     return problems
 
 

@@ -60,6 +60,16 @@ def drop(path: str) -> Mutation:
     return mutate
 
 
+def each(*mutations: Mutation) -> Mutation:
+    """All of ``mutations``, in order."""
+
+    def mutate(data: dict[str, Any]) -> None:
+        for mutation in mutations:
+            mutation(data)
+
+    return mutate
+
+
 @dataclass(frozen=True)
 class Case:
     """One broken configuration and what its message must say."""
@@ -183,6 +193,31 @@ CASES: dict[str, Case] = {
         "mailboxes.orders.routes.0.handlers",
         None,
         "no handler named 'erp' (defined: archive)",
+    ),
+    # --- the mailbox's source (EWS or Microsoft Graph) ---
+    "source-unknown": Case(
+        put("mailboxes.orders.source", "imap"),
+        "mailboxes.orders.source",
+        "'imap'",
+        "'ews' or 'graph'",
+    ),
+    "graph-source-without-graph-scope": Case(
+        put("mailboxes.orders.source", "graph"),
+        "mailboxes.orders.source",
+        None,
+        "'graph' needs a Microsoft Graph token, but credentials.sales.scopes "
+        "('https://outlook.office365.com/.default') names no Graph resource; add "
+        "'https://graph.microsoft.com/.default'",
+    ),
+    "version-on-graph-mailbox": Case(
+        each(
+            put("mailboxes.orders.source", "graph"),
+            put("mailboxes.orders.version", "Exchange2019"),
+            put("credentials.sales.scopes", "https://graph.microsoft.com/.default"),
+        ),
+        "mailboxes.orders.version",
+        "'Exchange2019'",
+        "is an EWS server version, and this mailbox's source is 'graph'",
     ),
     # --- missing mandatory fields and empty strings ---
     "missing-client-id": Case(

@@ -278,3 +278,20 @@ def test_msal_reports_wrong_secret(server: TokenServer, msal_http: requests.Sess
     result = app.acquire_token_for_client(scopes=[SCOPE])
     assert result["error"] == "invalid_client"
     assert 7000215 in result["error_codes"]
+
+
+def test_two_resources_in_one_request_are_refused_as_entra_does(
+    server: TokenServer, client: httpx.Client
+) -> None:
+    """Graph's and Exchange Online's .default in one request: AADSTS70011 naming both scopes,
+    without the "format is invalid" tail of a malformed scope (each one is well formed)."""
+    scope = "https://graph.microsoft.com/.default " + SCOPE
+    resp = client.post(server.token_endpoint(TENANT), data=GOOD | {"scope": scope})
+    assert resp.status_code == 400
+    body = resp.json()
+    assert (body["error"], body["error_codes"]) == ("invalid_scope", [70011])
+    description = body["error_description"]
+    assert f"The scope {scope} is not valid." in description
+    assert "format is invalid" not in description
+    bad = client.post(server.token_endpoint(TENANT), data=GOOD | {"scope": "mail.read"})
+    assert "format is invalid" in bad.json()["error_description"]
