@@ -148,12 +148,23 @@ def run_daemon(
 
 
 def _first_unavailable(app: App) -> str | None:
-    """With ``--fail-fast``: the first credential that cannot get a token, as text."""
-    for name in {m.credential for m in app.settings.mailboxes.values() if m.enabled}:
+    """With ``--fail-fast``: the first credential that cannot get a token, as text.
+
+    Each (credential, resource) the enabled mailboxes use, once: ``get(name)`` would ask with
+    all of a credential's scopes, which Entra refuses when they name Graph and Exchange Online.
+    """
+    tried: set[int] = set()
+    for mailbox in app.settings.mailboxes.values():
+        if not mailbox.enabled:
+            continue
+        provider = app.providers.for_mailbox(mailbox)
+        if id(provider) in tried:
+            continue
+        tried.add(id(provider))
         try:
-            app.providers.get(name).get_token()
+            provider.get_token()
         except Exception as e:
-            return f"credential {name!r}: {e}"
+            return f"credential {mailbox.credential!r}: {e}"
     return None
 
 

@@ -3,6 +3,8 @@ serving EWS and Graph mailboxes, each with a token for its own resource."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from structlog.testing import capture_logs
 
@@ -11,6 +13,7 @@ from ews_listener_emulators.token_server import TokenServer
 from listener.auth import RetryPolicy, TokenProviders, decode_claims
 from listener.auth.resources import ResourceMismatch
 from listener.config import MailboxConfig
+from listener.daemon import _first_unavailable
 from listener.errors import TokenError
 from listener.secrets import EnvSecret
 from tests.auth.conftest import CLIENT_ID, SECRET, TENANT, credential
@@ -149,4 +152,14 @@ def test_secret_rotation_reaches_every_resource(
     # msal's application holds the secret it was built with, is refused once and re-reads.
     assert graph.requests == 3
     assert ews.requests == (2 if method == "basic" else 3)
+    providers.close()
+
+
+def test_fail_fast_check_asks_per_resource(tokens: TokenServer, ca: EmulatorCA) -> None:
+    """run --fail-fast's token check asks once per (credential, resource) the mailboxes use."""
+    providers = both(tokens, ca)
+    mailboxes = {"a": mailbox("graph"), "b": mailbox("ews"), "c": mailbox("ews", folder="x")}
+    app = SimpleNamespace(settings=SimpleNamespace(mailboxes=mailboxes), providers=providers)
+    assert _first_unavailable(app) is None  # type: ignore[arg-type]
+    assert [r.status for r in tokens.requests] == [200, 200]
     providers.close()
