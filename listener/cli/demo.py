@@ -1,7 +1,8 @@
-"""``ews-listener emulator`` and ``ews-listener demo``: the EWS emulator, alone or watched.
+"""``ews-listener emulator`` and ``ews-listener demo``: the emulators, alone or watched.
 
-``demo`` (``make demo``) runs the emulator with two demo mailboxes and a feed of realistic mail,
-and the real daemon watching them with ``config/demo.toml``.
+``demo`` (``make demo``) runs the emulators (EWS, Microsoft Graph and the token server over one
+mail store) with two demo mailboxes and a feed of realistic mail, and the real daemon watching
+them with ``config/demo.toml``: one mailbox over EWS, the other over Graph.
 
 The emulators are a distribution of their own, ``ews-listener-emulators`` (``emulators/`` in the
 repository): test and demo infrastructure that a production install leaves out (issue 12).
@@ -42,6 +43,7 @@ DEMO_STATE = Path("var/emulator")
 EWS_PORT = 18443
 TOKEN_PORT = 18444
 ADMIN_PORT = 18445
+GRAPH_PORT = 18447
 
 
 def _emulators_missing(command: str) -> bool:
@@ -69,6 +71,8 @@ def _start_emulator(state_dir: Path, feed: float) -> subprocess.Popen[bytes]:
             str(EWS_PORT),
             "--token-port",
             str(TOKEN_PORT),
+            "--graph-port",
+            str(GRAPH_PORT),
             "--seed",
             "demo",
             "--feed",

@@ -54,7 +54,14 @@ def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:
         while time.monotonic() < deadline:
             if demo.poll() is not None:
                 break
-            if archive.is_dir() and len(list(archive.glob("*.json"))) >= 3:
+            log.seek(0)
+            seen = log.read()
+            # Both mailboxes: orders over EWS, support over Microsoft Graph (config/demo.toml).
+            if (
+                archive.is_dir()
+                and len(list(archive.glob("*.json"))) >= 3
+                and all(f"handled {box}@demo.example" in seen for box in ("orders", "support"))
+            ):
                 break
             time.sleep(0.5)
         handled = len(list(archive.glob("*.json"))) if archive.is_dir() else 0
@@ -65,6 +72,8 @@ def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:
         readable = [line for line in output.splitlines() if _HANDLED_LINE.match(line)]
         assert readable, f"no 'handled' line; make demo said:\n{output[-4000:]}"
         assert all(len(line) <= 160 for line in readable), readable
+        for box in ("orders", "support"):  # EWS and Graph
+            assert any(f" {box}@demo.example " in line for line in readable), (box, readable)
         assert not re.search(r"[0-9a-f]{64}", output), "a full 64-hex key on the console"
         assert (clone / ".venv" / "bin" / "ews-listener").exists()
         # Ctrl-C in a terminal: SIGINT to the whole foreground process group.
