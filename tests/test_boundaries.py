@@ -1,8 +1,9 @@
 """Nothing outside a mail source imports its protocol library (DESIGN.md, "Packages").
 
-exchangelib (and requests-oauthlib, which only it needs) belong to ``listener/sources/ews/``; the Graph
-client to ``listener/sources/graph/``; msal to ``listener/auth/``. The pipeline (poller, app,
-service, CLI, store, handlers) sees ``MailSource`` and typed errors only (issue 13, point 1).
+exchangelib (and requests-oauthlib, which only it needs) belong to ``listener/sources/ews/``;
+the Graph client to ``listener/sources/graph/``; msal to ``listener/auth/``. The pipeline
+(poller, app, service, CLI, store, handlers) sees ``MailSource`` and typed errors only (issue 13,
+point 1).
 The check reads every module's imports, so a new one that crosses a boundary fails here.
 """
 
