@@ -301,3 +301,24 @@ def test_secrets_not_in_repr(source: GraphMailSource, tokens: EmulatorTokens) ->
     token = tokens.get_token().token
     assert token not in repr(source)
     assert token not in repr(source._client)
+
+
+def test_a_chain_begun_at_the_present_end_fetches_from_its_pages(
+    ews: EwsEmulator, graph: GraphEmulator, source: GraphMailSource
+) -> None:
+    """start_from "new" (current_state) keeps the full $select in its delta links: new mail
+    after it is fetched from the delta page, with no request per message (it cost one $batch
+    part each when current_state walked with ids only)."""
+    ews.deliver(ALICE, plain("there before"))
+    state = source.current_state()
+    for n in range(30):
+        ews.deliver(ALICE, plain(f"after {n}"))
+    start = len(graph.request_log)
+    page = source.changes(state, 200)
+    messages = source.fetch(page.created)
+    assert sorted(m.subject for m in messages if isinstance(m, Message)) == sorted(
+        f"after {n}" for n in range(30)
+    )
+    assert [r.operation for r in list(graph.request_log)[start:]] == [
+        "user.mailFolder.message_delta"
+    ]
