@@ -73,7 +73,7 @@ def run_daemon(
     service = settings.service
     metrics = Metrics()
     health = HealthState()
-    app = App(settings, observe=metrics.observe)
+    app = App(settings, hooks=metrics)
     if fail_fast:
         problem = _first_unavailable(app)
         if problem:
@@ -171,7 +171,7 @@ def _first_unavailable(app: App) -> str | None:
 def run_once(settings: Any, *, mailboxes: Sequence[str] | None = None) -> dict[str, PollResult]:
     """Poll every enabled mailbox (or the named ones) once, concurrently."""
     metrics = Metrics()
-    app = App(settings, observe=metrics.observe)
+    app = App(settings, hooks=metrics)
     try:
         runners = _wire(app, metrics, None)
         if mailboxes:

@@ -77,9 +77,7 @@ class FakeSource:
         start = int(sync_state or 0)
         window = self.log[start : start + max_changes]
         created = tuple(
-            ItemRef(i)
-            for i in window
-            if i in self.items and self.items[i].folder == self.folder
+            ItemRef(i) for i in window if i in self.items and self.items[i].folder == self.folder
         )
         end = start + len(window)
         return ChangePage(created, str(end), end >= len(self.log))
