@@ -1,9 +1,16 @@
 """Shared helpers of the benchmarks: the emulator in its own process, configurations, measurements.
 
-The emulator (token server + EWS endpoint) runs in a child process started with ``spawn`` and is
-driven over a ``multiprocessing`` pipe, so the daemon under test, the naive exchangelib loop and
-the emulator never share a GIL: a figure measured here is the listener's, not the emulator's
-thread scheduling. The daemon itself always runs as a subprocess (``ews-listener once|run``).
+The emulator (token server + EWS endpoint, and with ``graph=True`` the Graph endpoint beside it on
+the same mail store) runs in a child process started with ``spawn`` and is driven over a
+``multiprocessing`` pipe, so the daemon under test, the naive loops and the emulator never share
+a GIL: a figure measured here is the listener's, not the emulator's thread scheduling. The daemon
+itself always runs as a subprocess (``ews-listener once|run``).
+
+Added latency on Graph is one delay per HTTP request (:class:`_GraphRoundTrip`), not the Graph
+emulator's ``latency`` fault: that fault fires for every part of a ``$batch`` (each part runs the
+whole request pipeline), so it would charge a batch of 20 twenty round trips where the network
+charges one. The same class counts the HTTP requests; the emulator's request log has a record
+per ``$batch`` part as well, which is what Graph's throttling counts.
 
 This file also holds the benchmark handler, :func:`count`, imported by the daemon as
 ``_harness:count``.
@@ -15,6 +22,7 @@ import atexit
 import contextlib
 import multiprocessing
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -26,11 +34,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "CLIENT_ID",
     "CLIENT_SECRET",
+    "GRAPH_DELTA",
+    "GRAPH_SCOPE",
+    "REALISTIC_MIX",
     "REPO",
     "TENANT",
     "EmulatorProcess",
@@ -41,6 +52,7 @@ __all__ = [
     "daemon_argv",
     "daemon_env",
     "make_messages",
+    "make_realistic_messages",
     "print_table",
     "scrape_metrics",
     "workdir",
@@ -60,6 +72,9 @@ CLIENT_ID = "22222222-bbbb-4ccc-8ddd-000000000001"
 _SECRET_ENV = "BENCH_SECRET_BENCH"
 CLIENT_SECRET = "bench-secret-not-real"
 _COUNT_FILE_ENV = "BENCH_COUNT_FILE"
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+#: The operation the Graph emulator logs for a delta round of a folder's messages.
+GRAPH_DELTA = "user.mailFolder.message_delta"
 
 
 # --- the emulator in a child process ---------------------------------------------------------
@@ -72,6 +87,7 @@ class Endpoints:
     ews_url: str
     token_endpoint: str
     ca_file: Path
+    graph_url: str | None = None  # the Graph service root, when the emulator serves Graph
 
 
 @dataclass(frozen=True)
@@ -80,15 +96,69 @@ class EmulatorStats:
 
     by_operation: Counter[str]
     by_error: Counter[str]
-    requests: int
+    requests: int  # HTTP requests (round trips); a Graph $batch is one
     server_seconds: float  # sum of per-request handling time inside the emulator
     token_requests: int  # since the emulator started (the token server cannot be reset)
     cpu_seconds: float  # the emulator process's CPU time since it started
-    mailboxes_seen: int  # distinct mailboxes that were sent a SyncFolderItems
+    mailboxes_seen: int  # distinct mailboxes that were sent a SyncFolderItems (Graph: a delta)
+    # Graph only: every request the emulator served, $batch parts each on their own and the
+    # $batch envelopes left out (what Graph's throttling counts); empty for EWS.
+    calls_by_operation: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def calls(self) -> int:
+        return sum(self.calls_by_operation.values())
 
 
-def _serve(conn: Connection, directory: str, token_lifetime: float, schema_dir: str | None) -> None:
-    """The child: start both servers, answer commands until ``stop``."""
+def _graph_round_trip() -> type:
+    """The Graph emulator's handler with one added delay and one count per HTTP request.
+
+    A subclass, not a fault rule: see the module docstring. The delay is slept once the request
+    line and headers are read, before the emulator serves it (a WAN round trip). ``$batch``
+    parts are served by another class (``graph.batch._Part``) and are neither delayed nor
+    counted here.
+    """
+    from ews_listener_emulators.graph._handler import GraphHandler
+
+    class _GraphRoundTrip(GraphHandler):
+        delay = 0.0
+        # (operation, mailbox, seconds served) per HTTP request
+        served: ClassVar[list[tuple[str, str, float]]] = []
+        lock = threading.Lock()
+
+        def _round_trip(self, serve: Any) -> None:
+            if self.delay:
+                time.sleep(self.delay)
+            started = time.perf_counter()
+            serve()
+            seconds = time.perf_counter() - started
+            record = getattr(self, "_record", {})  # what the emulator logged for it
+            entry = (record.get("operation") or "?", record.get("mailbox") or "", seconds)
+            with self.lock:
+                self.served.append(entry)
+
+        def do_GET(self) -> None:
+            self._round_trip(super().do_GET)
+
+        def do_POST(self) -> None:
+            self._round_trip(super().do_POST)
+
+        def do_PATCH(self) -> None:
+            self._round_trip(super().do_PATCH)
+
+        def do_PUT(self) -> None:
+            self._round_trip(super().do_PUT)
+
+        def do_DELETE(self) -> None:
+            self._round_trip(super().do_DELETE)
+
+    return _GraphRoundTrip
+
+
+def _serve(
+    conn: Connection, directory: str, token_lifetime: float, schema_dir: str | None, graph_on: bool
+) -> None:
+    """The child: start the servers, answer commands until ``stop``."""
     # Imported here so the parent never loads the emulator (nor lxml's schema machinery).
     from ews_listener_emulators.ca import EmulatorCA
     from ews_listener_emulators.server import EwsEmulator
@@ -101,7 +171,21 @@ def _serve(conn: Connection, directory: str, token_lifetime: float, schema_dir: 
     tokens.start()
     ews = EwsEmulator(tokens, ca, schema_dir=schema_dir, request_log_size=2_000_000)
     ews.start()
-    conn.send((ews.url, tokens.token_endpoint(TENANT), str(ca.ca_file)))
+    graph, round_trip = None, None
+    if graph_on:
+        from ews_listener_emulators.graph.server import GraphEmulator
+
+        # Validation as for EWS: only with an explicit schema_dir, not from $GRAPH_SCHEMA_DIR.
+        os.environ.pop("GRAPH_SCHEMA_DIR", None)
+        os.environ.pop("GRAPH_SAMPLES_DIR", None)
+        graph = GraphEmulator.beside(
+            ews, tokens, ca, schema_dir=schema_dir, request_log_size=2_000_000
+        )
+        round_trip = _graph_round_trip()
+        # LoopbackServer takes its handler class at construction only; swap it before start().
+        graph.http_server._handler_class = round_trip
+        graph.start()
+    conn.send((ews.url, tokens.token_endpoint(TENANT), str(ca.ca_file), graph and graph.url))
     try:
         while True:
             command, args = conn.recv()
@@ -124,9 +208,40 @@ def _serve(conn: Connection, directory: str, token_lifetime: float, schema_dir: 
                 # Every EWS request waits this long before it is answered (a WAN round trip).
                 ews.faults.add("latency", probability=1.0, delay=args)
                 conn.send(None)
+            elif command == "graph_latency":
+                if round_trip is None:
+                    conn.send(RuntimeError("the emulator serves no Graph endpoint"))
+                    continue
+                round_trip.delay = args
+                conn.send(None)
             elif command == "clear_log":
                 ews.request_log.clear()
+                if graph is not None and round_trip is not None:
+                    graph.request_log.clear()
+                    with round_trip.lock:
+                        round_trip.served.clear()
                 conn.send(None)
+            elif command == "graph_stats":
+                if graph is None or round_trip is None:
+                    conn.send(RuntimeError("the emulator serves no Graph endpoint"))
+                    continue
+                with round_trip.lock:
+                    served = list(round_trip.served)
+                records = list(graph.request_log)
+                conn.send(
+                    EmulatorStats(
+                        by_operation=Counter(op for op, _, _ in served),
+                        by_error=Counter(r.error_code for r in records if r.error_code),
+                        requests=len(served),
+                        server_seconds=sum(seconds for _, _, seconds in served),
+                        token_requests=tokens.request_count(),
+                        cpu_seconds=time.process_time(),
+                        mailboxes_seen=len({m for op, m, _ in served if op == GRAPH_DELTA}),
+                        calls_by_operation=Counter(
+                            r.operation or "?" for r in records if r.operation != "$batch"
+                        ),
+                    )
+                )
             elif command == "stats":
                 log = list(ews.request_log)
                 conn.send(
@@ -145,19 +260,28 @@ def _serve(conn: Connection, directory: str, token_lifetime: float, schema_dir: 
             else:
                 conn.send(ValueError(f"unknown command {command!r}"))
     finally:
+        if graph is not None:
+            graph.stop()
         ews.stop()
         tokens.stop()
 
 
 class EmulatorProcess:
-    """The token server and the EWS emulator in a ``spawn``-ed child process."""
+    """The token server and the EWS emulator (and Graph, ``graph=True``) in a ``spawn``-ed child
+    process."""
 
     def __init__(
-        self, directory: Path, *, token_lifetime: float = 3600, schema_dir: str | None = None
+        self,
+        directory: Path,
+        *,
+        token_lifetime: float = 3600,
+        schema_dir: str | None = None,
+        graph: bool = False,
     ) -> None:
         self._directory = directory
         self._token_lifetime = token_lifetime
         self._schema_dir = schema_dir
+        self._graph = graph
         self._conn: Connection | None = None
         self._process: Any = None
         self.endpoints: Endpoints | None = None
@@ -168,7 +292,7 @@ class EmulatorProcess:
         parent, child = context.Pipe()
         self._process = context.Process(
             target=_serve,
-            args=(child, str(self._directory), self._token_lifetime, self._schema_dir),
+            args=(child, str(self._directory), self._token_lifetime, self._schema_dir, self._graph),
             name="ews-emulator",
             daemon=True,
         )
@@ -177,9 +301,9 @@ class EmulatorProcess:
         if not parent.poll(timeout):
             self._process.kill()
             raise RuntimeError(f"the emulator did not start within {timeout} s")
-        ews_url, token_endpoint, ca_file = parent.recv()
+        ews_url, token_endpoint, ca_file, graph_url = parent.recv()
         self._conn = parent
-        self.endpoints = Endpoints(ews_url, token_endpoint, Path(ca_file))
+        self.endpoints = Endpoints(ews_url, token_endpoint, Path(ca_file), graph_url)
         return self.endpoints
 
     @property
@@ -212,11 +336,17 @@ class EmulatorProcess:
         if seconds > 0:
             self._call("latency", seconds)
 
+    def set_graph_latency(self, seconds: float) -> None:
+        """Delay every HTTP request to Graph by ``seconds`` from now on (0: none); a ``$batch``
+        waits once (``_GraphRoundTrip``)."""
+        self._call("graph_latency", seconds)
+
     def clear_log(self) -> None:
         self._call("clear_log")
 
-    def stats(self) -> EmulatorStats:
-        stats: EmulatorStats = self._call("stats")
+    def stats(self, source: str = "ews") -> EmulatorStats:
+        """What the ``source`` ("ews" or "graph") endpoint saw since :meth:`clear_log`."""
+        stats: EmulatorStats = self._call("graph_stats" if source == "graph" else "stats")
         return stats
 
     def stop(self) -> None:
@@ -256,6 +386,31 @@ def make_messages(count: int, to: str, *, tag: str = "m") -> list[bytes]:
     ]
 
 
+#: The realistic mix (weights of ``ews_listener_emulators.feed.SHAPES``): half HTML (a newsletter,
+#: an HTML mail with an inline image), half plain text, three in ten with attachments (a PDF, a
+#: CSV, a forwarded message, the inline image).
+REALISTIC_MIX = {
+    "order_text": 30,
+    "newsletter_html": 40,
+    "invoice_pdf": 10,
+    "inline_image": 10,
+    "report_csv": 5,
+    "forwarded": 5,
+}
+
+
+def make_realistic_messages(count: int, to: str, *, seed: int) -> list[bytes]:
+    """``count`` messages of ``REALISTIC_MIX``'s shapes from the emulator's ``SampleFactory``
+    (non-ASCII names and subjects, HTML with a text alternative, attachments); seeded."""
+    from ews_listener_emulators.feed import SampleFactory
+
+    factory = SampleFactory(seed, domain="bench.example")
+    shapes = random.Random(seed).choices(
+        list(REALISTIC_MIX), weights=list(REALISTIC_MIX.values()), k=count
+    )
+    return [factory.message(to, shape) for shape in shapes]
+
+
 def write_config(
     path: Path,
     endpoints: Endpoints,
@@ -269,14 +424,24 @@ def write_config(
     max_workers: int = 8,
     max_connections: int = 4,
     log_level: str = "warning",
+    source: str = "ews",
 ) -> Path:
-    """A configuration: one credential, one mailbox per address, the counting handler."""
+    """A configuration: one credential, one mailbox per address, the counting handler.
+
+    ``source = "graph"``: the mailboxes read Microsoft Graph at ``endpoints.graph_url`` and the
+    credential asks for Graph's scope; anything else as for EWS.
+    """
+    graph: dict[str, object] = {}
+    if source == "graph":
+        assert endpoints.graph_url, "EmulatorProcess(graph=True) serves Graph"
+        graph = {"scopes": GRAPH_SCOPE}
     lines = emulated_credentials(
         {"bench": (CLIENT_ID, CLIENT_SECRET)},
         token_endpoint=endpoints.token_endpoint,
         ca_file=endpoints.ca_file,
         env_prefix="BENCH_SECRET_",
         max_connections=max_connections,
+        **graph,
     )
     for n, address in enumerate(addresses):
         options: dict[str, object] = {
@@ -289,6 +454,8 @@ def write_config(
             "batch_size": batch_size,
             "routes": [{"handlers": ["count"]}],
         }
+        if source == "graph":
+            options = {"source": "graph", **options, "endpoint": endpoints.graph_url}
         lines += table(f"mailboxes.box{n}", options)
     lines += [
         "[handlers.count]",

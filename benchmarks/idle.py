@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/idle.py [--mailboxes 1000] [--interval 60] [--duration 180]
-        [--quick]
+        [--quick] [--source ews|graph]
 
 The emulator (token server + EWS) runs in a spawned child process; the daemon is the real CLI
 (``python -m listener run``) in a subprocess, with ``service.jitter`` equal to the interval so
@@ -16,6 +16,11 @@ mailbox has finished its first poll; in it, polls are counted from the daemon's 
 idle poll" does not assume what a poll sends.
 
 RSS and CPU come from /proc/PID (psutil is not a dependency). CPU % is of one core.
+
+``--source graph``: the same with ``source = "graph"`` mailboxes on the emulator's Graph endpoint.
+A first poll there resolves the folder (``GET mailFolders/inbox``) and, ``start_from = "new"``,
+walks the delta round to its ``@odata.deltaLink`` (ids only, pages of 1,000); an idle poll is one
+delta GET of that link. Requests are HTTP requests as the emulator counted them (``_harness``).
 
 What limits the figures (repeated in the output):
 
@@ -92,12 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=180.0, help="whole run, seconds")
     parser.add_argument("--max-workers", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="100 mailboxes, 5 s, 25 s")
+    parser.add_argument(
+        "--source", choices=("ews", "graph"), default="ews", help="the mailboxes' protocol"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args(argv)
     if args.quick:
         args.mailboxes, args.interval, args.duration = 100, 5.0, 25.0
 
-    with workdir(args.keep) as root, EmulatorProcess(root) as emu:
+    graph = args.source == "graph"
+    with workdir(args.keep) as root, EmulatorProcess(root, graph=graph) as emu:
         assert emu.endpoints is not None
         addresses = [f"idle-{n}@contoso.com" for n in range(args.mailboxes)]
         emu.add_mailboxes(addresses)
@@ -110,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             jitter=args.interval,
             start_from="new",
             max_workers=args.max_workers,
+            source=args.source,
         )
         port = _free_port()
         argv_ = daemon_argv("run", config, "--metrics-port", str(port))
@@ -145,7 +155,7 @@ def _measure(
     if daemon.poll() is not None:
         print(f"!! the daemon exited with {daemon.returncode}:\n{log_path.read_text()[-3000:]}")
         return 1
-    warm_stats = emu.stats()
+    warm_stats = emu.stats(args.source)
     warm_metrics = _metrics(port)
     warm_at = time.monotonic()
     warm_sample = sampler.sample()
@@ -157,7 +167,7 @@ def _measure(
         )
 
     time.sleep(max(0.0, started + args.duration - time.monotonic()))
-    end_stats = emu.stats()
+    end_stats = emu.stats(args.source)
     end_metrics = _metrics(port)
     end_sample = sampler.sample()
     end_at = time.monotonic()
@@ -188,6 +198,7 @@ def _measure(
         slope = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0]) * 60
     peak = max(s[1] for s in samples)
     emulator_cpu = end_stats.cpu_seconds - warm_stats.cpu_seconds
+    protocol = "Graph" if args.source == "graph" else "EWS"
 
     print(
         f"\n{n} idle mailboxes, interval {args.interval:g} s, jitter {args.interval:g} s, "
@@ -196,12 +207,18 @@ def _measure(
     )
     rows: list[list[object]] = [
         ["warm-up: first polls", f"{warm_metrics.get(_POLLS, 0):.0f} of {n}"],
-        ["warm-up: EWS requests", f"{warm_stats.requests} ({_ops(warm_stats.by_operation)})"],
+        [
+            f"warm-up: {protocol} requests",
+            f"{warm_stats.requests} ({_ops(warm_stats.by_operation)})",
+        ],
         ["warm-up: token requests", f"{warm_stats.token_requests}"],
         ["warm-up: daemon CPU", f"{warm_cpu:.0f}% of one core"],
         ["steady: polls (at the interval)", f"{polls:.0f} ({expected:.0f})"],
         ["steady: effective mean interval", f"{n * window / polls if polls else 0:.1f} s"],
-        ["steady: EWS requests", f"{end_stats.requests} ({_ops(end_stats.by_operation)})"],
+        [
+            f"steady: {protocol} requests",
+            f"{end_stats.requests} ({_ops(end_stats.by_operation)})",
+        ],
         ["steady: requests per idle poll", f"{per_poll:.3f}  (goal 1)"],
         ["steady: mean poll duration", f"{poll_time * 1000:.1f} ms"],
         ["steady: daemon CPU", f"{steady_cpu:.1f}% of one core"],
@@ -217,20 +234,32 @@ def _measure(
         ["SIGTERM -> exit", f"{stop_seconds:.1f} s, exit code {daemon.returncode}"],
     ]
     if end_stats.by_error or warm_stats.by_error:
-        rows.append(["EWS errors", f"{dict(warm_stats.by_error + end_stats.by_error)}"])
+        rows.append([f"{protocol} errors", f"{dict(warm_stats.by_error + end_stats.by_error)}"])
     print_table(["figure", "value"], rows)
     print("\nRSS over time (s: MB):", _timeline(samples, started))
     print("\nwhat limits these figures:")
-    for line in (
+    steady = (
+        f"steady: one HTTPS round trip per idle poll ({poll_time * 1000:.0f} ms); daemon CPU is "
+    )
+    ews_limits = (
         f"warm-up: {n} first polls at once on {args.max_workers} workers; each resolves the "
         "folder and sets the sync state (more than one request), and the emulator shares the "
         "2 cores",
-        f"steady: one HTTPS round trip per idle poll ({poll_time * 1000:.0f} ms); daemon CPU is "
-        "exchangelib SOAP build/parse + SQLite + APScheduler under one GIL",
+        steady + "exchangelib SOAP build/parse + SQLite + APScheduler under one GIL",
         "jitter is a random first-run offset per mailbox; the interval itself is exact",
         "RSS: imports (exchangelib, lxml, pydantic, SQLAlchemy) plus one Account, folder cache, "
         "poller and scheduler job per mailbox",
-    ):
+    )
+    graph_limits = (
+        f"warm-up: {n} first polls at once on {args.max_workers} workers; each resolves the "
+        "folder and walks the delta round to its deltaLink, one httpx pool of "
+        "max_connections for the credential, and the emulator shares the 2 cores",
+        steady + "httpx + JSON + SQLite + APScheduler under one GIL",
+        "jitter is a random first-run offset per mailbox; the interval itself is exact",
+        "RSS: imports (httpx, pydantic, SQLAlchemy, structlog, APScheduler) plus "
+        "one GraphMailSource, poller and scheduler job per mailbox (one GraphClient in all)",
+    )
+    for line in graph_limits if protocol == "Graph" else ews_limits:
         print(f"  - {line}")
     goals_met = per_poll <= 1.0001 and peak < 300
     print(f"\ngoals (1 request per idle poll, RSS < 300 MB): {'met' if goals_met else 'NOT met'}")

@@ -3,7 +3,8 @@
 Usage::
 
     .venv/bin/python benchmarks/throughput.py [--messages 5000] [--batch-size 100]
-        [--mailboxes 1] [--quick] [--sweep] [--no-naive]
+        [--mailboxes 1] [--quick] [--sweep] [--no-naive] [--source ews|graph]
+        [--mail plain|realistic] [--latency MS [MS ...]]
 
 What runs where: the emulator (token server + EWS) in a spawned child process; the daemon as a
 subprocess (the real CLI, ``python -m listener once``) with a python handler that only counts;
@@ -14,6 +15,22 @@ the naive loop in this process, against a fresh copy of the same messages in oth
 
 repeated until a pass finds nothing (marking items read while paging a filter on ``is_read=False``
 shifts FindItem's offsets, so a single pass skips messages; the passes are reported).
+
+``--source graph``: the same ``ews-listener once`` with ``source = "graph"`` mailboxes (the Graph
+endpoint of the same emulator process, same mail store), and the loop a user writes by hand with
+httpx and a client-credentials token::
+
+    GET users/{u}/mailFolders/inbox/messages?$filter=isRead eq false&$select=id,subject&$top=100
+    for each: GET users/{u}/messages/{id}/$value; handle(mime); PATCH {"isRead": true}
+
+again until a pass finds nothing (the emulator pages with ``$skip``, as Graph does for this query,
+so marking read while paging skips some). It runs at each ``--latency`` (default 0 and 80 ms): a
+delay of that many ms per HTTP request to Graph, a ``$batch`` being one request (``_harness``
+explains why this is not the emulator's per-part ``latency`` fault). Requests are counted as
+HTTP requests (round trips; the goal) and as Graph calls (every ``$batch`` part on its own, what
+Graph's throttling counts). Mail: ``--mail realistic`` (the default with Graph;
+``_harness.REALISTIC_MIX``: half HTML, three in ten with attachments) or ``plain`` (EWS's
+default: one small text/plain order mail).
 
 ``--sweep`` runs the daemon at batch sizes 10, 25, 50, 100, 200, 512 and writes
 ``benchmarks/results/throughput_sweep.csv`` (batch_size, messages, seconds, messages_per_s,
@@ -42,15 +59,19 @@ import ssl
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (
     CLIENT_ID,
     CLIENT_SECRET,
+    GRAPH_SCOPE,
+    REALISTIC_MIX,
     EmulatorProcess,
     EmulatorStats,
     Endpoints,
@@ -58,14 +79,19 @@ from _harness import (
     daemon_argv,
     daemon_env,
     make_messages,
+    make_realistic_messages,
     print_table,
     workdir,
     write_config,
 )
 
-__all__ = ["DaemonRun", "NaiveRun", "main", "run_daemon_once", "run_naive"]
+__all__ = ["DaemonRun", "NaiveRun", "main", "run_daemon_once", "run_graph_by_hand", "run_naive"]
 
 SWEEP_SIZES = (10, 25, 50, 100, 200, 512)
+#: Graph: the latencies of a default run (ms per HTTP request), and the hand-written loop's
+#: messages above 0 ms (two round trips a message: 500 take ~90 s at 80 ms; 100 with --quick).
+GRAPH_LATENCIES = (0.0, 80.0)
+GRAPH_SLOW_HAND_MESSAGES = 500
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -106,11 +132,17 @@ class NaiveRun:
         return self.handled / self.seconds if self.seconds else 0.0
 
 
-def _deliver(emu: EmulatorProcess, addresses: list[str], total: int, tag: str) -> None:
+def _deliver(
+    emu: EmulatorProcess, addresses: list[str], total: int, tag: str, mail: str = "plain"
+) -> None:
     emu.add_mailboxes(addresses)
     for n, address in enumerate(addresses):
         share = total // len(addresses) + (1 if n < total % len(addresses) else 0)
-        emu.deliver(address, make_messages(share, address, tag=f"{tag}{n}"))
+        if mail == "realistic":
+            seed = zlib.crc32(f"{tag}{n}".encode())
+            emu.deliver(address, make_realistic_messages(share, address, seed=seed))
+        else:
+            emu.deliver(address, make_messages(share, address, tag=f"{tag}{n}"))
 
 
 def run_daemon_once(
@@ -122,11 +154,13 @@ def run_daemon_once(
     mailboxes: int,
     tag: str,
     timeout: float = 900,
+    source: str = "ews",
+    mail: str = "plain",
 ) -> DaemonRun:
     """Deliver ``messages`` to fresh mailboxes, then time one ``ews-listener once`` over them."""
     assert emu.endpoints is not None
     addresses = [f"{tag}-{n}@contoso.com" for n in range(mailboxes)]
-    _deliver(emu, addresses, messages, tag)
+    _deliver(emu, addresses, messages, tag, mail)
     run_dir = root / tag
     run_dir.mkdir()
     config = write_config(
@@ -136,10 +170,11 @@ def run_daemon_once(
         state_url=f"sqlite:///{run_dir / 'state.db'}",
         batch_size=batch_size,
         start_from="all",
+        source=source,
     )
     count_file = run_dir / "handled"
     emu.clear_log()
-    before = emu.stats()
+    before = emu.stats(source)
     started = time.perf_counter()
     process = subprocess.Popen(
         daemon_argv("once", config),
@@ -154,7 +189,7 @@ def run_daemon_once(
     finally:
         sampler.stop()
     seconds = time.perf_counter() - started
-    after = emu.stats()
+    after = emu.stats(source)
     handled = int(count_file.read_text()) if count_file.exists() else 0
     if process.returncode != 0 or handled != messages:
         print(
@@ -263,12 +298,18 @@ def _handle(message: Any) -> None:
 
 
 def run_naive(
-    emu: EmulatorProcess, *, messages: int, mailboxes: int, tag: str, max_passes: int = 50
+    emu: EmulatorProcess,
+    *,
+    messages: int,
+    mailboxes: int,
+    tag: str,
+    max_passes: int = 50,
+    mail: str = "plain",
 ) -> NaiveRun:
     """Deliver ``messages`` to fresh mailboxes and process them with the hand-written loop."""
     assert emu.endpoints is not None
     addresses = [f"{tag}-{n}@contoso.com" for n in range(mailboxes)]
-    _deliver(emu, addresses, messages, tag)
+    _deliver(emu, addresses, messages, tag, mail)
     emu.clear_log()
     before = emu.stats()
     started = time.perf_counter()
@@ -290,6 +331,95 @@ def run_naive(
         account.protocol.close()
     seconds = time.perf_counter() - started
     after = emu.stats()
+    return NaiveRun(
+        messages=messages,
+        handled=handled,
+        passes=passes,
+        seconds=seconds,
+        emulator=after,
+        emulator_cpu=after.cpu_seconds - before.cpu_seconds,
+        tokens=after.token_requests - before.token_requests,
+    )
+
+
+# --- the hand-written Graph loop ---------------------------------------------------------------
+
+
+def _graph_token(endpoints: Endpoints) -> str:
+    """A client-credentials token for Graph, as a user's script gets one (one for the run)."""
+    import httpx
+
+    tls = ssl.create_default_context(cafile=str(endpoints.ca_file))
+    with httpx.Client(verify=tls, trust_env=False, timeout=30) as client:
+        response = client.post(
+            endpoints.token_endpoint,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "scope": GRAPH_SCOPE,
+            },
+        )
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+
+def run_graph_by_hand(
+    emu: EmulatorProcess,
+    *,
+    messages: int,
+    mailboxes: int,
+    tag: str,
+    mail: str,
+    max_passes: int = 50,
+) -> NaiveRun:
+    """Deliver ``messages`` to fresh mailboxes and process them with the loop a user writes with
+    httpx: list the unread, GET each ``$value``, PATCH each ``isRead``; passes until none left."""
+    import httpx
+
+    assert emu.endpoints is not None
+    assert emu.endpoints.graph_url
+    addresses = [f"{tag}-{n}@contoso.com" for n in range(mailboxes)]
+    _deliver(emu, addresses, messages, tag, mail)
+    emu.clear_log()
+    before = emu.stats("graph")
+    started = time.perf_counter()
+    handled = passes = 0
+    client = httpx.Client(
+        base_url=emu.endpoints.graph_url + "/",
+        verify=ssl.create_default_context(cafile=str(emu.endpoints.ca_file)),
+        trust_env=False,
+        timeout=60,
+        headers={"Authorization": f"Bearer {_graph_token(emu.endpoints)}"},
+    )
+    with client:
+        for address in addresses:  # one mailbox after the other, as a simple script does
+            user = f"users/{quote(address)}"
+            for n in range(1, max_passes + 1):
+                seen = 0
+                url: str | None = f"{user}/mailFolders/inbox/messages"
+                query: dict[str, str] | None = {
+                    "$filter": "isRead eq false",
+                    "$select": "id,subject",
+                    "$top": "100",
+                }
+                while url:
+                    page = client.get(url, params=query)
+                    page.raise_for_status()
+                    for m in page.json()["value"]:
+                        item = f"{user}/messages/{quote(m['id'], safe='')}"
+                        mime = client.get(f"{item}/$value")
+                        mime.raise_for_status()
+                        _handle(mime.content)
+                        client.patch(item, json={"isRead": True}).raise_for_status()
+                        seen += 1
+                    url, query = page.json().get("@odata.nextLink"), None
+                handled += seen
+                passes = max(passes, n)
+                if not seen:
+                    break
+    seconds = time.perf_counter() - started
+    after = emu.stats("graph")
     return NaiveRun(
         messages=messages,
         handled=handled,
@@ -330,9 +460,11 @@ def _limits(run: DaemonRun, fixed: float) -> list[str]:
     return lines
 
 
-def _baseline(emu: EmulatorProcess, root: Path) -> float:
+def _baseline(emu: EmulatorProcess, root: Path, source: str = "ews", tag: str = "empty") -> float:
     """Wall time of ``once`` on an empty mailbox: the cost that does not depend on N."""
-    run = run_daemon_once(emu, root, messages=0, batch_size=100, mailboxes=1, tag="empty")
+    run = run_daemon_once(
+        emu, root, messages=0, batch_size=100, mailboxes=1, tag=tag, source=source
+    )
     return run.seconds
 
 
@@ -420,11 +552,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--latency",
         type=float,
-        default=0.0,
-        help="milliseconds added to every EWS answer (a WAN round trip; loopback is ~1 ms)",
+        nargs="+",
+        default=None,
+        metavar="MS",
+        help="milliseconds added to every EWS answer (a WAN round trip; loopback is ~1 ms); with "
+        "--source graph to every HTTP request, one run per value (default: 0 80)",
     )
     parser.add_argument(
-        "--naive-messages", type=int, default=None, help="messages for the naive loop (default N)"
+        "--naive-messages",
+        type=int,
+        default=None,
+        help="messages for the naive loop (default N; Graph above 0 ms: at most "
+        f"{GRAPH_SLOW_HAND_MESSAGES}, 100 with --quick)",
+    )
+    parser.add_argument(
+        "--source", choices=("ews", "graph"), default="ews", help="the mailboxes' protocol"
+    )
+    parser.add_argument(
+        "--mail",
+        choices=("plain", "realistic"),
+        default=None,
+        help="plain text orders (EWS's default) or the realistic mix (Graph's default)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args(argv)
@@ -432,6 +580,17 @@ def main(argv: list[str] | None = None) -> int:
         args.messages = min(args.messages, 500)
     if args.messages < args.mailboxes:
         parser.error("--messages must be at least --mailboxes")
+    if args.source == "graph":
+        if args.sweep:
+            parser.error("--sweep measures EWS batch sizes; it does not take --source graph")
+        args.latency = list(args.latency or GRAPH_LATENCIES)
+        args.mail = args.mail or "realistic"
+        with workdir(args.keep) as root, EmulatorProcess(root, graph=True) as emu:
+            return _graph(args, root, emu)
+    if args.latency is not None and len(args.latency) > 1:
+        parser.error("--latency takes one value with --source ews")
+    args.latency = args.latency[0] if args.latency else 0.0
+    args.mail = args.mail or "plain"
 
     with workdir(args.keep) as root, EmulatorProcess(root) as emu:
         print(
@@ -451,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             mailboxes=args.mailboxes,
             tag="daemon",
+            mail=args.mail,
         )
         naive = None
         if not args.no_naive:
@@ -459,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
                 messages=args.naive_messages or args.messages,
                 mailboxes=args.mailboxes,
                 tag="naive",
+                mail=args.mail,
             )
         _report(args, run, naive, fixed)
         return 0 if run.exit_code == 0 and run.handled == args.messages else 1
@@ -521,6 +682,151 @@ def _report(args: argparse.Namespace, run: DaemonRun, naive: NaiveRun | None, fi
             f"  - naive loop: {per_request:.1f} ms per round trip, "
             f"{naive.emulator.requests} round trips: latency-bound by design"
         )
+
+
+# --- Graph -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GraphPoint:
+    """``once`` and the hand-written loop at one added latency."""
+
+    latency: float  # ms per HTTP request
+    fixed: float  # seconds of one ``once`` on an empty mailbox at that latency
+    daemon: DaemonRun
+    by_hand: NaiveRun | None
+
+
+def _graph(args: argparse.Namespace, root: Path, emu: EmulatorProcess) -> int:
+    assert emu.endpoints is not None
+    print(
+        f"scratch {root}; emulator pid {emu.pid}; Graph {emu.endpoints.graph_url}; "
+        f"daemon: {' '.join(daemon_argv('once', Path('CONFIG'))[1:])} (source = graph)"
+    )
+    mix = ", ".join(f"{shape} {weight}%" for shape, weight in REALISTIC_MIX.items())
+    print(f"mail: {args.mail}" + (f" ({mix})" if args.mail == "realistic" else "") + "\n")
+    points: list[GraphPoint] = []
+    for latency in args.latency:
+        emu.set_graph_latency(latency / 1000)
+        name = f"{latency:g}ms".replace(".", "_")
+        fixed = _baseline(emu, root, "graph", tag=f"empty-{name}")
+        run = run_daemon_once(
+            emu,
+            root,
+            messages=args.messages,
+            batch_size=args.batch_size,
+            mailboxes=args.mailboxes,
+            tag=f"graph-{name}",
+            source="graph",
+            mail=args.mail,
+        )
+        by_hand = None
+        if not args.no_naive:
+            slow = 100 if args.quick else GRAPH_SLOW_HAND_MESSAGES
+            count = args.naive_messages or (
+                args.messages if latency == 0 else min(args.messages, slow)
+            )
+            by_hand = run_graph_by_hand(
+                emu,
+                messages=max(count, args.mailboxes),
+                mailboxes=args.mailboxes,
+                tag=f"hand-{name}",
+                mail=args.mail,
+            )
+        points.append(GraphPoint(latency, fixed, run, by_hand))
+        print(
+            f"  +{latency:g} ms: once {run.rate:.1f} msg/s"
+            + (f", by hand {by_hand.rate:.1f} msg/s" if by_hand else "")
+        )
+    emu.set_graph_latency(0)
+    _report_graph(args, points)
+    ok = all(p.daemon.exit_code == 0 and p.daemon.handled == args.messages for p in points)
+    return 0 if ok else 1
+
+
+def _report_graph(args: argparse.Namespace, points: list[GraphPoint]) -> None:
+    print(
+        f"\n{args.messages} messages ({args.mail}), {args.mailboxes} mailbox(es), batch size "
+        f"{args.batch_size}, delta page {_graph_page_limit()}; latency added per HTTP request\n"
+    )
+    rows: list[list[object]] = []
+    for point in points:
+        run = point.daemon
+        net = run.handled / max(run.seconds - point.fixed, 1e-6)
+        rows.append(
+            [
+                f"once, +{point.latency:g} ms",
+                f"{run.handled}/{run.messages}",
+                f"{run.seconds:.2f}",
+                f"{run.rate:.1f}",
+                f"{net:.1f}",
+                f"{run.emulator.requests / max(run.handled, 1):.4f}",
+                f"{run.emulator.calls / max(run.handled, 1):.3f}",
+                run.tokens,
+            ]
+        )
+        hand = point.by_hand
+        if hand is not None:
+            rows.append(
+                [
+                    f"by hand ({hand.passes} passes), +{point.latency:g} ms",
+                    f"{hand.handled}/{hand.messages}",
+                    f"{hand.seconds:.2f}",
+                    f"{hand.rate:.1f}",
+                    "-",
+                    f"{hand.emulator.requests / max(hand.handled, 1):.4f}",
+                    f"{hand.emulator.calls / max(hand.handled, 1):.3f}",
+                    hand.tokens,
+                ]
+            )
+    headers = ["", "handled", "seconds", "msg/s", "msg/s net", "HTTP req/msg", "calls/msg"]
+    print_table([*headers, "token req"], rows)
+    print(
+        "\nHTTP req: round trips ($batch = 1); calls: every request Graph serves ($batch parts "
+        "each, envelopes not), what its throttling counts"
+    )
+    for point in points:
+        run = point.daemon
+        print(f"\n+{point.latency:g} ms:")
+        print(f"  once HTTP requests per message: {_per_message(run.emulator, run.handled)}")
+        calls = ", ".join(f"{op} {n}" for op, n in run.emulator.calls_by_operation.most_common())
+        print(f"  once Graph calls: {run.emulator.calls} ({calls})")
+        if run.emulator.by_error:
+            print(f"  once Graph errors: {dict(run.emulator.by_error)}")
+        print(
+            f"  once: fixed cost {point.fixed:.2f} s, daemon CPU {run.cpu_seconds:.1f} s of "
+            f"{run.seconds:.1f} s wall, emulator CPU {run.emulator_cpu:.1f} s, "
+            f"peak RSS {run.peak_rss_mb:.0f} MB"
+        )
+        if point.by_hand is not None:
+            hand = point.by_hand
+            print(
+                f"  by hand HTTP requests per message: {_per_message(hand.emulator, hand.handled)}"
+            )
+            per_request = hand.seconds / max(hand.emulator.requests, 1) * 1000
+            print(f"  by hand: {per_request:.1f} ms per round trip")
+            ratio = run.rate / hand.rate if hand.rate else float("inf")
+            print(f"  ratio once / by hand: {ratio:.1f}x end to end")
+    first = points[0].daemon
+    per_message = first.emulator.requests / max(first.handled, 1)
+    print(
+        f"\ngoal <= 0.12 Graph (HTTP) requests per message at default settings: {per_message:.4f}"
+        f" at batch size {args.batch_size}: {'met' if per_message <= 0.12 else 'NOT met'}"
+    )
+    slow = [p for p in points if p.latency >= 80 and p.by_hand is not None and p.by_hand.rate]
+    for point in slow:
+        assert point.by_hand is not None
+        ratio = point.daemon.rate / point.by_hand.rate
+        print(
+            f"goal >= 10x the hand-written loop at 80 ms: {ratio:.1f}x at +{point.latency:g} ms: "
+            f"{'met' if ratio >= 10 else 'NOT met'}"
+        )
+
+
+def _graph_page_limit() -> int:
+    from listener.sources.graph.source import DEFAULT_PAGE_LIMIT
+
+    return DEFAULT_PAGE_LIMIT
 
 
 if __name__ == "__main__":

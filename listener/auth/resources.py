@@ -40,11 +40,13 @@ __all__ = [
     "Source",
     "by_resource",
     "exchange_online_host",
+    "exchange_resource",
     "graph_host_for",
     "host_of",
     "is_graph",
     "resource_of",
     "select",
+    "token_requests",
 ]
 
 Source = Literal["ews", "graph"]
@@ -136,6 +138,21 @@ def by_resource(scopes: Iterable[str]) -> dict[str | None, tuple[str, ...]]:
     for scope in scopes:
         groups.setdefault(resource_of(scope), []).append(scope)
     return {resource: tuple(group) for resource, group in groups.items()}
+
+
+def token_requests(scopes: Sequence[str]) -> list[Selection]:
+    """The token requests a credential's mailboxes can make: one with all the scopes when they
+    name no Graph resource (as EWS mailboxes ask), else one per resource."""
+    groups = by_resource(scopes)
+    words = groups.pop(None, ())
+    if not any(r is not None and is_graph(r) for r in groups):
+        return [Selection(None, tuple(scopes))]
+    return [Selection(r, group + words) for r, group in groups.items() if r is not None]
+
+
+def exchange_resource(resource: str) -> bool:
+    """True for Exchange Online's resource (an Exchange Online host, or its app id)."""
+    return resource.lower() == EXCHANGE_APP_ID or host_of(resource) in EXCHANGE_ONLINE_HOSTS
 
 
 def _hosts(resource: str) -> frozenset[str]:

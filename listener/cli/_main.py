@@ -6,7 +6,16 @@ import argparse
 from collections.abc import Sequence
 
 from listener import __version__
-from listener.cli import check_config, credentials, dead_letters, demo, mailbox, schema, service
+from listener.cli import (
+    check_config,
+    credentials,
+    dead_letters,
+    demo,
+    mailbox,
+    migration,
+    schema,
+    service,
+)
 from listener.cli._common import Command, Parser, echo, global_options
 from listener.config import ConfigError
 from listener.errors import EXIT_CONFIG, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, ListenerError
@@ -14,7 +23,16 @@ from listener.errors import EXIT_CONFIG, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, L
 __all__ = ["build_parser", "main", "parse"]
 
 # In the order ``--help`` lists them.
-_COMMAND_MODULES = (check_config, credentials, service, mailbox, dead_letters, schema, demo)
+_COMMAND_MODULES = (
+    check_config,
+    credentials,
+    service,
+    mailbox,
+    migration,
+    dead_letters,
+    schema,
+    demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

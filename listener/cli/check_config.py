@@ -44,7 +44,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         handlers = sorted({h for route in mailbox.routes for h in route.handlers})
         state = "" if mailbox.enabled else " [disabled]"
         echo(
-            f"  {name}: {mailbox.address} folder '{mailbox.folder}' with credential "
+            f"  {name}: {mailbox.address} folder '{mailbox.folder}' over {mailbox.source} at "
+            f"{mailbox.endpoint} with credential "
             f"{mailbox.credential}, {when}, start_from {mailbox.start_from}, after_success "
             f"{mailbox.after_success}, handlers {', '.join(handlers)}{state}"
         )

@@ -38,6 +38,8 @@ _SECRET_KEYS = frozenset({"secret", "password", "value", "token", "secret_id", "
 # Tables whose values are often credentials: webhook headers (API keys), command environments.
 _MASKED_TABLES = frozenset({"headers", "env"})
 _QUERY_VALUE = re.compile(r"([?&][^=&#]+=)[^&#]*")
+# Broker URLs may carry a password in their user info (refused, but shown in the refusal).
+_USERINFO_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")
 
 
 @dataclass(frozen=True)
@@ -324,8 +326,9 @@ def _message(error: Any, loc: tuple[str, ...] = ()) -> str:
 def _show(value: Any, loc: tuple[str, ...]) -> str:
     if any(part in _SECRET_KEYS or part in _MASKED_TABLES for part in loc):
         return "'**********'"
-    if isinstance(value, str) and "?" in value and "://" in value:
+    if isinstance(value, str) and "://" in value:
         # Webhook URLs often carry a signature in the query (Logic Apps' ?sig=…).
+        value = _USERINFO_PASSWORD.sub(r"\1**********@", value)
         return repr(_QUERY_VALUE.sub(r"\1**********", value))
     if isinstance(value, dict | list):
         return "a table" if isinstance(value, dict) else "a list"

@@ -439,6 +439,7 @@ def reference_problems(
     credentials, handlers = sorted(credentials), sorted(handlers)
     problems: list[tuple[tuple[str, ...], str]] = []
     seen: dict[tuple[str, str, str], str] = {}
+    protocols: dict[tuple[str, str], tuple[str, str]] = {}  # (address, folder) → (name, source)
     for name, entry in mailboxes.items():
         mailbox = entry.model_dump(by_alias=True) if isinstance(entry, MailboxConfig) else entry
         if not isinstance(mailbox, Mapping):
@@ -471,6 +472,8 @@ def reference_problems(
         if not (isinstance(address, str) and isinstance(folder, str) and isinstance(endpoint, str)):
             continue
         key = (address.strip().lower(), folder.strip(" /").lower(), endpoint.rstrip("/"))
+        source = mailbox.get("source", "ews")
+        other = protocols.get(key[:2])
         if key in seen:
             problems.append(
                 (
@@ -479,8 +482,20 @@ def reference_problems(
                     f"{folder!r} at {endpoint}; keep one of them",
                 )
             )
+        elif other is not None and other[1] != source:
+            # The same folder over EWS and over Graph: two cursors, two retry queues, and polls
+            # racing to hand over the same mail. Moving a mailbox is changing its source.
+            problems.append(
+                (
+                    ("mailboxes", name, "source"),
+                    f"mailboxes {other[0]!r} ({other[1]}) and {name!r} ({source}) both watch "
+                    f"{address} folder {folder!r}; keep one of them: to move a mailbox to "
+                    "another protocol, change its source (README: Moving off EWS)",
+                )
+            )
         else:
             seen[key] = name
+            protocols.setdefault(key[:2], (name, str(source)))
     return problems
 
 

@@ -4,7 +4,9 @@ A handler is a callable receiving the frozen :class:`listener.model.Message` (th
 ``listener.abc.Handler`` protocol): it returns on success, raises
 ``listener.errors.PermanentError`` when trying again cannot help, and raises anything else to be
 retried later. Built-ins: ``python`` (a dotted path or an ``ews_listener.handlers`` entry point),
-``webhook``, ``command``, ``directory`` and ``log``.
+``webhook``, ``command``, ``directory`` and ``log``; and the broker handlers ``amqp``, ``nats`` and
+``redis_stream``, whose client libraries are extras (``ews-listener[amqp]``, ``[nats]``,
+``[redis]``): they are imported only when such a handler is built.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from listener.abc import Handler
+from listener.handlers._brokers import require
 from listener.handlers.command import CommandHandler
 from listener.handlers.config import (
+    AmqpHandlerConfig,
     CommandHandlerConfig,
     DirectoryHandlerConfig,
     HandlerConfig,
     LogHandlerConfig,
+    NatsHandlerConfig,
     PythonHandlerConfig,
+    RedisStreamHandlerConfig,
     WebhookHandlerConfig,
 )
 from listener.handlers.directory import DirectoryHandler
@@ -32,6 +38,7 @@ from listener.handlers.python import PythonHandler
 from listener.handlers.webhook import WebhookHandler
 
 __all__ = [
+    "AmqpHandlerConfig",
     "CommandHandler",
     "CommandHandlerConfig",
     "DirectoryHandler",
@@ -42,8 +49,10 @@ __all__ = [
     "HandlerTransientError",
     "LogHandler",
     "LogHandlerConfig",
+    "NatsHandlerConfig",
     "PythonHandler",
     "PythonHandlerConfig",
+    "RedisStreamHandlerConfig",
     "WebhookHandler",
     "WebhookHandlerConfig",
     "build_handler",
@@ -67,6 +76,22 @@ def build_handler(name: str, config: HandlerConfig) -> Handler:
         return DirectoryHandler.from_config(name, config)
     if isinstance(config, LogHandlerConfig):
         return LogHandler.from_config(name, config)
+    # The broker clients are optional: import them only for a handler that needs one.
+    if isinstance(config, AmqpHandlerConfig):
+        require("pika", handler=name, kind="amqp", extra="amqp")
+        from listener.handlers.amqp import AmqpHandler  # noqa: PLC0415 (an optional extra)
+
+        return AmqpHandler.from_config(name, config)
+    if isinstance(config, NatsHandlerConfig):
+        require("nats", handler=name, kind="nats", extra="nats")
+        from listener.handlers.nats import NatsHandler  # noqa: PLC0415 (an optional extra)
+
+        return NatsHandler.from_config(name, config)
+    if isinstance(config, RedisStreamHandlerConfig):
+        require("redis", handler=name, kind="redis_stream", extra="redis")
+        from listener.handlers.redis_stream import RedisStreamHandler  # noqa: PLC0415 (an optional extra)
+
+        return RedisStreamHandler.from_config(name, config)
     raise HandlerConfigError(f"handlers.{name}: unknown handler type {type(config).__name__}")
 
 

@@ -57,3 +57,47 @@ def test_memory_quick_hands_the_attachment_over_intact() -> None:
         ("bytes", "-"),
         ("bytes", "intact"),
     ], out
+
+
+@pytest.mark.slow
+def test_throughput_graph_prints_both_loops_at_each_latency() -> None:
+    """throughput.py --source graph: once and the hand-written httpx loop hand over every message
+    at both latencies, and the requests-per-message figures and goals are printed."""
+    out = _run(
+        str(BENCH / "throughput.py"),
+        "--source",
+        "graph",
+        "--messages",
+        "60",
+        "--naive-messages",
+        "20",
+        "--latency",
+        "0",
+        "5",
+    )
+    rows = [line for line in out.splitlines() if line.startswith(("once, +", "by hand ("))]
+    assert len(rows) == 4, out
+    assert [row.split()[-7] for row in rows] == ["60/60", "20/20", "60/60", "20/20"], rows
+    assert "mail: realistic" in out, out
+    assert "once HTTP requests per message:" in out, out
+    assert "goal <= 0.12 Graph (HTTP) requests per message" in out, out
+
+
+@pytest.mark.slow
+def test_idle_graph_polls_and_stops_cleanly() -> None:
+    """idle.py --source graph: Graph mailboxes poll, requests per idle poll and RSS printed."""
+    out = _run(
+        str(BENCH / "idle.py"),
+        "--source",
+        "graph",
+        "--mailboxes",
+        "20",
+        "--interval",
+        "2",
+        "--duration",
+        "10",
+    )
+    assert "steady: Graph requests" in out, out
+    assert "steady: requests per idle poll" in out, out
+    assert "RSS end / peak" in out, out
+    assert "exit code 0" in out, out

@@ -146,6 +146,18 @@ def test_watched_twice_uses_the_source_default_endpoint(tmp_path: Path) -> None:
     assert "both watch orders@contoso.com" in issue.message
 
 
+def test_one_folder_over_both_protocols_is_refused(tmp_path: Path) -> None:
+    """The same folder over EWS and over Graph: two cursors racing; moving is changing source."""
+    text = with_mailbox("", scopes=f"{EXO} {GRAPH}")
+    text += (
+        '\n[mailboxes.graphed]\nsource = "graph"\naddress = "Orders@contoso.com"\n'
+        'credential = "sales"\nroutes = [{ handlers = ["audit"] }]\n'
+    )
+    issue = one(issues(tmp_path, text), "mailboxes.graphed.source")
+    assert "'orders' (ews) and 'graphed' (graph) both watch" in issue.message
+    assert "change its source" in issue.message
+
+
 def test_settings_model_checks_sources() -> None:
     """Settings built directly (not through load_settings) refuses the mismatch too."""
     data = {

@@ -316,6 +316,7 @@ SOURCES = [
     "emulators/README.md",
     "config/example.toml",
     "config/demo.toml",
+    "config/graph.toml",
     "deploy/systemd/ews-listener.service",
     "deploy/docker/Dockerfile",
     "deploy/docker/emulators.Dockerfile",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from listener.store import SCHEMA_VERSION
 from tests import REPO
 from tests.e2e.conftest import World, stop, wait_for
 
@@ -259,7 +260,8 @@ def test_upgrade_from_a_schema_2_store_hands_nothing_over_again(world: World) ->
     assert after.returncode == 0, after.stderr[-3000:]
     subjects = [r["subject"] for r in world.receipts_log()]
     assert sorted(subjects) == ["order 0", "order 1", "order 2", "order after the upgrade"]
-    assert rows(world, "SELECT max(version) FROM schema_version") == [(3,)]
+    # Migrated to the current schema (4 since sources were tagged with their kind, issue 13).
+    assert rows(world, "SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
     assert rows(world, "SELECT count(*) FROM ledger WHERE key_scheme = 1") == [(0,)]
     report = json.loads(after.stdout)["mailboxes"]
     assert report["archive"]["already_done"] == 1

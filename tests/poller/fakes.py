@@ -6,6 +6,9 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email import policy
+from email.parser import BytesParser
+from email.utils import parseaddr, parsedate_to_datetime
 
 from listener.abc import ChangePage, FetchFailure, ItemRef, ProbeStep
 from listener.errors import SourceError, SyncStateLost
@@ -22,6 +25,9 @@ class FakeItem:
     folder: str = "inbox"
     received_at: datetime | None = None
     message_id: str | None = None  # the Internet Message-ID; a move keeps it
+    sent_at: datetime | None = None
+    mime: bytes | None = None  # what was delivered (deliver_mime), served by load_mime
+    files: tuple[tuple[str, bytes], ...] | None = None  # (name, content); None: one "a.txt"
 
 
 class FakeSource:
@@ -63,6 +69,38 @@ class FakeSource:
         self.log.append(item_id)
         return item_id
 
+    def deliver_mime(self, raw: bytes, *, folder: str | None = None, is_read: bool = False) -> str:
+        """A new item parsed from RFC 5322 ``raw`` (kept for ``mime()``, its attachments for
+        their content) in ``folder``; only delivery to the watched folder enters its log."""
+        parsed = BytesParser(policy=policy.default).parsebytes(raw)
+        item_id = f"ID{next(self._ids)}"
+        date = parsed["Date"]
+        self.items[item_id] = FakeItem(
+            item_id,
+            str(parsed["Subject"] or ""),
+            sender=parseaddr(str(parsed["From"] or ""))[1],
+            is_read=is_read,
+            folder=folder or self.folder,
+            received_at=self.now,
+            message_id=str(parsed["Message-ID"]).strip() if parsed["Message-ID"] else None,
+            sent_at=parsedate_to_datetime(str(date)) if date else None,
+            mime=raw,
+            files=tuple(
+                (part.get_filename() or "", bytes(part.get_payload(decode=True) or b""))
+                for part in parsed.iter_attachments()
+            ),
+        )
+        if self.items[item_id].folder == self.folder:
+            self.log.append(item_id)
+        return item_id
+
+    def move_as_person(self, item_id: str, folder: str) -> None:
+        """Move an item as a person would; moved into the watched folder it is created there
+        (its earlier place in the log is blanked, so one sync never names it twice)."""
+        self.items[item_id].folder = folder
+        if folder == self.folder:
+            self.log = ["" if i == item_id else i for i in self.log] + [item_id]
+
     def in_folder(self, folder: str | None = None) -> list[FakeItem]:
         return [i for i in self.items.values() if i.folder == (folder or self.folder)]
 
@@ -72,6 +110,10 @@ class FakeSource:
         self.calls.append("changes")
         if self.fail_changes is not None:
             raise self.fail_changes
+        if sync_state is not None and not sync_state.isdigit():
+            # Another kind's state (an EWS base64 state, a Graph delta link): as the real
+            # sources do, it is lost rather than misread (tests/sources, foreign states).
+            raise SyncStateLost("not a sync state of the fake", code="ForeignSyncState")
         if self.forget_states and sync_state is not None:
             raise SyncStateLost("sync state unknown")
         start = int(sync_state or 0)
@@ -106,23 +148,41 @@ class FakeSource:
                     internet_message_id=item.message_id,
                     subject=item.subject,
                     from_=Address(email=item.sender),
+                    sent_at=item.sent_at,
                     is_read=item.is_read,
                     categories=tuple(item.categories),
-                    attachments=(Attachment(attachment_id="A1", name="a.txt", size=3),),
+                    attachments=(
+                        (Attachment(attachment_id="A1", name="a.txt", size=3),)
+                        if item.files is None
+                        else tuple(
+                            Attachment(attachment_id=f"A{n}", name=name, size=len(content))
+                            for n, (name, content) in enumerate(item.files, 1)
+                        )
+                    ),
                 ).bind(self)
             )
         return out
 
+    def _missing(self, ref: ItemRef) -> str | None:
+        """The error text of a bulk operation on an item that is no more (as a server's)."""
+        return None if ref.item_id in self.items else f"ErrorItemNotFound: {ref.item_id}"
+
     def mark_read(self, refs: Sequence[ItemRef]) -> list[str | None]:
         self.calls.append(f"mark_read:{len(refs)}")
-        for ref in refs:
-            self.items[ref.item_id].is_read = True
-        return [None] * len(refs)
+        out = [self._missing(ref) for ref in refs]
+        for ref, error in zip(refs, out, strict=True):
+            if error is None:
+                self.items[ref.item_id].is_read = True
+        return out
 
     def move(self, refs: Sequence[ItemRef], folder_path: str) -> list[ItemRef | str]:
         self.calls.append(f"move:{len(refs)}")
         out: list[ItemRef | str] = []
         for ref in refs:
+            error = self._missing(ref)
+            if error is not None:
+                out.append(error)
+                continue
             item = self.items.pop(ref.item_id)
             item.item_id = f"{ref.item_id}-moved"
             item.folder = folder_path
@@ -131,14 +191,18 @@ class FakeSource:
         return out
 
     def categorize(self, refs: Sequence[ItemRef], category: str) -> list[str | None]:
-        for ref in refs:
-            self.items[ref.item_id].categories.append(category)
-        return [None] * len(refs)
+        out = [self._missing(ref) for ref in refs]
+        for ref, error in zip(refs, out, strict=True):
+            if error is None and category not in self.items[ref.item_id].categories:
+                self.items[ref.item_id].categories.append(category)
+        return out
 
     def delete(self, refs: Sequence[ItemRef]) -> list[str | None]:
-        for ref in refs:
-            self.items[ref.item_id].folder = "deleteditems"
-        return [None] * len(refs)
+        out = [self._missing(ref) for ref in refs]
+        for ref, error in zip(refs, out, strict=True):
+            if error is None:
+                self.items[ref.item_id].folder = "deleteditems"
+        return out
 
     def find(self, folder_path: str, internet_message_id: str) -> ItemRef | None:
         self.calls.append(f"find:{folder_path}")
@@ -157,9 +221,17 @@ class FakeSource:
     # --- ContentLoader ---
 
     def load_mime(self, message: Message) -> bytes:
+        self.calls.append("load_mime")
+        item = self.items.get(message.item_id)
+        if item is not None and item.mime is not None:
+            return item.mime
         return f"Subject: {message.subject}\r\n\r\nbody\r\n".encode()
 
     def load_attachment(self, message: Message, attachment: Attachment) -> bytes:
+        self.calls.append("load_attachment")
+        item = self.items.get(message.item_id)
+        if item is not None and item.files is not None:
+            return item.files[int(attachment.attachment_id[1:]) - 1][1]
         return b"abc"
 
 

@@ -304,12 +304,16 @@ class EwsMailSource:
         out: list[Message | FetchFailure] = []
         for ref, item in zip(refs, items, strict=True):
             if isinstance(item, BaseException):
+                # A vanished item is not a server failure: retrying cannot bring it back
+                # (ErrorItemNotFound maps to Unavailable, which says transient). Guarded by
+                # tests/sources test_mail_deleted_for_good_is_gone.
+                gone = isinstance(item, _GONE)
                 out.append(
                     FetchFailure(
                         ref,
                         f"{type(item).__name__}: {item}",
-                        gone=isinstance(item, _GONE),
-                        transient=translate_error(item).transient,
+                        gone=gone,
+                        transient=not gone and translate_error(item).transient,
                     )
                 )
                 continue
@@ -449,7 +453,9 @@ class EwsMailSource:
             unread = len(self.unread())
             yield ProbeStep("items", True, f"{total} item(s), {unread} unread")
         except Exception as e:
-            yield ProbeStep(step, False, f"{type(e).__name__}: {e}")
+            # Exchange's ErrorNonExistentMailbox does not say which address it looked for.
+            where = f"mailbox {self.mailbox}, folder {self.folder!r}"
+            yield ProbeStep(step, False, f"{type(e).__name__}: {e} ({where})")
 
     def close(self) -> None:
         # Sessions belong to the shared Protocol; its owner (EwsConnections) closes them.

@@ -147,10 +147,13 @@ class GraphMailSource:
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
 
-    def _cached(self, item_id: str) -> dict[str, Any] | None:
+    def _take_cached(self, item_id: str) -> dict[str, Any] | None:
+        """What the delta page said of ``item_id``, once: the fetch that follows the page uses
+        it; any later fetch (a retry, a replay) asks the server, so mail a person deleted since
+        is gone, not a stale Message."""
         with self._lock:
-            data = self._cache.get(item_id)
-        # A page read with another $select (current_state's ids) is not enough for a Message.
+            data = self._cache.pop(item_id, None)
+        # A page read with another $select (an ids-only round) is not enough for a Message.
         return data if data is not None and "internetMessageId" in data else None
 
     def _batch(self, operation: str, requests: Sequence[SubRequest]) -> list[SubResponse]:
@@ -295,11 +298,11 @@ class GraphMailSource:
         data: dict[str, dict[str, Any]] = {}
         failures: dict[str, FetchFailure] = {}
         attachments: dict[str, list[dict[str, Any]]] = {}
-        missing = [r for r in refs if self._cached(r.item_id) is None]
         for ref in refs:
-            cached = self._cached(ref.item_id)
+            cached = self._take_cached(ref.item_id)
             if cached is not None:
                 data[ref.item_id] = cached
+        missing = [r for r in refs if r.item_id not in data]
         expand = f"attachments($select={','.join(ATTACHMENT_SELECT)})"
         full = [
             SubRequest(
@@ -314,7 +317,6 @@ class GraphMailSource:
                 body = dict(answer.body)
                 attachments[ref.item_id] = body.pop("attachments", None) or []
                 data[ref.item_id] = body
-                self._remember(body)
             else:
                 failures[ref.item_id] = self._failure(ref, answer)
         # What a delta page could not give: the text of HTML bodies, attachment metadata.
@@ -384,12 +386,7 @@ class GraphMailSource:
         def build(item: str) -> SubRequest:
             return SubRequest("PATCH", f"/{self._user}/messages/{item}", body={"isRead": True})
 
-        answers = self._per_item("markRead", refs, build)
-        for ref, answer in zip(refs, answers, strict=True):
-            cached = self._cached(ref.item_id)
-            if answer.ok and cached is not None:
-                cached["isRead"] = True
-        return self._outcomes(answers)
+        return self._outcomes(self._per_item("markRead", refs, build))
 
     def categorize(self, refs: Sequence[ItemRef], category: str) -> list[str | None]:
         # PATCH replaces the whole list: send what the message has now plus the new one, so a
