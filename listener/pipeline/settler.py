@@ -8,9 +8,13 @@ ledger says what is done). A batch's sync state is committed only after every ea
 poll: once one settle fails, the later ones are not settled at all (their records stay with the
 poll, which saves them without a sync state when it ends: ``Poller._saving_on_error``).
 
-At most ``depth`` batches wait: a slow tidy-up holds the hand-over back instead of piling up
-messages in memory. The last batch of a poll is settled on the poll's thread (``inline``), after
-those before it: a poll of one batch, the usual idle poll, starts no thread.
+One batch at a time: ``submit`` waits for the previous batch to be settled before it hands the
+next over to the thread. So at most two batches are uncommitted at any moment, the one being
+handed over and the one being settled beside it, which bounds what a SIGKILL can repeat
+(``tests/e2e/test_graph_faults.py::test_sigkill_mid_batch_and_restart``), and a slow tidy-up
+holds the hand-over back instead of piling up messages in memory. The last batch of a poll is
+settled on the poll's thread (``inline``), after those before it: a poll of one batch, the usual
+idle poll, starts no thread.
 """
 
 from __future__ import annotations
@@ -34,20 +38,19 @@ T = TypeVar("T")
 class Settler(Generic[T]):
     """Calls ``settle(item)`` for every submitted item, in order, on one thread."""
 
-    def __init__(self, settle: Callable[[T], None], *, depth: int = 2) -> None:
+    def __init__(self, settle: Callable[[T], None]) -> None:
         self._settle = settle
-        self._queue: queue.Queue[tuple[T] | None] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[tuple[T] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def submit(self, item: T, *, inline: bool = False) -> None:
-        """Settle ``item`` after those before it: here and now with ``inline``, else on the
-        settler's thread (waiting while ``depth`` items are queued). Raises the error of an
-        earlier settle, which also means this one is not settled."""
+        """Settle ``item`` once the one before it is settled: here and now with ``inline``, else
+        on the settler's thread. Raises the error of an earlier settle, which also means this one
+        is not settled."""
+        self.drain()
         self.raise_if_failed()
         if inline:
-            self.drain()
-            self.raise_if_failed()
             self._settle(item)
             return
         if self._thread is None:
