@@ -226,7 +226,7 @@ class Handler(Protocol):
 # --- state -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LedgerEntry:
     """A successful hand-over of one message to one handler."""
 
@@ -239,7 +239,7 @@ class LedgerEntry:
     fingerprint: str | None = None  # listener.model.message_fingerprint of what was handed over
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PendingEntry:
     """A message waiting for a retry of the handlers that have not yet succeeded."""
 
@@ -256,7 +256,7 @@ class PendingEntry:
     internet_message_id: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DeadLetter:
     """A message that will not be retried automatically; ``replay`` hands it over again."""
 

@@ -18,6 +18,7 @@ import structlog
 from listener.abc import Handler, MailSource, SourceFactory, StateStore
 from listener.auth import TokenProviders
 from listener.handlers import build_handlers
+from listener.pipeline import HandlerPool, PollHooks
 from listener.poller import FailurePolicy, Poller, PollerSettings
 from listener.routing import Router
 from listener.service import MailboxRunner
@@ -43,7 +44,7 @@ class App:
         *,
         store: StateStore | None = None,
         handlers: Mapping[str, Handler] | None = None,
-        observe: Any = None,
+        hooks: PollHooks | None = None,
     ) -> None:
         self.settings = settings
         self.stop = threading.Event()
@@ -68,7 +69,16 @@ class App:
             self.store.adopt_legacy_keys(
                 {name: mailbox.address for name, mailbox in settings.mailboxes.items()}
             )
-        self._observe = observe
+        self._hooks = hooks
+        # One pool of hand-over threads for every mailbox (listener.pipeline.handover).
+        self.pool = HandlerPool(
+            settings.service.handler_workers,
+            {
+                name: config.max_concurrency
+                for name, config in settings.handlers.items()
+                if config.max_concurrency is not None
+            },
+        )
         self.sources: dict[str, MailSource] = {}
         self.pollers: dict[str, Poller] = {}
         for name, mailbox in settings.mailboxes.items():
@@ -108,6 +118,8 @@ class App:
             after_success=_action(mailbox.after_success),
             failure=policy,
             batch_size=mailbox.batch_size,
+            handler_concurrency=mailbox.handler_concurrency,
+            ordered=mailbox.ordered,
         )
         router = Router(mailbox.routes)
         return Poller(
@@ -117,7 +129,9 @@ class App:
             router.handlers_for,
             self.handlers,
             stop=self.stop,
-            observe=self._observe,
+            hooks=self._hooks,
+            pool=self.pool,
+            ordered=router.is_ordered,
         )
 
     def runners(self, on_result: Any = None) -> list[MailboxRunner]:
@@ -131,7 +145,9 @@ class App:
         return out
 
     def close(self) -> None:
-        """Handlers first (they may flush), then the mail sources' sessions, then the store."""
+        """The hand-over pool (no new hand-over), handlers (they may flush), then the mail
+        sources' sessions, then the store."""
+        self.pool.close()
         for handler in self.handlers.values():
             try:
                 handler.close()

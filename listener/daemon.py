@@ -3,8 +3,9 @@
 Shutdown happens in a fixed order (dramatiq's ``Worker.stop`` habit), each step for a reason:
 
 1. stop scheduling: no poll starts after the signal;
-2. ask running polls to stop between two messages: the handler that is running finishes, and the
-   page is committed without moving the sync state past the messages not yet handed over;
+2. ask running polls to stop: no new hand-over starts, those in flight (up to each mailbox's
+   ``handler_concurrency``) finish, and what was reached is committed without moving the sync
+   state past the messages not yet handed over;
 3. wait for them, at most ``service.shutdown_grace`` seconds;
 4. close handlers, EWS sessions and the state store, in that order (handlers may still write).
 
@@ -73,7 +74,7 @@ def run_daemon(
     service = settings.service
     metrics = Metrics()
     health = HealthState()
-    app = App(settings, observe=metrics.observe)
+    app = App(settings, hooks=metrics)
     if fail_fast:
         problem = _first_unavailable(app)
         if problem:
@@ -171,7 +172,7 @@ def _first_unavailable(app: App) -> str | None:
 def run_once(settings: Any, *, mailboxes: Sequence[str] | None = None) -> dict[str, PollResult]:
     """Poll every enabled mailbox (or the named ones) once, concurrently."""
     metrics = Metrics()
-    app = App(settings, observe=metrics.observe)
+    app = App(settings, hooks=metrics)
     try:
         runners = _wire(app, metrics, None)
         if mailboxes:

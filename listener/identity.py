@@ -14,11 +14,11 @@ settles the two cases the key alone cannot:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
-from listener.abc import FetchFailure, StateStore
+from listener.abc import FetchFailure
 from listener.model import (
     Message,
     disambiguated_key,
@@ -26,16 +26,23 @@ from listener.model import (
     message_fingerprint,
 )
 
-__all__ = ["identify"]
+__all__ = ["HandedOver", "identify"]
 
 log = structlog.get_logger("listener.poller")
 
+# keys → the ledger's (key, handler) pairs among them, with the fingerprint of each
+HandedOver = Callable[[Sequence[str]], Mapping[tuple[str, str], str | None]]
+
 
 def identify(
-    fetched: Sequence[Message | FetchFailure], store: StateStore
+    fetched: Sequence[Message | FetchFailure], handed_over: HandedOver
 ) -> tuple[list[Message | FetchFailure], dict[tuple[str, str], str]]:
     """The fetched items, each message under the key it is handed over under, and the ledger's
-    (key, handler) pairs for them (→ the fingerprint they were handed over with, or "")."""
+    (key, handler) pairs for them (→ the fingerprint they were handed over with, or "").
+
+    ``handed_over`` is ``StateStore.handed_over``, or the poller's view of it that adds what this
+    poll handed over and has not committed yet (a batch of a poll is identified before the one
+    before it is committed: ``listener.pipeline.settler``)."""
     messages = [m for m in fetched if isinstance(m, Message)]
     if not messages:
         return list(fetched), {}
@@ -44,7 +51,7 @@ def identify(
         for m in messages
         if not m.internet_message_id
     }
-    found = store.handed_over([*(m.idempotency_key for m in messages), *legacy])
+    found = handed_over([*(m.idempotency_key for m in messages), *legacy])
     known: dict[str, str] = {}  # key → fingerprint of the message handed over under it
     done: dict[tuple[str, str], str] = {}
     for (found_key, handler), print_ in found.items():
@@ -74,5 +81,5 @@ def identify(
         seen.setdefault(key, print_)
         out.append(item)
     if rekeyed:
-        done.update({k: p or "" for k, p in store.handed_over(rekeyed).items()})
+        done.update({k: p or "" for k, p in handed_over(rekeyed).items()})
     return out, done

@@ -1,20 +1,32 @@
 """One poll of one mailbox folder: the six steps of DESIGN.md, and nothing else.
 
 1. hand over the retries that are due (pending queue, GetItem by id)
-2. ask the source for the changes since the stored sync state (≤ batch size a page)
-3. fetch the new items as ``Message`` values
-4. route each to its handlers, skipping what the ledger says is done
+2. ask the source for the changes since the stored sync state (≤ ``page_limit`` a page)
+3. fetch the new items as ``Message`` values, in full batches across page boundaries
+4. route each to its handlers, skipping what the ledger says is done; hand the batch over
+   concurrently (bounded per mailbox, per handler and per process; ``ordered`` one at a time)
 5. post-process the successes in bulk; park transient failures, dead-letter permanent ones
-6. commit ledger + pending + dead letters + the new sync state in ONE transaction, next page
+6. commit ledger + pending + dead letters + the new sync state in ONE transaction
 
-The sync state moves forward only when every message of the page is either in the ledger or
-parked, so a crash anywhere loses nothing; at worst a message is handed over again with the same
-idempotency key.
+Steps 2-3 of the next batch (a prefetch, one batch ahead) and 5-6 of the previous one (a settler
+thread, strictly in order) run while a batch is handed over: see ``listener.pipeline``, which
+holds those pieces and the pure decision of each message's fate (``listener.pipeline.fate``).
+
+The delivery contract:
+
+- The sync state moves forward only when every message of its page is in the ledger, pending or
+  dead-lettered: a batch carries a page's state only when it completes that page, and batches
+  commit in order. A crash anywhere loses nothing and repeats at most what was in flight (handed
+  over, not yet committed), with the same idempotency keys.
+- What this poll handed over but has not committed yet stays in memory (``_uncommitted``): a later
+  batch of the same poll treats it as done, as the ledger would.
+- A stop (SIGTERM) starts no new hand-over; those in flight finish, and everything reached is
+  committed, the sync state not past what was not reached. ``flush()`` at a forced shutdown
+  saves what the handlers did.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 import time
@@ -23,7 +35,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 
@@ -37,9 +48,27 @@ from listener.abc import (
     PendingEntry,
     StateStore,
 )
-from listener.errors import PermanentError, SourceError, SyncStateLost
+from listener.errors import SourceError
 from listener.identity import identify
 from listener.model import Message, message_fingerprint
+from listener.pipeline import (
+    BatchReader,
+    Delivered,
+    Fate,
+    GiveUp,
+    Gone,
+    HandlerPool,
+    Job,
+    Outcome,
+    PollHooks,
+    Prefetcher,
+    Retry,
+    Settler,
+    decide,
+    decide_fetch_failure,
+    hand_over,
+)
+from listener.pipeline.handover import run_handlers
 from listener.polling import FailurePolicy, PollerSettings, PollResult
 
 __all__ = ["FailurePolicy", "PollResult", "Poller", "PollerSettings"]
@@ -63,15 +92,9 @@ def _parse_stored(value: str) -> tuple[str, str]:
     return _LEGACY_KIND, value
 
 
-def _batches(refs: Sequence[ItemRef], size: int) -> list[tuple[Sequence[ItemRef], bool]]:
-    """``refs`` in chunks of ``size``, each with "is the last one"; one empty chunk for none."""
-    chunks = [refs[i : i + size] for i in range(0, len(refs), size)] or [refs]
-    return [(chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
-
-
 @dataclass
-class _Page:
-    """The outcome of handing over one page (or one batch of retries)."""
+class _Settlement:
+    """What handing over one batch left to post-process and commit."""
 
     succeeded: list[Message] = field(default_factory=list)
     ledger: list[LedgerEntry] = field(default_factory=list)
@@ -80,25 +103,30 @@ class _Page:
     resolved: list[str] = field(default_factory=list)
     # (old item id, new item id) of dead letters moved to the dead-letter folder
     relocated: list[tuple[str, str]] = field(default_factory=list)
-    complete: bool = True
+    complete: bool = True  # every message of the batch reached
     saved: bool = False  # its records are committed (by the poll, or by flush() at shutdown)
+    sync_state: str | None = None  # to commit with it (stored form)
+    tidy: bool = False  # post-process even when incomplete (retries and replays)
+    ended: float = 0.0  # time.monotonic() when its hand-over ended
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Item:
+    """What the records of one message or fetch failure say about it."""
+
+    ref: ItemRef
+    key: str
+    subject: str = ""
+    internet_message_id: str | None = None
+    movable: bool = True  # its mail can go to the dead-letter folder
+    source: str | None = None  # the kind that issued ``ref`` (None: this source)
 
 
 Router = Callable[[Message], Sequence[str]]
-Observer = Callable[[str, Mapping[str, Any]], None]
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _seconds(value: object) -> float:
-    """A handler's ``retry_after`` as seconds; 0 for anything that is not a usable number."""
-    try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        return 0.0
-    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
 
 
 class Poller:
@@ -113,7 +141,9 @@ class Poller:
         handlers: Mapping[str, Handler],
         *,
         stop: threading.Event | None = None,
-        observe: Observer | None = None,
+        hooks: PollHooks | None = None,
+        pool: HandlerPool | None = None,
+        ordered: Callable[[Message], bool] | None = None,
         clock: Callable[[], datetime] = _now,
         rng: random.Random | None = None,
     ) -> None:
@@ -122,12 +152,21 @@ class Poller:
         self.store = store
         self.router = router
         self.handlers = handlers
+        self.hooks = hooks or PollHooks()
+        # The process shares one pool (listener.app); a poller on its own (tests, tools) has one
+        # just big enough for its mailbox.
+        self._pool = pool or HandlerPool(max(1, settings.handler_concurrency))
+        self._ordered = ordered or (lambda message: False)
         self._stop = stop or threading.Event()
-        self._observe = observe or (lambda event, data: None)
         self._clock = clock
         self._rng = rng or random.Random()
-        self._commit_lock = threading.Lock()
-        self._unsaved: _Page | None = None
+        self._commit_lock = threading.Lock()  # one commit at a time (the settler, flush())
+        self._lock = threading.Lock()  # the in-memory state below, never held across I/O
+        self._unsaved: list[_Settlement] = []  # in order
+        # (key, handler) → fingerprint, and dead-lettered keys: handed over by this poll, not
+        # committed yet (see the module docstring)
+        self._uncommitted: dict[tuple[str, str], str] = {}
+        self._uncommitted_dead: set[str] = set()
         self._flushed = False
 
     @property
@@ -137,48 +176,59 @@ class Poller:
     # --- the loop -------------------------------------------------------------------------------
 
     def poll(self) -> PollResult:
-        """One poll: due retries, then every page of new changes until the folder is drained."""
+        """One poll: due retries, then every batch of new changes until the folder is drained."""
         result = PollResult(self.name)
-        with (
-            structlog.contextvars.bound_contextvars(
-                mailbox=self.name,
-                credential=self.settings.credential,
-                poll_id=uuid.uuid4().hex[:12],
-            ),
-            self._saving_on_error(),
-        ):
+        self._forget_unsaved()
+        with self._bound(uuid.uuid4().hex[:12]), self._saving_on_error():
             state, floor = self._starting_state()
             self._retry_due(result)  # 1
-            while not self._stop.is_set():
-                try:
-                    page = self.source.changes(state, self.source.page_limit)  # 2
-                except SyncStateLost as e:
-                    if state is None:
-                        raise
-                    state, floor = None, self._resync_floor(str(e))
-                    continue
-                result.pages += 1
-                for batch, last in _batches(page.created, self.settings.batch_size):
-                    fetched = self._not_before(floor, self.source.fetch(batch))  # 3
-                    outcome = self._hand_over(fetched, result)  # 4
-                    # Shutting down: commit now, tidy up after the restart (it syncs this page
-                    # again and tidies what the ledger says is done).
-                    outcome.complete = outcome.complete and not self._stop.is_set()
-                    end = _stored(self.source.kind, page.sync_state) if last else None
-                    self._settle(outcome, result, end)  # 5, 6
-                    if not outcome.complete:
-                        return result
-                if page.last_page:
-                    break
-                state = page.sync_state
+            reader = BatchReader(
+                self.source,
+                state,
+                batch_size=self.settings.batch_size,
+                floor=floor,
+                resync=self._resync_floor,
+            )
+            try:
+                with Prefetcher(reader) as batches, Settler(self._settle) as settler:
+                    while not self._stop.is_set():
+                        batch = batches.next(ahead=not self._stop.is_set())  # 2, 3
+                        if batch is None:
+                            break
+                        settlement = self._hand_over(batch.fetched, result)  # 4
+                        # Shutting down: commit now, tidy up after the restart (it syncs this page
+                        # again and tidies what the ledger says is done).
+                        settlement.complete = settlement.complete and not self._stop.is_set()
+                        if settlement.complete and batch.sync_state is not None:
+                            settlement.sync_state = _stored(self.source.kind, batch.sync_state)
+                        last = batches.exhausted or not settlement.complete
+                        settler.submit(settlement, inline=last)  # 5, 6
+                        if last:
+                            break
+            finally:
+                result.pages = reader.pages
         return result
+
+    def _forget_unsaved(self) -> None:
+        """A new poll starts from the store (an earlier one that failed saved what it could)."""
+        with self._lock:
+            self._unsaved.clear()
+            self._uncommitted.clear()
+            self._uncommitted_dead.clear()
+
+    @contextmanager
+    def _bound(self, poll_id: str) -> Iterator[None]:
+        with structlog.contextvars.bound_contextvars(
+            mailbox=self.name, credential=self.settings.credential, poll_id=poll_id
+        ):
+            yield
 
     @contextmanager
     def _saving_on_error(self) -> Iterator[None]:
         """Whatever ends a poll early, what its handlers did is committed (sync state untouched).
 
-        An exception after a handler returned (a bug, a store or observer failure) would
-        otherwise lose the record of that hand-over, and the message would be handed over again.
+        An exception after a handler returned (a bug, a store or hook failure) would otherwise
+        lose the record of that hand-over, and the message would be handed over again.
         """
         try:
             yield
@@ -212,17 +262,6 @@ class Poller:
     @property
     def _since_key(self) -> str:
         return f"{self.settings.folder}#watched-since"
-
-    def _not_before(
-        self, floor: datetime | None, fetched: Sequence[Message | FetchFailure]
-    ) -> Sequence[Message | FetchFailure]:
-        if floor is None:
-            return fetched
-        return [
-            m
-            for m in fetched
-            if not (isinstance(m, Message) and m.received_at is not None and m.received_at < floor)
-        ]
 
     def _starting_state(self) -> tuple[str | None, datetime | None]:
         """The stored sync state, or on the very first poll the one ``start_from`` asks for; with
@@ -280,6 +319,8 @@ class Poller:
     # --- step 1: retries ------------------------------------------------------------------------
 
     def _retry_due(self, result: PollResult) -> None:
+        """Step 1, a batch of due entries at a time, each committed before the next is asked for
+        (an entry leaves the queue only with that commit, so no overlap here)."""
         while not self._stop.is_set():
             due = self.store.due_pending(self.name, self._clock(), self.settings.batch_size)
             if not due:
@@ -288,17 +329,18 @@ class Poller:
             fetched = [*self.source.fetch(refs), *lost]
             # Only what _hand_over reached leaves the queue (resolved, re-parked or dead): a stop
             # in the middle of the batch leaves the rest pending, due at once after the restart.
-            outcome = self._hand_over(fetched, result, retrying=entries)
-            outcome.resolved += finished
-            reached = {*outcome.resolved, *(p.item_id for p in outcome.pending)}
-            reached |= {ref.item_id for ref, _ in outcome.dead}
-            outcome.resolved += [
+            settlement = self._hand_over(fetched, result, retrying=entries)
+            settlement.resolved += finished
+            reached = {*settlement.resolved, *(p.item_id for p in settlement.pending)}
+            reached |= {ref.item_id for ref, _ in settlement.dead}
+            settlement.resolved += [
                 e.item_id
                 for native, e in entries.items()
                 if e.item_id != native and native in reached
             ]
-            self._settle(outcome, result, None, tidy=True)
-            if len(due) < self.settings.batch_size or not outcome.complete:
+            settlement.tidy = True
+            self._settle(settlement)
+            if len(due) < self.settings.batch_size or not settlement.complete:
                 return
 
     def _due_refs(
@@ -349,132 +391,104 @@ class Poller:
         fetched: Sequence[Message | FetchFailure],
         result: PollResult,
         retrying: Mapping[str, PendingEntry] | None = None,
-    ) -> _Page:
-        page = _Page()
-        self._unsaved = page
+    ) -> _Settlement:
+        """Route the batch and hand it over (``listener.pipeline.handover``), booking each
+        message's fate as it is known."""
+        settlement = _Settlement()
+        with self._lock:
+            self._unsaved.append(settlement)
         retrying = retrying or {}
-        fetched, done = identify(fetched, self.store)
+        fetched, done = identify(fetched, self._handed_over)
         keys = [m.idempotency_key for m in fetched if isinstance(m, Message)]
         # A page synced again after a crash in its middle brings back what an earlier batch of
-        # it dead-lettered; leave those to `dead-letters replay` (found by the chaos run).
-        dead = self.store.dead_lettered(keys) if keys and not retrying else set()
+        # it dead-lettered; leave those to `dead-letters replay`
+        # (test_page_synced_again_does_not_dead_letter_twice).
+        dead = self._dead_lettered(keys) if keys and not retrying else set()
+        jobs: list[Job] = []
         for item in fetched:
-            if self._stop.is_set():
-                page.complete = False
-                break
             if isinstance(item, FetchFailure):
-                self._fetch_failed(item, page, result, retrying.get(item.ref.item_id))
+                self._fetch_failed(item, settlement, result, retrying.get(item.ref.item_id))
                 continue
             if item.idempotency_key in dead:
                 result.already_done += 1
                 continue
-            self._deliver(item, done, page, result, retrying.get(item.item_id))
-        return page
+            previous = retrying.get(item.item_id)
+            names = list(previous.handlers) if previous and previous.handlers else None
+            if names is None:
+                names = list(dict.fromkeys(self.router(item)))
+            if not names:
+                result.unrouted += 1
+                log.info("message.unrouted", subject=item.subject, key=item.idempotency_key)
+                settlement.resolved.append(item.item_id)
+                continue
+            todo = tuple(n for n in names if (item.idempotency_key, n) not in done)
+            if not todo:
+                result.already_done += 1
+                if not self._tidy(item):
+                    settlement.succeeded.append(item)  # tidied at step 5 (a crash came before)
+                settlement.resolved.append(item.item_id)
+                continue
+            ordered = self.settings.ordered or self._ordered(item)
+            jobs.append(Job(message=item, handlers=todo, previous=previous, ordered=ordered))
+        unstarted = hand_over(
+            jobs,
+            run=lambda job: run_handlers(job, self.handlers, self._pool),
+            pool=self._pool,
+            limit=max(1, self.settings.handler_concurrency),
+            stop=self._stop,
+            on_done=lambda job, outcomes: self._handed(job, outcomes, settlement, result),
+        )
+        settlement.complete = not unstarted
+        settlement.ended = time.monotonic()
+        return settlement
 
-    def _deliver(
-        self,
-        message: Message,
-        done: Mapping[tuple[str, str], str],
-        page: _Page,
-        result: PollResult,
-        previous: PendingEntry | None,
+    def _handed(
+        self, job: Job, outcomes: Sequence[Outcome], settlement: _Settlement, result: PollResult
     ) -> None:
-        names = list(previous.handlers) if previous and previous.handlers else None
-        if names is None:
-            names = list(dict.fromkeys(self.router(message)))
-        if not names:
-            result.unrouted += 1
-            log.info("message.unrouted", subject=message.subject, key=message.idempotency_key)
-            page.resolved.append(message.item_id)
-            return
-        todo = [n for n in names if (message.idempotency_key, n) not in done]
-        if not todo:
-            result.already_done += 1
-            if not self._tidy(message):
-                page.succeeded.append(message)  # tidied at step 5 (a crash came before)
-            page.resolved.append(message.item_id)
-            return
-        transient: dict[str, str] = {}
-        permanent: dict[str, str] = {}
-        retry_after = 0.0
-        for name in todo:
-            handler = self.handlers[name]
-            started = time.monotonic()
-            try:
-                handler(message)
-            except PermanentError as e:
-                permanent[name] = f"{type(e).__name__}: {e}"
-                log.warning("handler.permanent_failure", handler=name, error=permanent[name])
-                self._observe("failed", {"handler": name, "kind": "permanent"})
-            except Exception as e:
-                transient[name] = f"{type(e).__name__}: {e}"
-                # A webhook's Retry-After (429/503) is a floor for the next attempt.
-                retry_after = max(retry_after, _seconds(getattr(e, "retry_after", None)))
-                log.warning(
-                    "handler.transient_failure", handler=name, error=transient[name], exc_info=True
+        """Book what the handlers of one message did, then tell the hooks (a hook that raises
+        cannot lose the record)."""
+        message = job.message
+        for outcome in outcomes:
+            if outcome.ok:
+                entry = LedgerEntry(
+                    idempotency_key=message.idempotency_key,
+                    handler=outcome.handler,
+                    mailbox=self.name,
+                    item_id=message.item_id,
+                    internet_message_id=message.internet_message_id,
+                    handed_at=self._clock(),
+                    fingerprint=message_fingerprint(message),
                 )
-                self._observe("failed", {"handler": name, "kind": "transient"})
-            else:
-                page.ledger.append(
-                    LedgerEntry(
-                        idempotency_key=message.idempotency_key,
-                        handler=name,
-                        mailbox=self.name,
-                        item_id=message.item_id,
-                        internet_message_id=message.internet_message_id,
-                        handed_at=self._clock(),
-                        fingerprint=message_fingerprint(message),
+                settlement.ledger.append(entry)
+                with self._lock:
+                    self._uncommitted[(entry.idempotency_key, entry.handler)] = (
+                        entry.fingerprint or ""
                     )
-                )
-                self._observe("handled", {"handler": name, "seconds": time.monotonic() - started})
-        failed = {**transient, **permanent}
-        if not failed:
+        fate = decide(outcomes, job.previous, self.settings.failure, self._clock(), self._rng)
+        item = _Item(
+            ref=ItemRef(message.item_id),
+            key=message.idempotency_key,
+            subject=message.subject,
+            internet_message_id=message.internet_message_id,
+        )
+        self._carry_out(fate, item, settlement, result, job.previous)
+        if isinstance(fate, Delivered):
             result.handed_over += 1
-            page.succeeded.append(message)
-            page.resolved.append(message.item_id)
+            settlement.succeeded.append(message)
             # debug: the `log` handler is the one readable line per message; metrics count them
             log.debug(
                 "message.handed_over",
                 subject=message.subject,
-                handlers=todo,
+                handlers=list(job.handlers),
                 key=message.idempotency_key,
             )
-            return
-        attempts = (previous.attempts if previous else 0) + 1
-        error = "; ".join(f"{n}: {e}" for n, e in failed.items())
-        ref = ItemRef(message.item_id)
-        if permanent or attempts >= self.settings.failure.max_attempts:
-            self._dead_letter(
-                page,
-                result,
-                ref,
-                message.idempotency_key,
-                tuple(failed),
-                error,
-                attempts,
-                permanent=bool(permanent),
-                subject=message.subject,
-                internet_message_id=message.internet_message_id,
-            )
-            return
-        now = self._clock()
-        delay = self.settings.failure.retry_delay(attempts, self._rng, at_least=retry_after)
-        page.pending.append(
-            PendingEntry(
-                mailbox=self.name,
-                item_id=message.item_id,
-                idempotency_key=message.idempotency_key,
-                handlers=tuple(failed),
-                attempts=attempts,
-                next_attempt_at=now + timedelta(seconds=delay),
-                last_error=error,
-                first_seen_at=previous.first_seen_at if previous else now,
-                source=self.source.kind,
-                internet_message_id=message.internet_message_id,
-            )
-        )
-        result.failed += 1
-        log.info("message.retry_scheduled", attempts=attempts, delay=round(delay, 1), error=error)
+        for outcome in outcomes:
+            if outcome.ok:
+                self.hooks.handed_over(self.name, outcome.handler, outcome.seconds)
+            else:
+                self.hooks.handler_failed(
+                    self.name, outcome.handler, permanent=outcome.permanent, seconds=outcome.seconds
+                )
 
     def _tidy(self, message: Message) -> bool:
         """Whether ``after_success`` has nothing left to do to ``message`` (read already, or
@@ -498,125 +512,150 @@ class Poller:
     def _fetch_failed(
         self,
         failure: FetchFailure,
-        page: _Page,
+        settlement: _Settlement,
         result: PollResult,
         previous: PendingEntry | None,
     ) -> None:
-        ref = failure.ref
-        if failure.gone and previous is None:
-            # Deleted or moved away between the sync and the fetch: nothing left to hand over, and
-            # if it moved into another watched folder, that folder's sync sees it as new.
+        fate = decide_fetch_failure(
+            failure, previous, self.settings.failure, self._clock(), self._rng
+        )
+        item = _Item(
+            ref=failure.ref,
+            key=previous.idempotency_key if previous else "",
+            internet_message_id=previous.internet_message_id if previous else None,
+            movable=not failure.gone,
+            # A foreign entry's mail not found again keeps the id (and kind) it was parked with.
+            source=previous.source
+            if previous and previous.item_id == failure.ref.item_id
+            else None,
+        )
+        if isinstance(fate, Gone):
+            log.info("message.gone", item_id=failure.ref.item_id, error=failure.error)
+        self._carry_out(fate, item, settlement, result, previous)
+
+    def _carry_out(
+        self,
+        fate: Fate,
+        item: _Item,
+        settlement: _Settlement,
+        result: PollResult,
+        previous: PendingEntry | None,
+    ) -> None:
+        """Make the records ``fate`` asks for (``decide`` made the decision)."""
+        if isinstance(fate, Delivered):
+            settlement.resolved.append(item.ref.item_id)
+        elif isinstance(fate, Gone):
             result.gone += 1
-            log.info("message.gone", item_id=ref.item_id, error=failure.error)
-            return
-        attempts = (previous.attempts if previous else 0) + 1
-        if failure.transient and attempts < self.settings.failure.max_attempts:
+        elif isinstance(fate, Retry):
             now = self._clock()
-            delay = self.settings.failure.retry_delay(attempts, self._rng)
-            page.pending.append(
+            settlement.pending.append(
                 PendingEntry(
                     mailbox=self.name,
-                    item_id=ref.item_id,
-                    idempotency_key=previous.idempotency_key if previous else "",
-                    handlers=previous.handlers if previous else (),
-                    attempts=attempts,
-                    next_attempt_at=now + timedelta(seconds=delay),
-                    last_error=failure.error,
+                    item_id=item.ref.item_id,
+                    idempotency_key=item.key,
+                    handlers=fate.handlers,
+                    attempts=fate.attempts,
+                    next_attempt_at=fate.at,
+                    last_error=fate.error,
                     first_seen_at=previous.first_seen_at if previous else now,
                     source=self.source.kind,
-                    internet_message_id=previous.internet_message_id if previous else None,
+                    internet_message_id=item.internet_message_id,
                 )
             )
             result.failed += 1
-            return
-        reason = failure.error
-        if failure.gone:
-            reason = f"the item left the folder before it could be handed over ({failure.error})"
-        self._dead_letter(
-            page,
-            result,
-            ref,
-            previous.idempotency_key if previous else "",
-            previous.handlers if previous else (),
-            reason,
-            attempts,
-            permanent=not failure.transient,
-            subject="",
-            movable=not failure.gone,
-            internet_message_id=previous.internet_message_id if previous else None,
-            # A foreign entry's mail not found again keeps the id (and kind) it was parked with.
-            source=previous.source if previous and previous.item_id == ref.item_id else None,
-        )
+            log.info(
+                "message.retry_scheduled",
+                attempts=fate.attempts,
+                delay=round(fate.delay, 1),
+                error=fate.error,
+            )
+            self.hooks.retry_scheduled(self.name, attempts=fate.attempts, delay=fate.delay)
+        elif isinstance(fate, GiveUp):
+            self._dead_letter(fate, item, settlement, result)
 
     def _dead_letter(
-        self,
-        page: _Page,
-        result: PollResult,
-        ref: ItemRef,
-        key: str,
-        handlers: tuple[str, ...],
-        error: str,
-        attempts: int,
-        *,
-        permanent: bool,
-        subject: str,
-        movable: bool = True,
-        internet_message_id: str | None = None,
-        source: str | None = None,
+        self, fate: GiveUp, item: _Item, settlement: _Settlement, result: PollResult
     ) -> None:
         folder = self.settings.failure.dead_letter_folder
         letter = DeadLetter(
             id=None,
             mailbox=self.name,
-            item_id=ref.item_id,
-            idempotency_key=key,
-            handlers=handlers,
-            error=error,
-            permanent=permanent,
-            attempts=attempts,
-            subject=subject,
+            item_id=item.ref.item_id,
+            idempotency_key=item.key,
+            handlers=fate.handlers,
+            error=fate.error,
+            permanent=fate.permanent,
+            attempts=fate.attempts,
+            subject=item.subject,
             created_at=self._clock(),
-            internet_message_id=internet_message_id,
-            moved_to=folder if movable else None,
-            source=source or self.source.kind,
+            internet_message_id=item.internet_message_id,
+            moved_to=folder if item.movable else None,
+            source=item.source or self.source.kind,
         )
-        page.dead.append((ref if movable else ItemRef(""), letter))
-        page.resolved.append(ref.item_id)
+        settlement.dead.append((item.ref if item.movable else ItemRef(""), letter))
+        settlement.resolved.append(item.ref.item_id)
+        if item.key:
+            with self._lock:
+                self._uncommitted_dead.add(item.key)
         result.dead_lettered += 1
-        for name in handlers or ("-",):
-            self._observe("dead_lettered", {"handler": name})
-        log.warning("message.dead_lettered", error=error, attempts=attempts, permanent=permanent)
+        log.warning(
+            "message.dead_lettered",
+            error=fate.error,
+            attempts=fate.attempts,
+            permanent=fate.permanent,
+        )
+        for name in fate.handlers or ("-",):
+            self.hooks.dead_lettered(self.name, name)
+
+    def _handed_over(self, keys: Sequence[str]) -> dict[tuple[str, str], str | None]:
+        """``StateStore.handed_over`` plus what this poll handed over and has not committed.
+
+        The snapshot is taken before the store is read: a commit in between (the settler's) has
+        its entries in the store by then, and they leave ``_uncommitted`` only after it.
+        """
+        wanted = set(keys)
+        with self._lock:
+            found: dict[tuple[str, str], str | None] = {
+                k: p for k, p in self._uncommitted.items() if k[0] in wanted
+            }
+        found.update(self.store.handed_over(keys))
+        return found
+
+    def _dead_lettered(self, keys: Sequence[str]) -> set[str]:
+        with self._lock:
+            found = self._uncommitted_dead.intersection(keys)
+        return found | self.store.dead_lettered(keys)
 
     # --- steps 5 and 6 --------------------------------------------------------------------------
 
-    def _settle(
-        self, page: _Page, result: PollResult, sync_state: str | None, *, tidy: bool = False
-    ) -> None:
-        """Post-process and commit one batch; the sync state moves only with a complete page.
+    def _settle(self, settlement: _Settlement) -> None:
+        """Post-process and commit one batch (on the settler's thread, or the poll's for its last
+        batch, a retry batch or a replay); the sync state moves only with a complete batch.
 
         A dead letter is recorded before its mail is moved to the dead-letter folder (one commit
         more, only for such batches): a crash at any point leaves the letter, and the letter says
         where the mail went (see ``DeadLetter.moved_to``). A stopping poll skips the tidy-up of a
-        page (``tidy=False``): the restart syncs the page again and tidies what the ledger says.
+        batch: the restart syncs its page again and tidies what the ledger says is done.
         """
-        if not page.complete:
-            sync_state = None
-        if page.complete or tidy:
+        if settlement.complete or settlement.tidy:
             if (
-                any(ref.item_id for ref, _ in page.dead)
+                any(ref.item_id for ref, _ in settlement.dead)
                 and self.settings.failure.dead_letter_folder
             ):
-                self._commit(page, None)
-            self._post_process(page, result)  # 5
-        self._commit(page, sync_state)  # 6
+                self._commit(settlement, None)
+            self._post_process(settlement)  # 5
+        self._commit(settlement, settlement.sync_state if settlement.complete else None)  # 6
+        messages = len(settlement.succeeded) + len(settlement.pending) + len(settlement.dead)
+        self.hooks.batch_settled(self.name, messages, time.monotonic() - settlement.ended)
 
     # --- step 5: post-processing ----------------------------------------------------------------
 
-    def _post_process(self, page: _Page, result: PollResult) -> None:
+    def _post_process(self, page: _Settlement) -> None:
         """Tidy up in bulk. A failure here never stops the commit: the hand-overs stand.
 
-        (Found by the chaos run: a throttled or dropped UpdateItem used to abort the poll after
-        the handlers had run, so the page was handed over again at the next poll.)
+        A throttled or dropped UpdateItem used to abort the poll after the handlers had run, so
+        the page was handed over again at the next poll
+        (``test_failed_tidy_up_does_not_hand_over_again``).
         """
         refs = [ItemRef(m.item_id) for m in page.succeeded]
         action, argument = self.settings.after_success
@@ -660,7 +699,7 @@ class Poller:
 
     # --- step 6: commit -------------------------------------------------------------------------
 
-    def _commit(self, page: _Page, sync_state: str | None) -> None:
+    def _commit(self, page: _Settlement, sync_state: str | None) -> None:
         """Commit the page's records (once) with ``sync_state`` and the dead-letter moves."""
         with self._commit_lock:
             if self._flushed:
@@ -678,7 +717,7 @@ class Poller:
                 return
             self._commit_records(page, sync_state)
 
-    def _commit_records(self, page: _Page, sync_state: str | None) -> None:
+    def _commit_records(self, page: _Settlement, sync_state: str | None) -> None:
         parked = {p.item_id for p in page.pending}
         self.store.commit(
             self.name,
@@ -692,6 +731,13 @@ class Poller:
         )
         page.relocated = []
         page.saved = True
+        with self._lock:
+            for entry in page.ledger:
+                self._uncommitted.pop((entry.idempotency_key, entry.handler), None)
+            for _, letter in page.dead:
+                self._uncommitted_dead.discard(letter.idempotency_key)
+            if page in self._unsaved:
+                self._unsaved.remove(page)
 
     def flush(self) -> bool:
         """Save what the handlers of a stuck poll did, without moving the sync state.
@@ -704,24 +750,27 @@ class Poller:
         return self._save_unsaved()
 
     def _save_unsaved(self) -> bool:
+        """Commit the records of every batch not yet committed, in order, without a sync state."""
         with self._commit_lock:
-            page = self._unsaved
-            if page is None or page.saved or not (page.ledger or page.pending or page.dead):
-                return False
-            self._commit_records(page, None)
-            return True
+            with self._lock:
+                settlements = list(self._unsaved)
+            saved = False
+            for settlement in settlements:
+                if settlement.saved or not (
+                    settlement.ledger or settlement.pending or settlement.dead
+                ):
+                    continue
+                self._commit_records(settlement, None)
+                saved = True
+            return saved
 
     # --- dead-letter replay ---------------------------------------------------------------------
 
     def replay(self, letters: Sequence[DeadLetter]) -> PollResult:
         """Hand dead letters over again (their recorded handlers, or the routes when none)."""
         result = PollResult(self.name)
-        with (
-            structlog.contextvars.bound_contextvars(
-                mailbox=self.name, credential=self.settings.credential, poll_id="replay"
-            ),
-            self._saving_on_error(),
-        ):
+        self._forget_unsaved()
+        with self._bound("replay"), self._saving_on_error():
             refs, fetched = self._fetch_letters(letters)
             entries = {
                 ref.item_id: PendingEntry(
@@ -739,7 +788,8 @@ class Poller:
                 for d, ref in zip(letters, refs, strict=True)
             }
             outcome = self._hand_over(fetched, result, retrying=entries)
-            self._settle(outcome, result, None, tidy=True)
+            outcome.tidy = True
+            self._settle(outcome)
             # Every letter handled here now lives on in the ledger, the pending queue or a new
             # dead letter; a crash before this line only means a replay that finds it done.
             processed = set(outcome.resolved) | {p.item_id for p in outcome.pending}

@@ -119,6 +119,10 @@ class Route(BaseModel):
     continue_: bool = Field(
         default=False, alias="continue", description="Also try the following routes."
     )
+    ordered: bool = Field(
+        default=False,
+        description="Hand matching messages over one at a time, in the order received.",
+    )
 
     _from: tuple[tuple[re.Pattern[str], bool], ...] = PrivateAttr(default=())
     _to: tuple[tuple[re.Pattern[str], bool], ...] = PrivateAttr(default=())
@@ -250,6 +254,10 @@ class Router:
     def handlers_for(self, message: Message) -> tuple[str, ...]:
         """Handler names for ``message`` in route order, each once; empty when nothing matches."""
         return tuple(dict.fromkeys(n for r in self.matching(message) for n in r.handlers))
+
+    def is_ordered(self, message: Message) -> bool:
+        """Whether a route that applies to ``message`` says ``ordered = true``."""
+        return any(r.ordered for r in self.matching(message))
 
     def __call__(self, message: Message) -> tuple[str, ...]:
         """Same as :meth:`handlers_for`, so a ``Router`` is itself the poller's router callable."""

@@ -256,6 +256,9 @@ class MailboxConfig(_Model):
     after_success: Action = Action(kind="mark_read")
     on_failure: FailureConfig = FailureConfig()
     batch_size: int = Field(default=100, ge=1, le=512)
+    # Messages of this mailbox handed over at once (listener.pipeline.handover).
+    handler_concurrency: int = Field(default=8, ge=1, le=256)
+    ordered: bool = False  # one message at a time, in the order received
     enabled: bool = True
     ca_bundle: Path | None = None
     version: str | None = None
@@ -385,6 +388,8 @@ class ServiceConfig(_Model):
     shutdown_grace: float = Field(default=30.0, ge=0)
     jitter: float = Field(default=5.0, ge=0)
     max_workers: int = Field(default=8, ge=1)
+    # Hand-over threads shared by every mailbox (listener.pipeline.handover).
+    handler_workers: int = Field(default=32, ge=1)
     fail_fast: bool = False
     watchdog: bool = True
 

@@ -52,6 +52,12 @@ def redact_url(url: str) -> str:
 class _HandlerBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # None: as many calls at once as the mailboxes' handler_concurrency and the process's
+    # handler_workers allow; 1 for a handler that is not thread-safe.
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="Calls of this handler at once, across all mailboxes."
+    )
+
 
 class PythonHandlerConfig(_HandlerBase):
     """A Python callable: ``target = "package.module:function"`` or an entry point by name.

@@ -9,10 +9,8 @@ through :func:`~listener.observability.redaction.redact` all the same.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
-import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -32,6 +30,7 @@ from prometheus_client import (
 
 from listener import __version__
 from listener.observability.redaction import redact
+from listener.pipeline.hooks import PollHooks
 
 __all__ = ["NAMESPACE", "Metrics", "default_metrics"]
 
@@ -39,14 +38,19 @@ NAMESPACE = "ews_listener"
 
 # Poll durations from a quick empty sync (tens of ms) to a large first page with slow handlers.
 _POLL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Handler calls: a log line (sub-millisecond) to a command handler's minute-long timeout.
+_HANDLER_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
 
 
 def _label(value: object) -> str:
     return redact(str(value))
 
 
-class Metrics:
-    """Every metric the listener exports; ``Metrics(registry=…)`` for an isolated set."""
+class Metrics(PollHooks):
+    """Every metric the listener exports; ``Metrics(registry=…)`` for an isolated set.
+
+    It is the pollers' ``PollHooks``: one instance serves every mailbox, which each hook names.
+    """
 
     def __init__(
         self,
@@ -83,6 +87,14 @@ class Metrics:
             "messages_dead_lettered",
             "Messages given up on and recorded as dead letters.",
             ("mailbox", "handler"),
+        )
+        self.handler_duration = Histogram(
+            "handler_duration_seconds",
+            "Wall time of one handler call for one message, failed calls included.",
+            ("mailbox", "handler"),
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=_HANDLER_BUCKETS,
         )
         self.poll_duration = Histogram(
             "poll_duration_seconds",
@@ -184,27 +196,17 @@ class Metrics:
         if seconds > 0:
             self.throttle_backoff.labels(_label(credential)).inc(seconds)
 
-    def observe(self, event: str, data: Mapping[str, Any]) -> None:
-        """A ``Poller(observe=…)`` callback: ``handled``, ``failed``, ``dead_lettered`` events.
+    # -- PollHooks: what a poll reports (listener.pipeline.hooks) --------------------------------
 
-        The mailbox comes from ``data["mailbox"]`` or, as one observer serves every poller, from
-        the ``mailbox`` the poller binds in structlog's contextvars for the length of a poll.
-        """
-        mailbox = data.get("mailbox") or structlog.contextvars.get_contextvars().get("mailbox")
-        self._observe(str(mailbox or ""), event, data)
+    def handed_over(self, mailbox: str, handler: str, seconds: float) -> None:
+        self.handled(mailbox, handler)
+        self.handler_duration.labels(_label(mailbox), _label(handler)).observe(max(0.0, seconds))
 
-    def poller_observer(self, mailbox: str) -> Callable[[str, Mapping[str, Any]], None]:
-        """Like :meth:`observe`, for one mailbox named up front."""
-        return lambda event, data: self._observe(mailbox, event, data)
-
-    def _observe(self, mailbox: str, event: str, data: Mapping[str, Any]) -> None:
-        handler = str(data.get("handler", ""))
-        if event == "handled":
-            self.handled(mailbox, handler)
-        elif event == "failed":
-            self.failed(mailbox, handler, permanent=data.get("kind") == "permanent")
-        elif event == "dead_lettered":
-            self.dead_lettered(mailbox, handler)
+    def handler_failed(
+        self, mailbox: str, handler: str, *, permanent: bool, seconds: float
+    ) -> None:
+        self.failed(mailbox, handler, permanent=permanent)
+        self.handler_duration.labels(_label(mailbox), _label(handler)).observe(max(0.0, seconds))
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format (what ``/metrics`` serves)."""

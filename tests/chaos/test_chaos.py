@@ -101,7 +101,14 @@ def test_verdict_flags_a_repeat_without_a_kill(tmp_path: Path) -> None:
     """Two receipts of one key from a daemon that was never SIGKILLed break the invariant."""
     state = tmp_path / "state.db"
     store = open_store(f"sqlite:///{state}")
-    entry = LedgerEntry("k1", "chaos", "box0", "i1", "<m1@x>", datetime.now(UTC))
+    entry = LedgerEntry(
+        idempotency_key="k1",
+        handler="chaos",
+        mailbox="box0",
+        item_id="i1",
+        internet_message_id="<m1@x>",
+        handed_at=datetime.now(UTC),
+    )
     store.commit("box0", "inbox", sync_state=None, successes=[entry])
     store.close()
     receipts = tmp_path / "receipts.jsonl"

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 
+import pytest
+
 from listener.store import SCHEMA_VERSION
 from tests import REPO
 from tests.e2e.conftest import World, stop, wait_for
@@ -40,11 +42,19 @@ def keys_received(world: World) -> list[str]:
     return [str(r["key"]) for r in world.receipts_log()]
 
 
-def test_sigterm_during_the_retry_pass_loses_no_message(world: World) -> None:
+@pytest.mark.parametrize("ordered", [False, True], ids=["concurrent", "ordered"])
+def test_sigterm_during_the_retry_pass_loses_no_message(world: World, ordered: bool) -> None:
     """20 messages fail once; SIGTERM while retrying: each is in the ledger or still pending."""
     world.ews.add_mailbox(BOX)
     config = world.config(
-        {"orders": {"address": BOX, "credential": "sales", "on_failure": {"backoff": 0.1}}}
+        {
+            "orders": {
+                "address": BOX,
+                "credential": "sales",
+                "on_failure": {"backoff": 0.1},
+                "ordered": ordered,
+            }
+        }
     )
     daemon = world.daemon(config, E2E_SLOW="0.3")
     try:
@@ -68,6 +78,46 @@ def test_sigterm_during_the_retry_pass_loses_no_message(world: World) -> None:
         world.cli("once", "--config", str(config), E2E_SLOW="0")
     assert len(set(keys_received(world))) == 20
     assert rows(world, "SELECT count(*) FROM pending") == [(0,)]
+
+
+def test_sigkill_with_16_hand_overs_in_flight_repeats_at_most_those(world: World) -> None:
+    """40 messages handed over and committed, then 16 slow ones all in flight at once: after a
+    SIGKILL and a restart every message has a receipt, and only those 16 may have two."""
+    world.ews.add_mailbox(BOX)
+    config = world.config(
+        {"orders": {"address": BOX, "credential": "sales", "handler_concurrency": 16}}
+    )
+    daemon = world.daemon(config, E2E_SLOW="4")
+    try:
+        wait_for(world.synced, 30, "the first sync")
+        for n in range(40):
+            world.deliver(BOX, f"order {n}")
+        wait_for(lambda: rows(world, "SELECT count(*) FROM ledger") == [(40,)], 60, "40 committed")
+        # Frozen while they arrive, so that one sync sees all 16 and one batch holds them.
+        os.killpg(daemon.pid, signal.SIGSTOP)
+        for n in range(16):
+            world.deliver(BOX, f"[slow] order {n}")
+        os.killpg(daemon.pid, signal.SIGCONT)
+        started = Path(str(world.receipts) + ".started")
+        wait_for(
+            lambda: started.is_dir() and len(list(started.iterdir())) == 16,
+            60,
+            "16 hand-overs at once",
+        )
+    finally:
+        os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.communicate()
+    in_flight = {p.name for p in started.iterdir()}
+    assert len(in_flight) == 16
+    for _ in range(5):
+        if len(set(keys_received(world))) == 56:
+            break
+        assert world.cli("once", "--config", str(config), E2E_SLOW="0").returncode == 0
+    received = keys_received(world)
+    assert len(set(received)) == 56
+    repeated = {k for k in received if received.count(k) > 1}
+    assert repeated <= in_flight
+    assert len(received) - len(set(received)) <= 16
 
 
 def test_sigkill_while_a_dead_letter_moves_leaves_a_replayable_record(world: World) -> None:

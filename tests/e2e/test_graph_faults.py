@@ -152,14 +152,17 @@ def test_sigkill_mid_batch_and_restart(world: World) -> None:
     counts = keys(world)
     assert set(counts) == {message_id_key(BOX, m) for m in sent}
     duplicates = [k for k, c in counts.items() if c > 1]
-    assert len(duplicates) <= 20  # at most the batch whose ledger entries were not committed
+    # At most the two batches not committed at the kill: the one being handed over and the one
+    # being marked read and committed beside it (listener.pipeline.settler, issue 14).
+    assert len(duplicates) <= 2 * 20
 
 
 def test_sigterm_within_the_grace_period(world: World) -> None:
     """SIGTERM while a handler runs: it finishes, the daemon exits 0, and what it had not reached
     is handed over after the restart; each message once."""
     world.ews.add_mailbox(BOX)
-    config = world.config(orders(batch_size=5))
+    # Two at a time: the stop lets the two in flight finish and starts none of the other three.
+    config = world.config(orders(batch_size=5, handler_concurrency=2))
     daemon = world.daemon(config, E2E_SLOW="1")
     try:
         wait_for(world.synced, 30, "the first sync")

@@ -1,13 +1,13 @@
-"""Metrics: names in the exposition, helpers, the poller observer, isolated registries."""
+"""Metrics: names in the exposition, helpers, the poll hooks, isolated registries."""
 
 from __future__ import annotations
 
-import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from listener import __version__
 from listener.observability.metrics import Metrics, default_metrics
+from listener.pipeline import PollHooks
 
 EXPECTED = {
     "ews_listener_messages_handled_total",
@@ -101,31 +101,19 @@ def test_default_instance_is_shared() -> None:
     assert default_metrics() is default_metrics()
 
 
-def test_observer_takes_the_mailbox_from_the_poll_context() -> None:
-    """Metrics.observe labels poller events with the mailbox bound for the poll."""
+def test_metrics_are_the_pollers_hooks() -> None:
+    """Metrics implements PollHooks: hand-overs, failures and dead letters by mailbox."""
     m = Metrics(process_collectors=False)
-    with structlog.contextvars.bound_contextvars(mailbox="support"):
-        m.observe("handled", {"handler": "dir", "seconds": 0.1})
-        m.observe("failed", {"handler": "dir", "kind": "transient"})
-    m.poller_observer("sales")("dead_lettered", {"handler": "dir"})
+    assert isinstance(m, PollHooks)
+    m.handed_over("support", "dir", 0.1)
+    m.handler_failed("support", "dir", permanent=False, seconds=0.2)
+    m.dead_lettered("sales", "dir")
+    m.batch_settled("sales", 3, 0.01)  # no metric of its own: a no-op
     s = _samples(m)
-    assert (
-        s[
-            (
-                "ews_listener_messages_handled_total",
-                frozenset({("mailbox", "support"), ("handler", "dir")}),
-            )
-        ]
-        == 1
-    )
+    key = frozenset({("mailbox", "support"), ("handler", "dir")})
+    assert s[("ews_listener_messages_handled_total", key)] == 1
+    assert s[("ews_listener_handler_duration_seconds_count", key)] == 2
     key = frozenset({("mailbox", "support"), ("handler", "dir"), ("kind", "transient")})
     assert s[("ews_listener_messages_failed_total", key)] == 1
     key = frozenset({("mailbox", "sales"), ("handler", "dir")})
     assert s[("ews_listener_messages_dead_lettered_total", key)] == 1
-
-
-def test_label_values_are_redacted() -> None:
-    """Even a label value cannot carry a token."""
-    m = Metrics(process_collectors=False)
-    m.ews_request("GetItem", "error: Authorization: Bearer abc123")
-    assert b"abc123" not in m.exposition()

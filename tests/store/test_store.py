@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -20,15 +21,42 @@ PARIS = timezone(timedelta(hours=1))
 
 
 def entry(key: str, handler: str = "h", mailbox: str = "box", at: datetime = T0) -> LedgerEntry:
-    return LedgerEntry(key, handler, mailbox, f"item-{key}", f"<{key}@example.com>", at)
+    return LedgerEntry(
+        idempotency_key=key,
+        handler=handler,
+        mailbox=mailbox,
+        item_id=f"item-{key}",
+        internet_message_id=f"<{key}@example.com>",
+        handed_at=at,
+    )
 
 
 def parked(item: str, at: datetime = T0, mailbox: str = "box", attempts: int = 1) -> PendingEntry:
-    return PendingEntry(mailbox, item, f"key-{item}", ("a", "b"), attempts, at, "boom", T0)
+    return PendingEntry(
+        mailbox=mailbox,
+        item_id=item,
+        idempotency_key=f"key-{item}",
+        handlers=("a", "b"),
+        attempts=attempts,
+        next_attempt_at=at,
+        last_error="boom",
+        first_seen_at=T0,
+    )
 
 
 def letter(item: str, mailbox: str = "box") -> DeadLetter:
-    return DeadLetter(None, mailbox, item, f"key-{item}", ("a",), "gone", True, 3, "Hi", T0)
+    return DeadLetter(
+        id=None,
+        mailbox=mailbox,
+        item_id=item,
+        idempotency_key=f"key-{item}",
+        handlers=("a",),
+        error="gone",
+        permanent=True,
+        attempts=3,
+        subject="Hi",
+        created_at=T0,
+    )
 
 
 def raw_engine(url: str) -> sa.Engine:
@@ -50,7 +78,16 @@ def test_ledger_round_trip_keeps_the_instant_in_utc(store: SqlStateStore) -> Non
 
 def test_pending_round_trip(store: SqlStateStore) -> None:
     """A pending entry comes back equal, with its handlers as a tuple and aware UTC times."""
-    p = PendingEntry("box", "i1", "key", ("a", "b"), 2, T0.astimezone(PARIS), "x" * 5000, T0)
+    p = PendingEntry(
+        mailbox="box",
+        item_id="i1",
+        idempotency_key="key",
+        handlers=("a", "b"),
+        attempts=2,
+        next_attempt_at=T0.astimezone(PARIS),
+        last_error="x" * 5000,
+        first_seen_at=T0,
+    )
     store.commit("box", "inbox", sync_state=None, pending=[p])
     [got] = store.pending("box")
     assert got == p
@@ -60,11 +97,22 @@ def test_pending_round_trip(store: SqlStateStore) -> None:
 
 def test_dead_letter_round_trip_assigns_an_id(store: SqlStateStore) -> None:
     """A dead letter comes back with an id assigned and every other field unchanged."""
-    d = DeadLetter(None, "box", "i1", "key", ("a", "b"), "bad", False, 5, "Ünïcode", T0)
+    d = DeadLetter(
+        id=None,
+        mailbox="box",
+        item_id="i1",
+        idempotency_key="key",
+        handlers=("a", "b"),
+        error="bad",
+        permanent=False,
+        attempts=5,
+        subject="Ünïcode",
+        created_at=T0,
+    )
     store.commit("box", "inbox", sync_state=None, dead=[d])
     [got] = store.dead_letters()
     assert got.id is not None
-    assert got == DeadLetter(got.id, *list(d.__dict__.values())[1:])
+    assert got == dataclasses.replace(d, id=got.id)
     assert got.permanent is False
     assert got.created_at.tzinfo is UTC
 
@@ -97,7 +145,16 @@ def test_naive_datetimes_are_refused(store: SqlStateStore) -> None:
     [
         pytest.param(parked("p", at=datetime(2026, 1, 1)), id="naive-time"),  # fails in Python
         pytest.param(
-            PendingEntry("box", "p", None, (), 0, T0, "", T0),  # type: ignore[arg-type]
+            PendingEntry(
+                mailbox="box",
+                item_id="p",
+                idempotency_key=None,  # type: ignore[arg-type]
+                handlers=(),
+                attempts=0,
+                next_attempt_at=T0,
+                last_error="",
+                first_seen_at=T0,
+            ),
             id="not-null",  # fails in the database
         ),
     ],
