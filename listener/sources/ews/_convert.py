@@ -1,12 +1,28 @@
-"""exchangelib items → the library-independent :class:`listener.model.Message`."""
+"""exchangelib items, or GetItem's XML of them, → the library-independent ``Message``.
+
+``to_message`` takes either an exchangelib item or the ``t:Message`` element of a GetItem answer
+(what ``_services.MessageGetItem`` returns). The element is read directly with lxml: exchangelib's
+``Message.from_xml`` builds an object of some 70 fields, each through a descriptor, with
+``Mailbox``, ``MessageHeader`` and ``Attachment`` objects inside, which was ~40 % of the daemon's
+CPU on a loopback poll (benchmarks/README.md, "CPU per message"). The direct reading follows
+exchangelib 5.6.0's field parsers for the fields a ``Message`` needs, and hands anything it does
+not read the same way (another item type, a datetime not in the ``…Z`` form, a body type, size or
+mailbox element it does not expect) to exchangelib's own parser, so the value is the same either
+way: ``tests/ews/test_direct_conversion.py`` compares both paths on the mail corpus.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from exchangelib import FileAttachment, HTMLBody, ItemAttachment
+from exchangelib.folders import BaseFolder
+from exchangelib.util import TNS, xml_text_to_value
+from lxml import etree
 
 from listener.errors import PermanentError
 from listener.model import Address, Attachment, Importance, Message
@@ -109,8 +125,11 @@ def _attachment(att: Any) -> Attachment:
     )
 
 
-def to_message(item: Any, *, mailbox: str, folder: str) -> Message:
-    """Convert one fetched exchangelib item (a Message or another item type) to a ``Message``."""
+def to_message(item: Any, *, mailbox: str, folder: str, account: Any = None) -> Message:
+    """Convert one fetched exchangelib item (a Message or another item type), or GetItem's XML
+    element of one (then with the ``account`` it was fetched with), to a ``Message``."""
+    if isinstance(item, etree._Element):
+        return _from_element(item, account=account, mailbox=mailbox, folder=folder)
     body = getattr(item, "body", None)
     html = str(body) if isinstance(body, HTMLBody) else None
     text = getattr(item, "text_body", None)
@@ -143,4 +162,196 @@ def to_message(item: Any, *, mailbox: str, folder: str) -> Message:
         text_body=text,
         html_body=html,
         attachments=tuple(_attachment(a) for a in (item.attachments or ())),
+    )
+
+
+# --- GetItem's XML read directly (see the module docstring) -----------------------------------
+
+_T = f"{{{TNS}}}"
+_MESSAGE = f"{_T}Message"
+_MAILBOX = f"{_T}Mailbox"
+_STRING = f"{_T}String"
+_HEADER = f"{_T}InternetMessageHeader"
+_ITEM_ATTACHMENT = f"{_T}ItemAttachment"
+_FILE_ATTACHMENT = f"{_T}FileAttachment"
+# EWSDateTime.from_string reads "…Z" with strptime("%Y-%m-%dT%H:%M:%SZ"); other forms (an offset,
+# fractions of a second, a naive time in the account's zone) go to exchangelib.
+_UTC_SECOND = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
+_BODY_TYPES = {"HTML": True, "Text": False}
+
+
+class _NotDirect(Exception):
+    """A value the direct reading leaves to exchangelib's parser."""
+
+
+def _from_element(elem: Any, *, account: Any, mailbox: str, folder: str) -> Message:
+    """``to_message`` of GetItem's element of an item, without exchangelib's object model when
+    it is a ``t:Message`` (the element is cleared afterwards, as exchangelib's ``from_xml`` does:
+    the answer's tree shrinks as its items are converted)."""
+    if elem.tag == _MESSAGE:
+        with contextlib.suppress(Exception):  # any surprise: exchangelib's reading decides below
+            message = _message(elem, mailbox=mailbox, folder=folder)
+            _clear(elem)
+            return message
+    # Another item type, or a value read differently: the object model, as before.
+    item = BaseFolder.item_model_from_tag(elem.tag).from_xml(elem=elem, account=account)
+    return to_message(item, mailbox=mailbox, folder=folder)
+
+
+def _clear(elem: Any) -> None:
+    elem.clear()
+    parent = elem.getparent()
+    if parent is not None:
+        parent.remove(elem)
+
+
+def _text(elem: Any, name: str) -> str | None:
+    # exchangelib.util.get_xml_attr: the first child's text, "" read as None
+    child = elem.find(_T + name)
+    if child is None:
+        return None
+    return child.text or None
+
+
+def _flag(elem: Any, name: str) -> bool:
+    # BooleanField: true/on/false/off in any case, anything else None; the Message takes bool()
+    text = _text(elem, name)
+    return bool(xml_text_to_value(text, bool)) if text is not None else False
+
+
+def _mailbox(elem: Any) -> Address | None:
+    email = _text(elem, "EmailAddress")
+    name = _text(elem, "Name")
+    if not email and not name:
+        return None
+    return Address(email=email or "", name=name or None)
+
+
+def _one(elem: Any, name: str) -> Address | None:
+    # MailboxField: the wrapper (t:Sender, t:From) must hold a t:Mailbox (exchangelib raises)
+    wrapper = elem.find(_T + name)
+    if wrapper is None:
+        return None
+    nested = wrapper.find(_MAILBOX)
+    if nested is None:
+        raise _NotDirect(name)
+    return _mailbox(nested)
+
+
+def _many(elem: Any, name: str) -> tuple[Address, ...]:
+    wrapper = elem.find(_T + name)
+    if wrapper is None:
+        return ()
+    found = (_mailbox(m) for m in wrapper.findall(_MAILBOX))
+    return tuple(a for a in found if a is not None)
+
+
+def _time(elem: Any, name: str) -> datetime | None:
+    text = _text(elem, name)
+    if text is None:
+        return None
+    match = _UTC_SECOND.match(text)
+    if match is None:
+        raise _NotDirect(name)
+    year, month, day, hour, minute, second = map(int, match.groups())
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+
+
+def _size(att: Any) -> int | None:
+    text = _text(att, "Size")
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise _NotDirect("Size")  # IntegerField logs and drops it: exchangelib's words
+    return int(text)
+
+
+def _attachment_id(att: Any) -> str:
+    found = att.find(_T + "AttachmentId")
+    if found is None:
+        raise _NotDirect("AttachmentId")  # to_message fails on it: the same failure
+    attachment_id = found.get("Id") or None
+    if attachment_id is None:
+        raise _NotDirect("AttachmentId")
+    return str(attachment_id)
+
+
+def _attachments(elem: Any) -> tuple[Attachment, ...]:
+    wrapper = elem.find(_T + "Attachments")
+    if wrapper is None:
+        return ()
+    out: list[Attachment] = []
+    # exchangelib's AttachmentField lists item attachments first, then file attachments.
+    for att in wrapper.findall(_ITEM_ATTACHMENT):
+        name = _text(att, "Name") or "attached-message"
+        out.append(
+            Attachment(
+                attachment_id=_attachment_id(att),
+                name=name if name.lower().endswith(".eml") else f"{name}.eml",
+                content_type="message/rfc822",
+                size=_size(att),
+                is_inline=_flag(att, "IsInline"),
+                kind="item",
+            )
+        )
+    for att in wrapper.findall(_FILE_ATTACHMENT):
+        out.append(
+            Attachment(
+                attachment_id=_attachment_id(att),
+                name=_text(att, "Name") or "attachment",
+                content_type=_text(att, "ContentType") or "application/octet-stream",
+                size=_size(att),
+                content_id=_text(att, "ContentId") or None,
+                is_inline=_flag(att, "IsInline"),
+            )
+        )
+    return tuple(out)
+
+
+def _message(elem: Any, *, mailbox: str, folder: str) -> Message:
+    item_id = elem.find(_T + "ItemId")
+    body = elem.find(_T + "Body")
+    body_text = None if body is None else body.text or None
+    html = None
+    text = _text(elem, "TextBody")
+    if body_text is not None:
+        is_html = _BODY_TYPES.get(body.get("BodyType"))
+        if is_html is None:
+            raise _NotDirect("BodyType")
+        if is_html:
+            html = body_text
+        elif text is None:
+            text = body_text
+    conversation = elem.find(_T + "ConversationId")
+    categories = elem.find(_T + "Categories")
+    headers = elem.find(_T + "InternetMessageHeaders")
+    return Message(
+        mailbox=mailbox,
+        folder=folder,
+        item_id=None if item_id is None else item_id.get("Id") or None,
+        source="ews",
+        item_class=_text(elem, "ItemClass"),
+        internet_message_id=_text(elem, "InternetMessageId"),
+        conversation_id=None if conversation is None else conversation.get("Id") or None,
+        subject=_text(elem, "Subject") or "",
+        sender=_one(elem, "Sender"),
+        from_=_one(elem, "From"),
+        reply_to=_many(elem, "ReplyTo"),
+        to=_many(elem, "ToRecipients"),
+        cc=_many(elem, "CcRecipients"),
+        bcc=_many(elem, "BccRecipients"),
+        received_at=_time(elem, "DateTimeReceived"),
+        sent_at=_time(elem, "DateTimeSent"),
+        importance=_IMPORTANCE.get(_text(elem, "Importance") or "Normal", "normal"),
+        categories=()
+        if categories is None
+        else tuple(s.text for s in categories.findall(_STRING) if s.text is not None),
+        is_read=_flag(elem, "IsRead"),
+        has_attachments=_flag(elem, "HasAttachments"),
+        headers=()
+        if headers is None
+        else tuple((h.get("HeaderName") or None, h.text or "") for h in headers.findall(_HEADER)),
+        text_body=text,
+        html_body=html,
+        attachments=_attachments(elem),
     )

@@ -24,7 +24,6 @@ from exchangelib import errors as ews_errors
 from exchangelib.folders import Folder, FolderCollection
 from exchangelib.items import ALWAYS_OVERWRITE, ID_ONLY, MOVE_TO_DELETED_ITEMS, SAVE_ONLY
 from exchangelib.queryset import Q
-from exchangelib.services import SyncFolderItems
 
 from listener.abc import ChangePage, FetchFailure, ItemRef, ProbeStep
 from listener.errors import (
@@ -41,6 +40,7 @@ from listener.errors import (
 from listener.model import Attachment, Message
 from listener.sources.ews._convert import FETCH_FIELDS, conversion_bug, to_message
 from listener.sources.ews._folders import FolderResolver
+from listener.sources.ews._services import CreatedItems, MarkRead, MessageGetItem, fetch_fields
 from listener.sources.ews._streaming import AttachmentStream, ElementNotFound, MimeStream, spool
 from listener.sources.ews._transport import TokenBridge
 
@@ -164,6 +164,7 @@ class EwsMailSource:
         self._observe = observe or (lambda operation, outcome: None)
         self._folders: FolderResolver | None = None
         self._watched: Folder | None = None
+        self._fetch_fields: set[Any] | None = None  # GetItem's additional fields, once
         self._lock = threading.Lock()
 
     # --- plumbing ----------------------------------------------------------------------------
@@ -236,9 +237,9 @@ class EwsMailSource:
         with self._translated():
 
             def page() -> ChangePage:
-                svc = SyncFolderItems(account=self.account)
+                svc = CreatedItems(account=self.account)
                 created: list[ItemRef] = []
-                for change_type, item in svc.call(
+                for change_type, item_id in svc.call(
                     folder=folder,
                     shape=ID_ONLY,
                     additional_fields=set(),
@@ -247,8 +248,8 @@ class EwsMailSource:
                     max_changes_returned=max_changes,
                     sync_scope=None,
                 ):
-                    if change_type == SyncFolderItems.CREATE:
-                        created.append(ItemRef(item.id))
+                    if change_type == CreatedItems.CREATE:
+                        created.append(ItemRef(item_id))
                 return ChangePage(
                     created=tuple(created),
                     sync_state=svc.sync_state,
@@ -280,18 +281,18 @@ class EwsMailSource:
     def fetch(self, refs: Sequence[ItemRef]) -> list[Message | FetchFailure]:
         if not refs:
             return []
+        ids: list[tuple[str, str | None]] = [(r.item_id, None) for r in refs]
+
+        def get() -> list[Any]:
+            # Account.fetch(ids, only_fields=FETCH_FIELDS), the items left as XML (_services)
+            if self._fetch_fields is None:
+                self._fetch_fields = fetch_fields(self.account, FETCH_FIELDS)
+            service = MessageGetItem(account=self.account, chunk_size=len(refs))
+            return list(service.fetch(ids, self._fetch_fields))
+
         try:
             with self._translated():
-                items = self._call(
-                    lambda: list(
-                        self.account.fetch(
-                            ids=[(r.item_id, None) for r in refs],
-                            only_fields=FETCH_FIELDS,
-                            chunk_size=len(refs),
-                        )
-                    ),
-                    "GetItem",
-                )
+                items = self._call(get, "GetItem")
         except SourceError as e:
             if not _one_item_may_be_at_fault(e):
                 raise
@@ -318,7 +319,9 @@ class EwsMailSource:
                 )
                 continue
             try:
-                message = to_message(item, mailbox=self.mailbox, folder=self.folder)
+                message = to_message(
+                    item, mailbox=self.mailbox, folder=self.folder, account=self.account
+                )
             except Exception as e:
                 # Exchange answered and exchangelib parsed it: what failed is our conversion. Not
                 # worth retrying for hours (the same item fails the same way): dead-letter it at
@@ -349,18 +352,8 @@ class EwsMailSource:
 
     def mark_read(self, refs: Sequence[ItemRef]) -> list[str | None]:
         def run(ids: list[tuple[str, str | None]]) -> list[Any]:
-            items = [
-                (EwsMessage(account=self.account, id=i, changekey=ck, is_read=True), ["is_read"])
-                for i, ck in ids
-            ]
-            return list(
-                self.account.bulk_update(
-                    items=items,
-                    conflict_resolution=ALWAYS_OVERWRITE,
-                    message_disposition=SAVE_ONLY,
-                    suppress_read_receipts=True,
-                )
-            )
+            # Account.bulk_update of Message(is_read=True) per id, built once (_services)
+            return list(MarkRead(account=self.account).mark(ids))
 
         return self._errors(self._bulk(refs, run, "UpdateItem"))
 
