@@ -22,7 +22,11 @@ doubles the CPU time: read the shares, not the seconds.
 
 ``--no-profile`` runs ``python -m listener once`` unprofiled ``--runs`` times (fresh messages each
 time) and prints wall time, msg/s, the daemon's CPU seconds per 1,000 messages and its peak RSS
-(``ru_maxrss`` from ``wait4``), with the emulator's CPU over the same run.
+(``ru_maxrss`` from ``wait4``), with the emulator's CPU over the same run. ``--code DIR`` runs the
+daemon from another tree's ``listener/`` (first on ``PYTHONPATH``), for before/after figures::
+
+    mkdir /tmp/before && git archive COMMIT listener | tar -x -C /tmp/before
+    .venv/bin/python benchmarks/profile_once.py --no-profile --code /tmp/before
 """
 
 from __future__ import annotations
@@ -113,12 +117,18 @@ def _prepare(emu: EmulatorProcess, root: Path, tag: str, messages: int, batch_si
     )
 
 
-def _run(argv: list[str], count_file: Path) -> tuple[float, float, float, int, str]:
+def _run(
+    argv: list[str], count_file: Path, code: Path | None = None
+) -> tuple[float, float, float, int, str]:
     """(wall s, CPU s, peak RSS MB, exit code, output) of one child."""
+    env = daemon_env(count_file)
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(code), env["PYTHONPATH"]])
     started = time.perf_counter()
     process = subprocess.Popen(
         argv,
-        env=daemon_env(count_file),
+        env=env,
+        cwd=count_file.parent,  # `python -m` puts the working directory first on sys.path
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -145,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="with --no-profile")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--dump", type=Path, help="keep the merged pstats file here")
+    parser.add_argument("--code", type=Path, help="run the listener/ of this tree instead")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -157,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                 config = _prepare(emu, root, f"plain{n}", args.messages, args.batch_size)
                 count_file = config.parent / "handled"
                 before = emu.stats().cpu_seconds
-                wall, cpu, rss, code, output = _run(daemon_argv("once", config), count_file)
+                wall, cpu, rss, code, output = _run(
+                    daemon_argv("once", config), count_file, args.code
+                )
                 emulator_cpu = emu.stats().cpu_seconds - before
                 handled = _handled(count_file)
                 if code != 0 or handled != args.messages:
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         count_file = config.parent / "handled"
         out = args.dump or root / "once.pstats"
         argv_ = [sys.executable, __file__, "--child", str(config), str(out)]
-        wall, cpu, rss, code, output = _run(argv_, count_file)
+        wall, cpu, rss, code, output = _run(argv_, count_file, args.code)
         handled = _handled(count_file)
         print(
             f"profiled once: {handled}/{args.messages} messages, exit {code}, {wall:.2f} s wall, "
