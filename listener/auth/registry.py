@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Protocol
 
-from listener.auth.msal_client import MsalClient
 from listener.auth.oauth2 import OAuth2Client
 from listener.auth.provider import CachingTokenProvider, RetryPolicy, TokenClient
 from listener.auth.resources import Source, by_resource, select
@@ -52,6 +51,11 @@ def build_client(
     ``scopes``: what to request (default: all the credential's scopes).
     """
     if config.resolved_provider == "msal":
+        # Imported here: msal (and what it imports) is a quarter of a second of every start-up,
+        # `once` included, for credentials that never use it (benchmarks/README.md, "CPU per
+        # message").
+        from listener.auth.msal_client import MsalClient  # noqa: PLC0415
+
         return MsalClient(name, config, scopes=scopes, clock=clock)
     return OAuth2Client(name, config, scopes=scopes, clock=clock)
 
