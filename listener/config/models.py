@@ -390,6 +390,14 @@ class ServiceConfig(_Model):
     max_workers: int = Field(default=8, ge=1)
     # Hand-over threads shared by every mailbox (listener.pipeline.handover).
     handler_workers: int = Field(default=32, ge=1)
+    # Throttling by the mail server (EWS ErrorServerBusy, Graph 429/503): a pause it asks for up
+    # to this long is waited out within the poll; a longer one ends the poll and the mailbox is
+    # polled again after it (listener.service), so a long back-off never holds a worker.
+    throttle_inline_wait: float = Field(default=30.0, ge=0)
+    # Graph: the pause after a 429/503 without Retry-After, doubled on each repeat (no hot loop).
+    throttle_min_back_off: float = Field(default=1.0, gt=0)
+    # Graph: how long one HTTP request may take.
+    request_timeout: float = Field(default=60.0, gt=0)
     fail_fast: bool = False
     watchdog: bool = True
 

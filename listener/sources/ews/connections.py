@@ -120,12 +120,14 @@ class EwsConnections:
         *,
         max_connections: Callable[[str], int],
         request_timeout: float = 120.0,
+        max_inline_wait: float = 30.0,
         stop: threading.Event | None = None,
     ) -> None:
         self._providers = providers
         install_adapter()
         self._max_connections = max_connections
         self._request_timeout = request_timeout
+        self.max_inline_wait = max_inline_wait
         self._stop = stop
         self._lock = threading.Lock()
         self._configs: dict[tuple[str, str], tuple[Configuration, TokenBridge]] = {}
@@ -137,7 +139,10 @@ class EwsConnections:
         with self._lock:
             if credential not in self.gates:
                 self.gates[credential] = CredentialGate(
-                    credential, self._max_connections(credential), stop=self._stop
+                    credential,
+                    self._max_connections(credential),
+                    max_inline_wait=self.max_inline_wait,
+                    stop=self._stop,
                 )
             return self.gates[credential]
 
@@ -216,9 +221,11 @@ class EwsSources:
     ) -> None:
         self._settings = settings
         self.on_back_off: Callable[[str, float], None] | None = None
+        service = getattr(settings, "service", None)
         self.connections = EwsConnections(
             providers.for_source,
             max_connections=lambda name: settings.credentials[name].max_connections,
+            max_inline_wait=getattr(service, "throttle_inline_wait", 30.0),
             stop=stop,
         )
 

@@ -49,9 +49,11 @@ class GraphSources:
         self._settings = settings
         self._stop = stop
         self.page_limit = page_limit
-        self.max_inline_wait = max_inline_wait
-        self.min_back_off = min_back_off
-        self.request_timeout = request_timeout
+        # The service's settings when given (tests and the daemon), else the defaults above.
+        service = getattr(settings, "service", None)
+        self.max_inline_wait = getattr(service, "throttle_inline_wait", max_inline_wait)
+        self.min_back_off = getattr(service, "throttle_min_back_off", min_back_off)
+        self.request_timeout = getattr(service, "request_timeout", request_timeout)
         self.gates = MailboxGates()
         self._lock = threading.Lock()
         self._clients: dict[tuple[str, str, str | None], GraphClient] = {}
