@@ -127,6 +127,10 @@ class SampleFactory:
 
     ``start`` is the Date of the first message (later ones are a few minutes apart); None uses
     a fixed date so the output is reproducible. ``Feeder`` passes ``clock`` for live dates.
+    ``stream`` names the sequence in every Message-ID: the mail ``seed_demo`` seeds and the live
+    feed of the same seed are two streams, so the feed's first message does not reuse the
+    Message-ID of the first seeded one (the listener then logged ``message.shared_message_id``
+    for every demo run).
     """
 
     def __init__(
@@ -136,8 +140,10 @@ class SampleFactory:
         domain: str = "demo.example",
         start: datetime | None = None,
         clock: Callable[[], datetime] | None = None,
+        stream: str = "",
     ) -> None:
         self.seed = seed
+        self.stream = stream
         self.domain = domain
         self._random = random.Random(seed)
         self._date = start or datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
@@ -162,7 +168,7 @@ class SampleFactory:
             sender = rng.choice(_SENDERS)
             order = 1000 + rng.randint(0, 8999)
             subject = rng.choice(_SUBJECTS[shape]).format(n=order)
-            token = f"{self.seed}.{number}.{rng.getrandbits(32):08x}"
+            token = f"{self.seed}.{self.stream}{number}.{rng.getrandbits(32):08x}"
         msg = EmailMessage()
         msg["From"] = Address(sender[0], addr_spec=sender[1])
         msg["To"] = to
@@ -317,7 +323,7 @@ class Feeder:
         self._mailboxes = list(mailboxes)
         self._interval = 1.0 / rate_per_s
         self._limit = limit
-        self._factory = SampleFactory(seed, clock=lambda: datetime.now(UTC))
+        self._factory = SampleFactory(seed, clock=lambda: datetime.now(UTC), stream="feed")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.delivered = 0

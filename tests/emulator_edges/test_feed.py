@@ -130,3 +130,16 @@ def test_tiny_png_is_a_png() -> None:
     image = tiny_png(4, 4)
     assert image.startswith(b"\x89PNG\r\n\x1a\n")
     assert image.endswith(b"IEND\xaeB`\x82")
+
+
+def test_the_live_feed_and_the_seeded_mail_do_not_share_message_ids() -> None:
+    """The demo seeds mail and then feeds more with the same seed: two streams of Message-IDs
+    (they were one, so the listener saw different messages under one Message-ID each demo)."""
+    seeded = SampleFactory(7)
+    fed = SampleFactory(7, stream="feed")
+    ids = {
+        _parse(factory.message("a@demo.example"))["Message-ID"]
+        for factory in (seeded, fed)
+        for _ in range(5)
+    }
+    assert len(ids) == 10
