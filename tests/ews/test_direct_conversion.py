@@ -22,7 +22,7 @@ from ews_listener_emulators.server import EwsEmulator
 from listener.model import Message
 from listener.sources.ews import _convert
 from listener.sources.ews._convert import FETCH_FIELDS, to_message
-from listener.sources.ews._services import MessageGetItem, fetch_fields
+from listener.sources.ews._services import ItemShape, MessageGetItem
 from tests.corpus.messages import build_corpus
 from tests.emulator.conftest import ALICE, AccountFactory
 from tests.graph_source.mail import plain, rich
@@ -33,7 +33,7 @@ _T = f"{{{TNS}}}"
 def _elements(account: Account) -> list[Any]:
     ids = [(i.id, None) for i in account.inbox.all().only("id")]
     service = MessageGetItem(account=account, chunk_size=len(ids))
-    found = list(service.fetch(ids, fetch_fields(account, FETCH_FIELDS)))
+    found = list(service.fetch(ids, ItemShape(account, FETCH_FIELDS)))
     assert found
     assert all(not isinstance(e, BaseException) for e in found)
     return found

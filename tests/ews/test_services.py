@@ -11,7 +11,7 @@ from exchangelib.util import xml_to_str
 
 from ews_listener_emulators.server import EwsEmulator
 from listener.sources.ews._convert import FETCH_FIELDS
-from listener.sources.ews._services import CreatedItems, MarkRead, MessageGetItem, fetch_fields
+from listener.sources.ews._services import CreatedItems, ItemShape, MarkRead, MessageGetItem
 from tests.emulator.conftest import ALICE, AccountFactory
 from tests.graph_source.mail import plain
 
@@ -25,14 +25,17 @@ _IDS: list[tuple[str, str | None]] = [
 def test_get_item_sends_what_account_fetch_sends(make_account: AccountFactory) -> None:
     """MessageGetItem's payload is GetItem's for the same ids and fields."""
     account = make_account()
-    fields = fetch_fields(account, FETCH_FIELDS)
-    ours = MessageGetItem(account=account, chunk_size=3).get_payload(
-        items=_IDS, additional_fields=fields, shape=ID_ONLY
-    )
+    shape = ItemShape(account, FETCH_FIELDS)
+    service = MessageGetItem(account=account, chunk_size=3)
+    service._shape = shape  # as fetch() sets it: the prebuilt shape goes in
+    ours = [
+        service.get_payload(items=_IDS, additional_fields=shape.additional_fields, shape=ID_ONLY)
+        for _ in range(2)  # the prebuilt element is copied, not moved
+    ]
     stock = GetItem(account=account, chunk_size=3).get_payload(
-        items=_IDS, additional_fields=fields, shape=ID_ONLY
+        items=_IDS, additional_fields=shape.additional_fields, shape=ID_ONLY
     )
-    assert xml_to_str(ours) == xml_to_str(stock)
+    assert [xml_to_str(p) for p in ours] == [xml_to_str(stock)] * 2
 
 
 def _update_kwargs() -> dict[str, object]:
@@ -86,7 +89,7 @@ def test_mark_read_and_sync_against_the_emulator(
     assert len(ids) == 5
     elements = list(
         MessageGetItem(account=account, chunk_size=5).fetch(
-            [*ids, ("AAMkAGdvbmU=", None)], fetch_fields(account, FETCH_FIELDS)
+            [*ids, ("AAMkAGdvbmU=", None)], ItemShape(account, FETCH_FIELDS)
         )
     )
     assert [e.tag.rsplit("}", 1)[1] for e in elements[:5]] == ["Message"] * 5

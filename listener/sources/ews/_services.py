@@ -28,7 +28,7 @@ from exchangelib.services import GetItem, SyncFolderItems, UpdateItem
 from exchangelib.services.common import shape_element
 from exchangelib.util import create_element
 
-__all__ = ["CreatedItems", "MarkRead", "MessageGetItem", "fetch_fields"]
+__all__ = ["CreatedItems", "ItemShape", "MarkRead", "MessageGetItem", "fetch_fields"]
 
 _ITEM_ID = ItemId.response_tag()
 
@@ -56,28 +56,49 @@ def fetch_fields(account: Any, only_fields: Iterable[str]) -> set[Any]:
     return {f for f in folder.normalize_fields(fields=fields) if not f.field.is_attribute}
 
 
+class ItemShape:
+    """GetItem's ``m:ItemShape`` for ``only_fields``, built by exchangelib once per account (it
+    expands and sorts every field path: ~5 % of a fetch's CPU when built per request)."""
+
+    def __init__(self, account: Any, only_fields: Iterable[str]) -> None:
+        self.additional_fields = fetch_fields(account, only_fields)
+        self._element = shape_element(
+            tag="m:ItemShape",
+            shape=ID_ONLY,
+            additional_fields=self.additional_fields,
+            version=account.version,
+        )
+
+    def element(self) -> Any:
+        """A copy to put in a request (appending an lxml element moves it)."""
+        return copy.deepcopy(self._element)
+
+
 class MessageGetItem(GetItem):  # type: ignore[misc]
     """GetItem whose items are the answer's XML elements (or the exception of a failed item)."""
 
-    def fetch(
-        self, ids: list[tuple[str, str | None]], additional_fields: set[Any]
-    ) -> Iterator[Any]:
+    def fetch(self, ids: list[tuple[str, str | None]], shape: ItemShape) -> Iterator[Any]:
         """What ``Account.fetch(ids, only_fields=…)`` sends, as elements in the order of ids."""
-        return iter(self.call(items=ids, additional_fields=additional_fields, shape=ID_ONLY))
+        self._shape = shape
+        return iter(self.call(items=ids, additional_fields=shape.additional_fields, shape=ID_ONLY))
 
     def _elem_to_obj(self, elem: Any) -> Any:
         return elem
 
     def get_payload(self, items: Any, additional_fields: Any, shape: Any) -> Any:
         payload = create_element(f"m:{self.SERVICE_NAME}")
-        payload.append(
-            shape_element(
-                tag="m:ItemShape",
-                shape=shape,
-                additional_fields=additional_fields,
-                version=self.account.version,
+        prebuilt: ItemShape | None = getattr(self, "_shape", None)
+        if prebuilt is not None and prebuilt.additional_fields is additional_fields:
+            payload.append(prebuilt.element())
+        else:
+            payload.append(
+                shape_element(
+                    tag="m:ItemShape",
+                    shape=shape,
+                    additional_fields=additional_fields,
+                    version=self.account.version,
+                )
             )
-        )
         payload.append(_item_ids("m:ItemIds", items))
         return payload
 

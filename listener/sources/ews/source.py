@@ -40,7 +40,7 @@ from listener.errors import (
 from listener.model import Attachment, Message
 from listener.sources.ews._convert import FETCH_FIELDS, conversion_bug, to_message
 from listener.sources.ews._folders import FolderResolver
-from listener.sources.ews._services import CreatedItems, MarkRead, MessageGetItem, fetch_fields
+from listener.sources.ews._services import CreatedItems, ItemShape, MarkRead, MessageGetItem
 from listener.sources.ews._streaming import AttachmentStream, ElementNotFound, MimeStream, spool
 from listener.sources.ews._transport import TokenBridge
 
@@ -164,7 +164,7 @@ class EwsMailSource:
         self._observe = observe or (lambda operation, outcome: None)
         self._folders: FolderResolver | None = None
         self._watched: Folder | None = None
-        self._fetch_fields: set[Any] | None = None  # GetItem's additional fields, once
+        self._item_shape: ItemShape | None = None  # GetItem's, built once
         self._lock = threading.Lock()
 
     # --- plumbing ----------------------------------------------------------------------------
@@ -285,10 +285,10 @@ class EwsMailSource:
 
         def get() -> list[Any]:
             # Account.fetch(ids, only_fields=FETCH_FIELDS), the items left as XML (_services)
-            if self._fetch_fields is None:
-                self._fetch_fields = fetch_fields(self.account, FETCH_FIELDS)
+            if self._item_shape is None:
+                self._item_shape = ItemShape(self.account, FETCH_FIELDS)
             service = MessageGetItem(account=self.account, chunk_size=len(refs))
-            return list(service.fetch(ids, self._fetch_fields))
+            return list(service.fetch(ids, self._item_shape))
 
         try:
             with self._translated():
