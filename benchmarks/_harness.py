@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -48,6 +48,7 @@ __all__ = [
     "EmulatorStats",
     "Endpoints",
     "ProcessSampler",
+    "Series",
     "count",
     "daemon_argv",
     "daemon_env",
@@ -55,6 +56,8 @@ __all__ = [
     "make_realistic_messages",
     "print_table",
     "scrape_metrics",
+    "sleeping_count",
+    "svg_line_chart",
     "workdir",
     "write_config",
 ]
@@ -425,11 +428,16 @@ def write_config(
     max_connections: int = 4,
     log_level: str = "warning",
     source: str = "ews",
+    handler: Mapping[str, object] | None = None,
+    handler_concurrency: int | None = None,
+    handler_workers: int | None = None,
 ) -> Path:
     """A configuration: one credential, one mailbox per address, the counting handler.
 
     ``source = "graph"``: the mailboxes read Microsoft Graph at ``endpoints.graph_url`` and the
-    credential asks for Graph's scope; anything else as for EWS.
+    credential asks for Graph's scope; anything else as for EWS. ``handler``: the
+    ``[handlers.count]`` table instead of the counting python handler. ``handler_concurrency``
+    and ``handler_workers``: written only when given (None: the listener's defaults).
     """
     graph: dict[str, object] = {}
     if source == "graph":
@@ -454,20 +462,20 @@ def write_config(
             "batch_size": batch_size,
             "routes": [{"handlers": ["count"]}],
         }
+        if handler_concurrency is not None:
+            options["handler_concurrency"] = handler_concurrency
         if source == "graph":
             options = {"source": "graph", **options, "endpoint": endpoints.graph_url}
         lines += table(f"mailboxes.box{n}", options)
+    lines += table("handlers.count", handler or {"type": "python", "target": "_harness:count"})
     lines += [
-        "[handlers.count]",
-        'type = "python"',
-        'target = "_harness:count"',
-        "",
         "[state]",
         f"url = {toml_value(state_url)}",
         "",
         "[service]",
         f"jitter = {toml_value(jitter)}",
         f"max_workers = {max_workers}",
+        *([f"handler_workers = {handler_workers}"] if handler_workers is not None else []),
         f"log_level = {toml_value(log_level)}",
         'log_format = "json"',
         "shutdown_grace = 10",
@@ -525,6 +533,17 @@ def count(message: Any) -> None:
         if _handled == 0:
             atexit.register(_write_count)
         _handled += 1
+
+
+def sleeping_count(seconds: float) -> Any:
+    """A factory (``options = { seconds = … }``): a handler that sleeps ``seconds`` (a handler
+    waiting on a slow service), then counts the message as :func:`count` does."""
+
+    def handle(message: Any) -> None:
+        time.sleep(seconds)
+        count(message)
+
+    return handle
 
 
 # --- measuring the daemon --------------------------------------------------------------------
@@ -613,3 +632,128 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> Non
         )
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+# --- an SVG line chart (no plotting dependency) ----------------------------------------------
+
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of :func:`svg_line_chart`: its legend label, (x, y) points and look."""
+
+    label: str
+    points: Sequence[tuple[float, float]]
+    color: int = 0  # index into the palette
+    dashed: bool = False  # a bound or a reference, not a measurement
+    markers: bool = True
+
+
+def _ticks_log(low: float, high: float) -> list[float]:
+    import math
+
+    ticks = []
+    for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10.0**exponent
+            if low <= value <= high:
+                ticks.append(value)
+    return ticks
+
+
+def svg_line_chart(
+    path: Path,
+    series: Sequence[Series],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    x_ticks: Sequence[float],
+    log_y: bool = True,
+    width: int = 720,
+    height: int = 440,
+) -> Path:
+    """Write a line chart with axes, grid and legend as a standalone SVG file (plain text, so the
+    figure diffs and needs nothing installed). ``log_y``: a logarithmic y axis (rates that span
+    decades). Points with y <= 0 are left out on a log axis."""
+    import math
+    from html import escape
+
+    left, right, top, bottom = 70, 190, 40, 55
+    plot_w, plot_h = width - left - right, height - top - bottom
+    ys = [y for s in series for _, y in s.points if y > 0 or not log_y]
+    x_low, x_high = min(x_ticks), max(x_ticks)
+    if log_y:
+        y_low = 10 ** math.floor(math.log10(min(ys)))
+        y_high = 10 ** math.ceil(math.log10(max(ys)))
+        y_ticks = _ticks_log(y_low, y_high)
+
+        def fy(y: float) -> float:
+            span = math.log10(y_high) - math.log10(y_low)
+            return top + plot_h * (1 - (math.log10(y) - math.log10(y_low)) / span)
+    else:
+        y_low, y_high = 0.0, max(ys) * 1.1
+        step = 10 ** math.floor(math.log10(y_high / 5))
+        y_ticks = [n * step for n in range(int(y_high / step) + 1)]
+
+        def fy(y: float) -> float:
+            return top + plot_h * (1 - (y - y_low) / (y_high - y_low))
+
+    def fx(x: float) -> float:
+        return left + plot_w * (x - x_low) / ((x_high - x_low) or 1)
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left + plot_w / 2}" y="22" text-anchor="middle" font-size="14">'
+        f"{escape(title)}</text>",
+    ]
+    for y in y_ticks:
+        py = fy(y)
+        out.append(
+            f'<line x1="{left}" y1="{py:.1f}" x2="{left + plot_w}" y2="{py:.1f}" stroke="#ddd"/>'
+        )
+        out.append(
+            f'<text x="{left - 6}" y="{py + 4:.1f}" text-anchor="end">{y:,.0f}</text>'
+            if y >= 1
+            else f'<text x="{left - 6}" y="{py + 4:.1f}" text-anchor="end">{y:g}</text>'
+        )
+    for x in x_ticks:
+        px = fx(x)
+        out.append(
+            f'<line x1="{px:.1f}" y1="{top}" x2="{px:.1f}" y2="{top + plot_h}" stroke="#eee"/>'
+        )
+        out.append(f'<text x="{px:.1f}" y="{top + plot_h + 18}" text-anchor="middle">{x:g}</text>')
+    out += [
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
+        'stroke="black"/>',
+        f'<text x="{left + plot_w / 2}" y="{height - 12}" text-anchor="middle">'
+        f"{escape(x_label)}</text>",
+        f'<text transform="translate(18 {top + plot_h / 2}) rotate(-90)" text-anchor="middle">'
+        f"{escape(y_label)}</text>",
+    ]
+    for n, s in enumerate(series):
+        color = _PALETTE[s.color % len(_PALETTE)]
+        points = [(fx(x), fy(y)) for x, y in s.points if y > 0 or not log_y]
+        dash = ' stroke-dasharray="5 4"' if s.dashed else ""
+        if points:
+            line = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+            out.append(
+                f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="2"{dash}/>'
+            )
+        if s.markers:
+            out += [
+                f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{color}"/>' for px, py in points
+            ]
+        ly = top + 10 + 20 * n
+        lx = left + plot_w + 15
+        out.append(
+            f'<line x1="{lx}" y1="{ly}" x2="{lx + 28}" y2="{ly}" stroke="{color}" '
+            f'stroke-width="2"{dash}/>'
+        )
+        out.append(f'<text x="{lx + 34}" y="{ly + 4}">{escape(s.label)}</text>')
+    out.append("</svg>")
+    path.write_text("\n".join(out) + "\n")
+    return path

@@ -7,12 +7,16 @@ speed: exit 0 and every message handed over.
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
+from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
 from tests import REPO
+from tests.handlers.brokers import AMQP, NATS, REDIS, require_server
 
 BENCH = REPO / "benchmarks"
 
@@ -101,3 +105,99 @@ def test_idle_graph_polls_and_stops_cleanly() -> None:
     assert "steady: requests per idle poll" in out, out
     assert "RSS end / peak" in out, out
     assert "exit code 0" in out, out
+
+
+def _once_row(out: str) -> list[str]:
+    [row] = [line for line in out.splitlines() if line.startswith("ews-listener once ")]
+    return row.split()
+
+
+@pytest.mark.slow
+def test_throughput_handler_latency_prints_the_limit_beside_both_loops() -> None:
+    """--handler-latency: once and the naive loop (whose handler sleeps as long) hand every
+    message over, and each row has its limit; the goals are printed, met or not."""
+    out = _run(
+        str(BENCH / "throughput.py"),
+        "--messages",
+        "40",
+        "--naive-messages",
+        "10",
+        "--handler-latency",
+        "5",
+    )
+    assert "40/40" in _once_row(out), out
+    assert any(line.startswith("naive loop (") and "10/10" in line for line in out.splitlines())
+    assert "limit msg/s" in out, out
+    assert "ews-listener once: limit " in out, out
+    assert "5.0 ms handler / 8 in flight" in out, out
+    assert "<= 0.023 EWS requests per message at batch 100" in out, out
+
+
+@pytest.mark.slow
+def test_throughput_webhook_handler_posts_every_message_to_the_receiver() -> None:
+    """--handler webhook: the benchmark's receiver answers 200 after the latency and counts
+    every message."""
+    out = _run(
+        str(BENCH / "throughput.py"),
+        "--handler",
+        "webhook",
+        "--handler-latency",
+        "5",
+        "--messages",
+        "40",
+        "--no-naive",
+    )
+    assert "40/40" in _once_row(out), out
+    assert "handler webhook" in out, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("handler", "what", "address"),
+    [("amqp", "RabbitMQ", AMQP), ("nats", "NATS", NATS), ("redis_stream", "Redis", REDIS)],
+)
+def test_throughput_broker_handler_delivers_every_message(
+    handler: str, what: str, address: tuple[str, int]
+) -> None:
+    """--handler amqp|nats|redis_stream: every message reaches the run's own queue or stream
+    (counted there), with the broker's confirm; fails in CI when the server is unreachable."""
+    require_server(what, address)
+    out = _run(str(BENCH / "throughput.py"), "--handler", handler, "--messages", "40")
+    assert "40/40" in _once_row(out), out
+    assert f"{handler} >= 500 msg/s end to end with confirms" in out, out
+
+
+@pytest.mark.slow
+def test_throughput_grid_writes_the_csv_and_the_svg(tmp_path: Path) -> None:
+    """--grid: one once per (concurrency, latency), a table, a CSV row each and an SVG chart
+    with a line and a limit per concurrency."""
+    out = _run(
+        str(BENCH / "throughput.py"),
+        "--grid",
+        "--quick",
+        "--grid-latencies",
+        "0",
+        "10",
+        "--grid-concurrency",
+        "1",
+        "4",
+        "--messages",
+        "30",
+        "--results",
+        str(tmp_path),
+    )
+    with (tmp_path / "handler_grid_quick.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["handler_concurrency"], r["handler_ms"]) for r in rows] == [
+        ("1", "0.0"),
+        ("1", "10.0"),
+        ("4", "0.0"),
+        ("4", "10.0"),
+    ], out
+    assert all(float(r["messages_per_s"]) > 0 for r in rows), rows
+    assert all(float(r["limit_messages_per_s"]) > 0 for r in rows), rows
+    svg = (tmp_path / "handler_grid_quick.svg").read_text()
+    ElementTree.fromstring(svg)  # well-formed
+    for legend in ("concurrency 1", "concurrency 4", "limit, 4"):
+        assert legend in svg, svg
+    assert "percent_of_limit" in out, out
