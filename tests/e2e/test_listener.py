@@ -219,8 +219,10 @@ def test_sigkill_mid_batch_loses_nothing(world: World) -> None:
         stop(daemon)
     counts = collections.Counter(r["key"] for r in world.receipts_log())
     duplicates = [k for k, c in counts.items() if c > 1]
-    # Only what was handed over but not yet committed at the kill can repeat: at most one page.
-    assert len(duplicates) <= 20
+    # Only what was handed over but not yet committed at the kill can repeat: at most the two
+    # batches in flight, the one being handed over and the one being marked read and committed
+    # beside it (listener.pipeline.settler, issue 14).
+    assert len(duplicates) <= 2 * 20
     assert len({k for k, _, _ in ledger_rows(world)}) == 200
 
 
