@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import SecretStr
 
 from listener.model import Message
+from listener.notify import NotificationChannel, NotifyHooks, Wake, Watch
 
 __all__ = [
     "AccessToken",
@@ -199,6 +200,13 @@ class SourceFactory(Protocol):
     def source(self, name: str, mailbox: Any, *, folder: str | None = None) -> MailSource:
         """A source for the configured mailbox ``name`` (cheap: no I/O until first use);
         ``folder`` overrides the watched folder (replay of mail moved elsewhere)."""
+        ...
+
+    def notifications(
+        self, watches: Sequence[Watch], wake: Wake, hooks: NotifyHooks
+    ) -> NotificationChannel:
+        """The push channel of this protocol for ``watches`` (issue 15: EWS streaming
+        subscriptions, Graph change notifications); built, not started (no I/O)."""
         ...
 
     def close(self) -> None:

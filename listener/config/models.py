@@ -38,14 +38,19 @@ __all__ = [
     "Action",
     "CertificateConfig",
     "CredentialConfig",
+    "EwsStreamingConfig",
     "FailureConfig",
+    "GraphNotificationsConfig",
     "MailboxConfig",
+    "NotificationsConfig",
     "ServiceConfig",
     "Settings",
     "StateConfig",
     "default_endpoint",
     "default_state_url",
     "inherit_env_problems",
+    "notification_mode",
+    "notification_problems",
     "reference_problems",
     "source_problems",
 ]
@@ -259,6 +264,9 @@ class MailboxConfig(_Model):
     # Messages of this mailbox handed over at once (listener.pipeline.handover).
     handler_concurrency: int = Field(default=8, ge=1, le=256)
     ordered: bool = False  # one message at a time, in the order received
+    # Push notifications that wake the poll (issue 15): "streaming" (EWS), "webhook" (Graph) or
+    # "off"; unset takes [notifications] default ("push" = the one this mailbox's source has).
+    notifications: Literal["off", "streaming", "webhook"] | None = None
     enabled: bool = True
     ca_bundle: Path | None = None
     version: str | None = None
@@ -407,6 +415,45 @@ class ServiceConfig(_Model):
         return value.lower() if isinstance(value, str) else value
 
 
+# --- notifications -----------------------------------------------------------------------------
+
+
+class GraphNotificationsConfig(_Model):
+    """Graph change notifications: where Graph posts them and the secret it echoes back."""
+
+    # The HTTPS URL Graph can reach that ends at this service's /notifications/graph (directly,
+    # or through a reverse proxy: see the README).
+    public_url: str
+    client_state: SecretSpec
+    # Subscription lifetime asked for; Graph's cap for messages is 4230 minutes (about 70 h).
+    lifetime_minutes: int = Field(default=4230, ge=5, le=4230)
+    # Renewed this long before expiry.
+    renew_before_minutes: int = Field(default=60, ge=1)
+
+
+class EwsStreamingConfig(_Model):
+    """EWS streaming subscriptions (on-premises Exchange and allow-listed Exchange Online)."""
+
+    # GetStreamingEvents ConnectionTimeout, minutes; Exchange caps a connection at 30.
+    connection_minutes: int = Field(default=30, ge=1, le=30)
+    # Subscriptions per GetStreamingEvents request; Exchange allows at most 200.
+    subscriptions_per_connection: int = Field(default=200, ge=1, le=200)
+
+
+class NotificationsConfig(_Model):
+    """Push notifications that only wake the poll; the cursor stays the truth (issue 15)."""
+
+    # For every mailbox that does not say: "push" = EWS streaming or Graph webhook by source.
+    default: Literal["off", "push"] = "off"
+    # A burst of notifications within this many seconds costs one poll.
+    debounce: float = Field(default=0.25, ge=0, le=60)
+    # While a mailbox's channel is connected, the safety-net poll runs this often instead of the
+    # mailbox's interval (never more often than the interval); a degraded channel falls back.
+    healthy_interval: float = Field(default=300.0, gt=0)
+    ews: EwsStreamingConfig = EwsStreamingConfig()
+    graph: GraphNotificationsConfig | None = None
+
+
 # --- settings ----------------------------------------------------------------------------------
 
 
@@ -426,15 +473,59 @@ class Settings(BaseSettings):
     handlers: dict[str, HandlerConfig] = Field(default_factory=dict)
     state: StateConfig = Field(default_factory=StateConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
         problems = reference_problems(self.credentials, self.handlers, self.mailboxes)
         problems += source_problems(self.credentials, self.mailboxes)
         problems += inherit_env_problems(self.model_dump())
+        problems += notification_problems(self.notifications, self.mailboxes)
         if problems:
             raise ValueError("; ".join(f"{'.'.join(loc)}: {msg}" for loc, msg in problems))
         return self
+
+
+_PUSH = {"ews": "streaming", "graph": "webhook"}
+
+
+def notification_mode(notifications: NotificationsConfig, mailbox: MailboxConfig) -> str:
+    """ "off", "streaming" or "webhook": what wakes ``mailbox``'s poll besides its interval."""
+    if mailbox.notifications is not None:
+        return mailbox.notifications
+    return _PUSH[mailbox.source] if notifications.default == "push" else "off"
+
+
+def notification_problems(
+    notifications: NotificationsConfig, mailboxes: Mapping[str, MailboxConfig]
+) -> list[tuple[tuple[str, ...], str]]:
+    """A push mode the mailbox's protocol does not have, or a webhook with nowhere to listen."""
+    problems: list[tuple[tuple[str, ...], str]] = []
+    for name, mailbox in mailboxes.items():
+        mode = mailbox.notifications
+        if mode is None or mode == "off" or _PUSH[mailbox.source] == mode:
+            continue
+        problems.append(
+            (
+                ("mailboxes", name, "notifications"),
+                f"{mode!r} is not available over {mailbox.source!r}: use "
+                f'{_PUSH[mailbox.source]!r} (or "off")',
+            )
+        )
+    webhooks = [
+        name
+        for name, mailbox in mailboxes.items()
+        if mailbox.enabled and notification_mode(notifications, mailbox) == "webhook"
+    ]
+    if webhooks and notifications.graph is None:
+        problems.append(
+            (
+                ("notifications", "graph"),
+                f"mailbox(es) {', '.join(sorted(webhooks))} receive Graph change notifications, "
+                "which need [notifications.graph] public_url and client_state",
+            )
+        )
+    return problems
 
 
 def reference_problems(

@@ -1,0 +1,89 @@
+"""Push notifications as hints: what a notification channel is, and what it reports (issue 15).
+
+A notification never decides what is new: the persisted cursor (EWS sync state, Graph delta link)
+does. A channel only *wakes* a mailbox (``wake(name)``, which the service turns into a coalesced,
+debounced ``request_poll``), so a lost, late, duplicated or forged notification can cost latency
+or one extra poll, never a message.
+
+The pieces:
+
+- ``Watch``: one watched folder a channel subscribes to.
+- ``NotificationChannel``: built by a ``SourceFactory`` (``notifications(...)``) for the watches of
+  its protocol: EWS streaming subscriptions (``listener.sources.ews``) or Graph change
+  notifications (``listener.sources.graph``). Started after the scheduler, stopped before it.
+- ``ChannelState``: per mailbox, ``connected``, ``degraded`` (broken; polling at the configured
+  interval until it recovers) or ``off`` (not configured).
+- ``NotifyHooks``: no-op hooks (the ``PollHooks`` habit) that ``Metrics`` implements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+__all__ = ["ChannelState", "ChannelStatus", "NotificationChannel", "NotifyHooks", "Wake", "Watch"]
+
+Wake = Callable[[str], None]  # the configured mailbox name whose folder changed
+
+
+class ChannelState(StrEnum):
+    CONNECTED = "connected"
+    DEGRADED = "degraded"
+    OFF = "off"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelStatus:
+    """How one mailbox's channel is doing, for ``/readyz`` and metrics."""
+
+    state: ChannelState
+    reason: str = ""  # why it is degraded, in words a reader can act on; "" when connected
+    last_event: float | None = None  # time.monotonic() of the last event received, if any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Watch:
+    """One watched folder of one mailbox that a channel subscribes to."""
+
+    name: str  # the configured mailbox name: what ``wake`` is called with
+    mailbox: Any  # its ``MailboxConfig`` (address, credential, endpoint, folder, ...)
+
+
+class NotificationChannel(Protocol):
+    """The push side of one protocol for a set of watches."""
+
+    kind: str  # "ews_streaming" or "graph_webhook": the ``channel`` label of its metrics
+
+    def start(self) -> None:
+        """Subscribe and begin listening in the background; never raises for a broken server
+        (a watch that cannot subscribe is ``degraded`` and polling covers it)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop listening and unsubscribe where the protocol allows; idempotent."""
+        ...
+
+    def status(self) -> Mapping[str, ChannelStatus]:
+        """Per configured mailbox name, how its channel is doing."""
+        ...
+
+
+class NotifyHooks:
+    """No-op hooks of the notification channels; ``channel`` is a ``NotificationChannel.kind``."""
+
+    def event(self, channel: str, mailbox: str) -> None:
+        """A notification for ``mailbox`` arrived (and was turned into a poll request)."""
+
+    def reconnected(self, channel: str, mailbox: str) -> None:
+        """A stream or subscription of ``mailbox`` was set up again after a failure."""
+
+    def renewed(self, channel: str, mailbox: str) -> None:
+        """A subscription (or streaming connection) of ``mailbox`` was renewed before expiry."""
+
+    def state_changed(self, channel: str, mailbox: str, status: ChannelStatus) -> None:
+        """``mailbox``'s channel changed state (logged once per change, not once per second)."""
+
+    def rejected(self, channel: str, reason: str) -> None:
+        """A notification was refused (wrong ``clientState``, unknown subscription, bad body)."""
