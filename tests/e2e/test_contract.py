@@ -70,7 +70,10 @@ def test_sigterm_during_the_retry_pass_loses_no_message(world: World, ordered: b
     (dead,) = rows(world, "SELECT count(*) FROM dead_letters")[0]
     assert set(keys_received(world)) == handed
     assert len(handed) < 20, "the stop came too late to test anything"
-    assert len(handed) + int(pending) + int(dead) == 20  # type: ignore[call-overload]
+    # On a busy machine a poll can start while the 20 are still being delivered: the later ones
+    # are then not synced yet (still new in the folder), which is no loss. A message the sync
+    # state moved past without a record would be; the recovery below would never find it.
+    assert len(handed) + int(pending) + int(dead) <= 20  # type: ignore[call-overload]
     for _ in range(5):
         if len(set(keys_received(world))) == 20:
             break
