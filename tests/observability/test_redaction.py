@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from listener.observability.redaction import (
@@ -138,11 +136,19 @@ def test_header_pairs_are_masked() -> None:
     assert redact_value(headers) == expected
 
 
-def test_redact_is_fast_enough_for_every_log_line() -> None:
-    """10,000 typical log strings redact in well under a second."""
-    register_secret("a-registered-client-secret")
-    line = "poll finished mailbox=sales@contoso.com handed_over=3 duration=0.25 folder=Inbox"
-    started = time.perf_counter()
-    for _ in range(10_000):
-        redact(line)
-    assert time.perf_counter() - started < 1.0
+def test_every_registered_secret_is_one_alternation_scanned_once_per_line() -> None:
+    """Redaction runs on every log line: however many secrets are registered, a line costs one
+    scan for them (one compiled alternation, longest first) and one for the token shapes, never
+    a scan per secret. (Speed is not timed here: a busy machine would fail a timed check.)"""
+    from listener.observability import redaction
+
+    secrets = [f"registered-secret-number-{n:03d}" for n in range(100)]
+    for value in secrets:
+        register_secret(value)
+    pattern = redaction._registry.pattern
+    assert pattern is not None
+    assert all(pattern.fullmatch(value) for value in secrets)
+    line = f"poll mailbox=sales@contoso.com a={secrets[7]} b={secrets[93]} duration=0.25"
+    assert redact(line) == f"poll mailbox=sales@contoso.com a={MASK} b={MASK} duration=0.25"
+    plain = "poll finished mailbox=sales@contoso.com handed_over=3 duration=0.25 folder=Inbox"
+    assert redact(plain) == plain
