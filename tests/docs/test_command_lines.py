@@ -11,8 +11,8 @@ The lines are read from the files themselves, so a renamed flag or command fails
   ``NAME [--mailbox ADDRESS]``). The emulators' own command, ``ews-listener-emulators ARGS`` or
   ``python -m ews_listener_emulators ARGS``, is checked as ``ews-listener emulator ARGS``: it is
   the same command line (issue 12).
-- config/*.toml: comment lines indented like a code block that start with a command
-  (``#   ews-listener check-config …``), and inline spans in comments.
+- config/*.toml and deploy/kubernetes/config.toml: comment lines indented like a code block that
+  start with a command (``#   ews-listener check-config …``), and inline spans in comments.
 - deploy/systemd: every ``Exec*=``; deploy/docker/*Dockerfile: ``ENTRYPOINT`` + ``CMD`` and the
   ``HEALTHCHECK``'s ``CMD``; compose.yaml: every ``command:``, after the ``ENTRYPOINT`` of the
   service's own Dockerfile.
@@ -321,6 +321,7 @@ SOURCES = [
     "deploy/docker/Dockerfile",
     "deploy/docker/emulators.Dockerfile",
     "deploy/docker/compose.yaml",
+    "deploy/kubernetes/config.toml",
     "Makefile",
 ]
 LINES = [line for source in SOURCES for line in _extract(source)]
