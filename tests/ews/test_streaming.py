@@ -380,7 +380,7 @@ def test_a_lost_stream_or_subscription_subscribes_again_and_wakes(
         assert registry.drop_streams() == 1
     elif fault == "remove":
         assert registry.remove_subscriptions(MAILBOXES[1]) == 1
-        # The server tells at the next stream, after the rollover (0.3 s).
+        # The open stream names it (as Exchange does for a subscription lost under it).
     else:
         assert registry.miss_events(MAILBOXES[2]) == 1
     lost = {"drop": ["user0", "user1", "user2"], "remove": ["user1"], "miss": ["user2"]}[fault]

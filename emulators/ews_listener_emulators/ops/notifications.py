@@ -269,6 +269,11 @@ class Subscriptions:
                 return None
             return found
 
+    def holds(self, subscription_id: str) -> bool:
+        """Whether the subscription is still registered (not removed or unsubscribed)."""
+        with self._lock:
+            return subscription_id in self._by_id
+
     def remove(self, subscription_id: str) -> bool:
         with self._lock:
             return self._by_id.pop(subscription_id, None) is not None
@@ -647,6 +652,13 @@ def _stream(
             now = registry.clock()
             if now >= deadline:
                 break
+            gone = [s for s in live if not registry.holds(s.subscription_id)]
+            if gone:
+                # Removed under the stream (a server restart, a mailbox move): say which.
+                yield _lost_response(
+                    gone, "ErrorSubscriptionNotFound", "The subscription was not found."
+                )
+                return
             lost = [s for s in live if s.missed or _overflowing(store, s, registry.queue_limit)]
             if lost:
                 # The subscriptions lost events: say so, naming them, and forget them.
@@ -687,11 +699,15 @@ def _overflowing(store: MailStore, subscription: Subscription, limit: int) -> bo
 
 
 def _missed_response(lost: Sequence[Subscription]) -> etree._Element:
-    message = error_message(
-        "GetStreamingEventsResponseMessage",
+    return _lost_response(
+        lost,
         "ErrorMissedNotificationEvents",
         "The subscription has missed events and must be recreated.",
     )
+
+
+def _lost_response(lost: Sequence[Subscription], code: str, text: str) -> etree._Element:
+    message = error_message("GetStreamingEventsResponseMessage", code, text)
     container = sub(message, m("ErrorSubscriptionIds"))
     for subscription in lost:
         sub(container, t("SubscriptionId"), subscription.subscription_id)
