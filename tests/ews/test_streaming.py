@@ -427,3 +427,43 @@ def test_stop_ends_the_stream_promptly_and_unsubscribes(channel: Build, emu: Ews
     made.stop()
     assert not made.runners[0].thread.is_alive()
     assert registry.all() == []
+
+
+def test_a_mailbox_that_cannot_subscribe_does_not_keep_its_group_off_the_stream(
+    channel: Build, emu: EwsEmulator
+) -> None:
+    """A watched mailbox that does not exist (and anchors the group): degraded with the server's
+    reason; the others subscribe, anchored elsewhere, and their mail wakes them."""
+    made, seen = channel(["nobody@contoso.com", *MAILBOXES[:2]])
+    made.start()
+    seen.wait(
+        lambda: (
+            made.status()["user1"].state == ChannelState.CONNECTED
+            and made.status()["nobody"].reason != "subscribing"
+        ),
+        "user1 connected, nobody refused",
+    )
+    nobody = made.status()["nobody"]
+    assert nobody.state == ChannelState.DEGRADED
+    assert "ErrorNonExistentMailbox" in nobody.reason
+    assert made.runners[0].affinity.anchor == MAILBOXES[0]
+    _deliver(emu, MAILBOXES[1])
+    seen.wait(lambda: seen.count("event", "user1") == 1, "the event of user1")
+
+
+@pytest.mark.parametrize("operation", ["GetStreamingEvents", "Subscribe"])
+def test_a_rejected_token_is_renewed_as_the_polls_do(
+    channel: Build, emu: EwsEmulator, operation: str
+) -> None:
+    """A 401 on Subscribe or on the stream: a new token, the channel connects, no degraded state
+    (the first rejection is retried at once)."""
+    emu.faults.add("revoke_tokens", operation=operation, count=1)
+    made, seen = channel(MAILBOXES[:2])
+    made.start()
+    seen.wait(lambda: _connected(made), "connected")
+    registry = emulated.subscriptions(emu)
+    seen.wait(lambda: registry.streams(MAILBOXES[0]) == 1, "the stream open")
+    assert emu.faults.counters().get("revoke_tokens", 0) == 1
+    assert [s.state for _, s in seen.states] == [ChannelState.CONNECTED] * 2
+    _deliver(emu, MAILBOXES[0])
+    seen.wait(lambda: seen.count("event", "user0") == 1, "the event of user0")

@@ -317,34 +317,63 @@ class _GroupRunner:
                 self._failed(error)
 
     def _subscribe_missing(self) -> None:
+        """Subscribe every member without a subscription. A member the server refuses (its
+        mailbox or folder is gone, the app may not impersonate it) is degraded on its own and
+        tried again at the next rollover, so one bad mailbox does not keep its group off the
+        stream; a spent budget (``_BUSY``) stops the round for all."""
         for subscribed in self.members:
             if self._channel.stopping.is_set():
                 return
             if subscribed.subscription_id is not None:
                 continue
-            if subscribed.account is None:
-                subscribed.account = self._account(subscribed.member.address)
-            if subscribed.folder is None:
-                subscribed.folder = FolderResolver(subscribed.account).resolve(
-                    subscribed.member.folder
-                )
-            service = _Subscribe(account=subscribed.account, affinity=self.affinity)
-            (found,) = list(service.call(folders=[subscribed.folder], event_types=EVENT_TYPES))
-            if isinstance(found, Exception):
-                raise found
-            reconnect = subscribed.status.reason != "subscribing"
-            subscribed.subscription_id = str(found)
-            self._set(subscribed, ChannelStatus(state=ChannelState.CONNECTED))
-            if reconnect:
-                self._channel.hooks.reconnected(self._channel.kind, subscribed.member.name)
-            # Mail that arrived between the last poll and this subscription has no event: one
-            # poll closes that gap (at start, and after every loss).
-            self._channel.wake(subscribed.member.name)
+            try:
+                self._subscribe(subscribed)
+            except (*_BUSY, ews_errors.UnauthorizedError):
+                raise  # the credential's, not the mailbox's: the whole round waits
+            except Exception as error:
+                if self._channel.stopping.is_set():
+                    return
+                self._refused(subscribed, error)
+
+    def _subscribe(self, subscribed: _Subscribed) -> None:
+        if subscribed.account is None:
+            subscribed.account = self._account(subscribed.member.address)
+        if subscribed.folder is None:
+            subscribed.folder = FolderResolver(subscribed.account).resolve(subscribed.member.folder)
+        service = _Subscribe(account=subscribed.account, affinity=self.affinity)
+        (found,) = list(service.call(folders=[subscribed.folder], event_types=EVENT_TYPES))
+        if isinstance(found, Exception):
+            raise found
+        reconnect = subscribed.status.reason != "subscribing"
+        subscribed.subscription_id = str(found)
+        self._set(subscribed, ChannelStatus(state=ChannelState.CONNECTED))
+        if reconnect:
+            self._channel.hooks.reconnected(self._channel.kind, subscribed.member.name)
+        # Mail that arrived between the last poll and this subscription has no event: one
+        # poll closes that gap (at start, and after every loss).
+        self._channel.wake(subscribed.member.name)
+
+    def _refused(self, subscribed: _Subscribed, error: BaseException) -> None:
+        code = type(error).__name__
+        reason = f"{code}: subscribing failed ({error}); trying again at the next rollover"
+        self._set(
+            subscribed,
+            ChannelStatus(
+                state=ChannelState.DEGRADED, reason=reason, last_event=subscribed.status.last_event
+            ),
+        )
+        if subscribed.member.address == self.affinity.anchor and not any(
+            s.subscription_id for s in self.members
+        ):
+            # Nothing is anchored yet: anchor the group on a mailbox that may work.
+            others = [s.member.address for s in self.members if s is not subscribed]
+            if others:
+                self.affinity.anchor = others[0]
 
     def _listen(self) -> None:
         by_id = {s.subscription_id: s for s in self.members if s.subscription_id}
         if not by_id:
-            raise ews_errors.ErrorSubscriptionNotFound("no live subscription in this group")
+            raise _NoneSubscribed("no mailbox of this group could subscribe")
         anchor = next(s for s in self.members if s.subscription_id).account
         stream = _Stream(account=anchor, affinity=self.affinity)
         stream.on_ok = functools.partial(self._up, list(by_id.values()))
@@ -411,6 +440,10 @@ class _GroupRunner:
         self._failures += 1
         server = getattr(error, "back_off", None)
         code = type(error).__name__
+        if isinstance(error, _NoneSubscribed):
+            # Each member already says why; wait before asking again.
+            self._channel.stopping.wait(self._channel.back_off.delay(self._failures))
+            return
         if isinstance(error, _Named):
             lost = [s for s in self.members if s.subscription_id in error.ids] or self.members
             self._lose(lost, f"{error.code}: subscription lost; subscribing again")
@@ -429,11 +462,32 @@ class _GroupRunner:
                 f"{code}: Exchange's budget for this account is used up ({error}); "
                 f"retrying in {wait:.0f} s, polling meanwhile"
             )
+        elif isinstance(error, ews_errors.UnauthorizedError):
+            # As the polls do (EwsMailSource._call): Exchange refused a token we believed
+            # valid; fetch a new one, drop the sessions carrying the old, and retry at once.
+            self._token_rejected()
+            wait = 0.0 if self._failures == 1 else self._channel.back_off.delay(self._failures)
+            if wait:
+                self._degrade(
+                    f"{code}: Exchange rejected the access token even after a fresh one "
+                    f"({error}); retrying in {wait:.0f} s, polling meanwhile"
+                )
         else:
             wait = self._channel.back_off.delay(self._failures)
             self._degrade(f"{code}: {error}; retrying in {wait:.0f} s, polling meanwhile")
         if wait:
             self._channel.stopping.wait(wait)
+
+    def _token_rejected(self) -> None:
+        account = next((s.account for s in self.members if s.account is not None), None)
+        if account is None:
+            return
+        protocol = account.protocol
+        rejected = getattr(protocol.credentials, "server_rejected", None)
+        with contextlib.suppress(Exception):
+            if rejected is not None:
+                rejected()
+            protocol.close()
 
     def _lose(self, lost: Sequence[_Subscribed], reason: str) -> None:
         for subscribed in lost:
@@ -502,6 +556,10 @@ class _GroupRunner:
                         subscription_id=old
                     )
                 )
+
+
+class _NoneSubscribed(Exception):
+    """Every member of the group was refused (each is degraded with its own reason)."""
 
 
 class _Dropped(Exception):
