@@ -19,8 +19,8 @@ complete envelopes in Exchange's streaming form (``soap.streaming_envelope``) en
 
 Exchange's streaming limits (issue 15), each a field of ``Subscriptions``:
 
-- ``ConnectionTimeout`` outside 1-30 minutes and more than 200 subscriptions in one
-  ``GetStreamingEvents`` are ``ErrorInvalidArgument``.
+- ``ConnectionTimeout`` outside 1-30 minutes is ``ErrorSchemaValidation`` (messages.xsd's range);
+  more than 200 subscriptions in one ``GetStreamingEvents`` are ``ErrorInvalidArgument``.
 - A streaming subscription no connection holds for 30 minutes expires (``ErrorSubscriptionNotFound``
   afterwards).
 - ``queue_limit`` events waiting for a subscription nobody reads: the next stream answers
@@ -64,6 +64,7 @@ from lxml import etree
 
 from ews_listener_emulators.ops import (
     OpContext,
+    OpFault,
     OpResult,
     Reply,
     Stream,
@@ -583,8 +584,11 @@ def get_streaming_events(ctx: OpContext, request: etree._Element) -> OpResult:
     except ValueError:
         minutes = 0
     if not 1 <= minutes <= 30:
-        return _streaming_error(
-            "ErrorInvalidArgument", "ConnectionTimeout must be between 1 and 30 minutes.", []
+        # messages.xsd restricts ConnectionTimeout to 1-30, so Exchange refuses it in schema
+        # validation; the same answer when the emulator's request validation is off.
+        raise OpFault(
+            "ErrorSchemaValidation",
+            "The request failed schema validation: ConnectionTimeout must be between 1 and 30.",
         )
     if len(ids) > 200:
         return _streaming_error(
