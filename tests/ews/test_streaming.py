@@ -388,8 +388,15 @@ def test_a_lost_stream_or_subscription_subscribes_again_and_wakes(
         lambda: all(seen.count("reconnected", name) == 1 for name in lost), f"{lost} reconnected"
     )
     seen.wait(lambda: _connected(made), "connected again")
+    said = {
+        "drop": "stream dropped",
+        "remove": "ErrorSubscriptionNotFound",
+        "miss": "ErrorMissedNotificationEvents",
+    }[fault]
     for name in lost:
         assert seen.wakes[name] - before[name] >= 1
+        reasons = [s.reason for who, s in seen.states if who == name and s.reason]
+        assert any(said in reason for reason in reasons), reasons
     new_ids = {s.subscription_id for s in registry.all()}
     assert len(new_ids) == 3
     assert len(new_ids - old_ids) == len(lost)

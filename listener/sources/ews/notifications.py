@@ -99,14 +99,20 @@ _BUSY = (
     ews_errors.ErrorExceededConnectionCount,
     ews_errors.ErrorExceededSubscriptionCount,
 )
-# The stream broke on the way (reset, truncated chunk, read timeout, socket shut by stop()).
+# The stream broke on the way (reset, truncated chunk, read timeout, socket shut by stop()):
+# what the network or a proxy did, as opposed to an answer of Exchange (ResponseMessageError).
 _DROPPED = (
     requests.RequestException,
     urllib3.exceptions.HTTPError,
     OSError,
     ews_errors.TransportError,
-    ews_errors.MalformedResponseError,
 )
+
+
+def _dropped(error: BaseException) -> bool:
+    return isinstance(error, _Dropped) or (
+        isinstance(error, _DROPPED) and not isinstance(error, ews_errors.ResponseMessageError)
+    )
 
 
 @dataclass
@@ -392,9 +398,9 @@ class _GroupRunner:
                 if subscribed is not None and self._news(subscribed, notification.events):
                     self._event(subscribed)
             closed = stream.connection_status == GetStreamingEvents.CLOSED
-        except ews_errors.EWSError:
-            if stream.error_ids:
-                raise _Named(stream.error_ids) from None
+        except ews_errors.EWSError as error:
+            if stream.error_ids and isinstance(error, _RESUBSCRIBE):
+                raise _Named(stream.error_ids, type(error).__name__) from None
             raise
         finally:
             with self._lock:
@@ -448,9 +454,7 @@ class _GroupRunner:
             lost = [s for s in self.members if s.subscription_id in error.ids] or self.members
             self._lose(lost, f"{error.code}: subscription lost; subscribing again")
             wait = 0.0 if self._failures == 1 else self._channel.back_off.delay(self._failures)
-        elif isinstance(error, _RESUBSCRIBE) or (
-            isinstance(error, (_Dropped, *_DROPPED)) and not isinstance(error, _BUSY)
-        ):
+        elif isinstance(error, _RESUBSCRIBE) or _dropped(error):
             what = "subscription lost" if isinstance(error, _RESUBSCRIBE) else "stream dropped"
             self._lose(self.members, f"{code}: {what} ({error}); subscribing again")
             # The first loss is retried at once (the usual rollover or a one-off drop); a server
@@ -569,10 +573,10 @@ class _Dropped(Exception):
 class _Named(Exception):
     """An error answer that named the subscriptions it is about."""
 
-    def __init__(self, ids: Sequence[str]) -> None:
-        super().__init__(f"subscriptions {list(ids)}")
+    def __init__(self, ids: Sequence[str], code: str) -> None:
+        super().__init__(f"{code} for subscriptions {list(ids)}")
         self.ids = frozenset(ids)
-        self.code = "ErrorSubscriptionNotFound"
+        self.code = code
 
 
 class EwsStreamingChannel:
