@@ -296,6 +296,8 @@ def test_one_connection_carries_every_mailbox_and_each_event_wakes_its_own(
     seen.wait(lambda: seen.count("event", "user3") == 1, "the event of user3")
     assert seen.wakes - before == Counter({"user3": 1})
     assert {s.backend for s in registry.all()} == {registry.backend_of(MAILBOXES[0])}
+    # The cookie the first Subscribe got back is the group's (and goes on every later request).
+    assert made.runners[0].affinity.cookie == f"emu-backend-{registry.backend_of(MAILBOXES[0])}"
 
 
 def test_without_the_group_affinity_the_emulator_loses_the_subscriptions(
@@ -474,3 +476,24 @@ def test_a_rejected_token_is_renewed_as_the_polls_do(
     assert [s.state for _, s in seen.states] == [ChannelState.CONNECTED] * 2
     _deliver(emu, MAILBOXES[0])
     seen.wait(lambda: seen.count("event", "user0") == 1, "the event of user0")
+
+
+def test_the_back_end_cookie_routes_the_stream(
+    channel: Build, emu: EwsEmulator, registry: emulated.Subscriptions
+) -> None:
+    """The cookie is replayed: with the anchor header pointing at another back end, the renewed
+    streams still reach the subscriptions (routed by the cookie), nothing subscribes again;
+    without the cookie they would not (the control: the cookie dropped, the stream loses them)."""
+    other = next(
+        a for a in MAILBOXES if registry.backend_of(a) != registry.backend_of(MAILBOXES[0])
+    )
+    made, seen = channel(MAILBOXES[:2])
+    made.start()
+    seen.wait(lambda: _connected(made), "connected")
+    affinity = made.runners[0].affinity
+    affinity.anchor = other
+    renewed = seen.count("renewed", "user0")
+    seen.wait(lambda: seen.count("renewed", "user0") >= renewed + 2, "two rollovers")
+    assert seen.count("reconnected", "user0") == 0
+    affinity.cookie = None
+    seen.wait(lambda: seen.count("reconnected", "user0") == 1, "lost without the cookie")
