@@ -497,3 +497,39 @@ def test_the_back_end_cookie_routes_the_stream(
     assert seen.count("reconnected", "user0") == 0
     affinity.cookie = None
     seen.wait(lambda: seen.count("reconnected", "user0") == 1, "lost without the cookie")
+
+
+def test_a_mailbox_out_of_subscriptions_is_degraded_alone(
+    channel: Build, emu: EwsEmulator, registry: emulated.Subscriptions
+) -> None:
+    """EWSMaxSubscriptions spent on one mailbox (by another application, say): that mailbox is
+    degraded naming ErrorExceededSubscriptionCount; the group streams on without it."""
+    registry.subscription_limit = 1
+    mailbox = emu.store.mailbox(MAILBOXES[1])
+    assert mailbox is not None
+    registry.add(
+        emulated.Subscription(
+            subscription_id="AAAAtaken",
+            kind="streaming",
+            mailbox=mailbox,
+            folder_ids=None,
+            event_types=frozenset({"NewMailEvent"}),
+            position=0,
+            timeout_minutes=30,
+            last_seen=registry.clock(),
+            connections=1,
+        )
+    )
+    made, seen = channel(MAILBOXES[:3])
+    made.start()
+    seen.wait(
+        lambda: (
+            made.status()["user2"].state == ChannelState.CONNECTED
+            and made.status()["user1"].reason != "subscribing"
+        ),
+        "user2 connected, user1 refused",
+    )
+    assert "ErrorExceededSubscriptionCount" in made.status()["user1"].reason
+    assert made.status()["user0"].state == ChannelState.CONNECTED
+    _deliver(emu, MAILBOXES[2])
+    seen.wait(lambda: seen.count("event", "user2") == 1, "the event of user2")

@@ -334,8 +334,10 @@ class _GroupRunner:
                 continue
             try:
                 self._subscribe(subscribed)
+            except ews_errors.ErrorExceededSubscriptionCount as error:
+                self._refused(subscribed, error)  # this mailbox's EWSMaxSubscriptions only
             except (*_BUSY, ews_errors.UnauthorizedError):
-                raise  # the credential's, not the mailbox's: the whole round waits
+                raise  # the credential's or the server's: the whole round waits
             except Exception as error:
                 if self._channel.stopping.is_set():
                     return
