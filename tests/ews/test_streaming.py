@@ -533,3 +533,34 @@ def test_a_mailbox_out_of_subscriptions_is_degraded_alone(
     assert made.status()["user0"].state == ChannelState.CONNECTED
     _deliver(emu, MAILBOXES[2])
     seen.wait(lambda: seen.count("event", "user2") == 1, "the event of user2")
+
+
+def test_mail_moved_in_wakes_and_mail_moved_out_does_not(channel: Build, emu: EwsEmulator) -> None:
+    """MovedEvent into the watched folder wakes the mailbox; moved out (the listener's own move
+    action, say) does not: after the move out, the next event seen is the next delivery's."""
+    emu.create_folder(MAILBOXES[0], "inbox/Processed")
+    elsewhere = emu.deliver(MAILBOXES[0], _mime_bytes(MAILBOXES[0]), folder="inbox/Processed")
+    made, seen = channel(MAILBOXES[:1])
+    made.start()
+    seen.wait(lambda: _connected(made), "connected")
+    registry = emulated.subscriptions(emu)
+    seen.wait(lambda: registry.streams(MAILBOXES[0]) == 1, "the stream open")
+    emu.move_item(MAILBOXES[0], elsewhere, "inbox")
+    seen.wait(lambda: seen.count("event", "user0") == 1, "the move in")
+    inbox_item = next(i.item_id for i in emu.items(MAILBOXES[0], "inbox"))
+    emu.move_item(MAILBOXES[0], inbox_item, "inbox/Processed")
+    _deliver(emu, MAILBOXES[0], "after the move out")
+    # Two rollovers later every event of both moves and the delivery has been read (a stream's
+    # Closed comes after all it carried): one event for the delivery, none for the move out.
+    renewed = seen.count("renewed", "user0")
+    seen.wait(lambda: seen.count("renewed", "user0") >= renewed + 2, "two rollovers")
+    assert seen.count("event", "user0") == 2
+
+
+def _mime_bytes(address: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "customer@example.net"
+    msg["To"] = address
+    msg["Subject"] = "filed elsewhere"
+    msg.set_content("body")
+    return msg.as_bytes()

@@ -315,9 +315,7 @@ class _GroupRunner:
                 self._subscribe_missing()
                 self._listen()
                 self._failures = 0
-            except (
-                Exception
-            ) as error:  # every failure is handled and retried; never kill the thread
+            except Exception as error:  # handled and retried: the thread never dies of one
                 if stop.is_set():
                     break
                 self._failed(error)
