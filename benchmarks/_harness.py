@@ -217,6 +217,17 @@ def _serve(
                     continue
                 round_trip.delay = args
                 conn.send(None)
+            elif command == "streaming":
+                from ews_listener_emulators.ops import notifications
+
+                minute, keepalive = args
+                notifications.configure(ews, minute=minute, keepalive=keepalive)
+                conn.send(None)
+            elif command == "streams":
+                from ews_listener_emulators.ops import notifications
+
+                registry = notifications.subscriptions(ews)
+                conn.send(sum(registry.streams(address) for address in args))
             elif command == "clear_log":
                 ews.request_log.clear()
                 if graph is not None and round_trip is not None:
@@ -343,6 +354,14 @@ class EmulatorProcess:
         """Delay every HTTP request to Graph by ``seconds`` from now on (0: none); a ``$batch``
         waits once (``_GraphRoundTrip``)."""
         self._call("graph_latency", seconds)
+
+    def set_streaming(self, minute: float = 60.0, keepalive: float | None = None) -> None:
+        """The EWS emulator's protocol minute and streaming keep-alive (seconds)."""
+        self._call("streaming", (minute, keepalive))
+
+    def streams(self, anchors: Sequence[str]) -> int:
+        """GetStreamingEvents connections open now, impersonating one of ``anchors``."""
+        return int(self._call("streams", list(anchors)))
 
     def clear_log(self) -> None:
         self._call("clear_log")

@@ -28,7 +28,9 @@ from typing import Any
 import structlog
 
 from listener.app import App
+from listener.config.models import notification_mode
 from listener.errors import EXIT_OK, EXIT_TEMPFAIL, EXIT_UNAVAILABLE
+from listener.notify import NotificationChannel, NotifyHooks, Watch
 from listener.observability import HealthServer, HealthState, Metrics, poll_recorder, systemd
 from listener.poller import PollResult
 from listener.service import MailboxRunner, Scheduler, poll_all
@@ -60,6 +62,50 @@ def _wire(app: App, metrics: Metrics, health: HealthState | None) -> list[Mailbo
         if health is not None:
             health.register_mailbox(runner.name, runner.interval)
     return runners
+
+
+class _Wakes:
+    """Stand-in for the service's ``request_poll`` (issue 15 item 1, built elsewhere): a wake
+    of a mailbox runs one more poll of it on this thread, coalesced, and a wake that meets a
+    running poll (``MailboxRunner.run`` returns None) is retried until a poll starts after it."""
+
+    def __init__(self, runners: Sequence[MailboxRunner], stop: threading.Event) -> None:
+        self._runners = {runner.name: runner for runner in runners}
+        self._stop = stop
+        self._pending: set[str] = set()
+        self._cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="wakes", daemon=True)
+
+    def wake(self, name: str) -> None:
+        with self._cond:
+            self._pending.add(name)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while not self._pending and not self._stop.is_set():
+                    self._cond.wait(0.5)
+                names, self._pending = sorted(self._pending), set()
+            for name in names:
+                runner = self._runners.get(name)
+                if runner is not None and runner.run() is None and not self._stop.is_set():
+                    self._stop.wait(0.05)
+                    self.wake(name)  # busy or backing off: try again shortly
+
+
+def _channels(app: App, settings: Any, wake: Any) -> list[NotificationChannel]:
+    """The push channels of the mailboxes that asked for them, one per source kind."""
+    watches: dict[str, list[Watch]] = {}
+    for name, mailbox in settings.mailboxes.items():
+        if mailbox.enabled and notification_mode(settings.notifications, mailbox) != "off":
+            watches.setdefault(mailbox.source, []).append(Watch(name=name, mailbox=mailbox))
+    found = []
+    for kind, given in watches.items():
+        factory = app.factory(kind)
+        if hasattr(factory, "notifications") and kind == "ews":
+            found.append(factory.notifications(given, wake, NotifyHooks()))
+    return found
 
 
 def run_daemon(
@@ -103,6 +149,12 @@ def run_daemon(
         log.info("http.listening", url=server.url, endpoints=server.endpoints())
 
     scheduler.start()
+    wakes = _Wakes(runners, threading.Event())
+    channels = _channels(app, settings, wakes.wake)
+    if channels:
+        wakes.thread.start()
+    for channel in channels:
+        channel.start()
     watchdog = (
         systemd.Watchdog(lambda: time.monotonic() - scheduler.heartbeat < 60)
         if service.watchdog
@@ -117,9 +169,15 @@ def run_daemon(
         health.beat()
     # --- ordered shutdown (see the module docstring) ---
     systemd.stopping("finishing in-flight hand-overs")
+    for channel in channels:  # before 1: no wake asks for a poll any more
+        channel.stop()
     scheduler.stop_scheduling()  # 1
+    wakes._stop.set()
     app.stop.set()  # 2
     finished = scheduler.wait_idle(service.shutdown_grace)  # 3
+    if wakes.thread.is_alive():
+        wakes.thread.join(service.shutdown_grace)
+        finished = finished and not wakes.thread.is_alive()
     scheduler.shutdown()
     if watchdog is not None:
         watchdog.stop()

@@ -325,7 +325,7 @@ class EwsHandler(QuietHandler):
             if problem is not None:
                 record["schema_error"] = f"response: {problem}"
                 log.warning("EWS emulator: invalid %s response: %s", spec.name, problem)
-        self._send_xml(result.status, build_envelope(result.body))
+        self._send_xml(result.status, build_envelope(result.body), dict(result.headers))
         return result.status
 
     @staticmethod
@@ -424,14 +424,16 @@ class EwsHandler(QuietHandler):
         self._send_xml(500, build_envelope(fault))
         return 500
 
-    def _send_xml(self, status: int, body: bytes) -> None:
+    def _send_xml(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         cut, self._cut_after = self._cut_after, 0
         if not cut:
-            self.send_body(status, body, "text/xml; charset=utf-8")
+            self.send_body(status, body, "text/xml; charset=utf-8", headers)
             return
         self.send_response(status)
         self.send_header("Content-Type", "text/xml; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         with contextlib.suppress(OSError):
             self.wfile.write(body[: min(cut, max(len(body) - 1, 0))])

@@ -335,6 +335,20 @@ def _limit(admin: AdminServer, params: Any, query: Any, body: Any) -> tuple[int,
     return 200, {"limit": limit}
 
 
+@_route("POST", "/admin/streaming/(?P<action>drop|remove|miss)")
+def _streaming_fault(admin: AdminServer, params: Any, query: Any, body: Any) -> tuple[int, Any]:
+    """Streaming faults (ops/notifications.py): cut open streams, forget subscriptions, or make
+    the next stream envelope ErrorMissedNotificationEvents; of one ``mailbox`` or all."""
+    mailbox = _field(body or {}, "mailbox", str, None)
+    registry = notifications.subscriptions(admin.emulator)
+    action = {
+        "drop": registry.drop_streams,
+        "remove": registry.remove_subscriptions,
+        "miss": registry.miss_events,
+    }[params["action"]]
+    return 200, {"action": params["action"], "mailbox": mailbox, "affected": action(mailbox)}
+
+
 @_route("DELETE", "/admin/faults/(?P<rule_id>[^/]+)")
 def _remove_fault(admin: AdminServer, params: Any, query: Any, body: Any) -> tuple[int, Any]:
     if not admin.emulator.faults.remove(params["rule_id"]):

@@ -201,3 +201,14 @@ def test_throughput_grid_writes_the_csv_and_the_svg(tmp_path: Path) -> None:
     for legend in ("concurrency 1", "concurrency 4", "limit, 4"):
         assert legend in svg, svg
     assert "percent_of_limit" in out, out
+
+
+@pytest.mark.slow
+def test_latency_ews_streaming_hands_every_message_over() -> None:
+    """latency_ews.py, streaming only and small: every message handed over, figures printed."""
+    out = _run(
+        str(BENCH / "latency_ews.py"),
+        *("--modes", "streaming", "--mailboxes", "2", "--messages", "6", "--rate", "4"),
+    )
+    rows = [line.split() for line in out.splitlines() if line.startswith("streaming ")]
+    assert [(row[1], row[2]) for row in rows] == [("3600", "6/6")], out

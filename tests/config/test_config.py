@@ -8,6 +8,7 @@ from textwrap import dedent
 import pytest
 
 from listener.config import Action, ConfigError, ConfigIssue, Settings, load_settings
+from listener.config.models import notification_mode
 from listener.secrets import EnvSecret, InlineSecret
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "example.toml"
@@ -457,3 +458,14 @@ def test_state_timeouts(tmp_path: Path) -> None:
     """[state] accepts busy_timeout and connect_timeout (named by the store's errors)."""
     settings = load(tmp_path, BASE + "\n[state]\nbusy_timeout = 30\nconnect_timeout = 3\n")
     assert (settings.state.busy_timeout, settings.state.connect_timeout) == (30.0, 3.0)
+
+
+def test_ews_streaming_example_loads() -> None:
+    """config/ews-streaming.toml is valid: push by default, one mailbox opting out."""
+    settings = load_settings(EXAMPLE.with_name("ews-streaming.toml"), env={})
+    modes = {
+        name: notification_mode(settings.notifications, mailbox)
+        for name, mailbox in settings.mailboxes.items()
+    }
+    assert modes == {"orders": "streaming", "invoices": "streaming", "archive": "off"}
+    assert settings.notifications.ews.connection_minutes == 30

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
@@ -86,6 +86,8 @@ class Reply:
 
     body: etree._Element
     status: int = 200
+    # Extra HTTP headers (Subscribe's affinity cookie, ops/notifications.py).
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

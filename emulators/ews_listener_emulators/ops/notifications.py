@@ -16,13 +16,41 @@ either. ``schema.SchemaValidator`` knows this one departure. A streamed response
 complete envelopes in Exchange's streaming form (``soap.streaming_envelope``) ending with
 ``ConnectionStatus`` ``Closed``
 (ews-samples/from-clients/exchangelib.GetStreamingEventsResponse.ConnectionClosed.xml).
+
+Exchange's streaming limits (issue 15), each a field of ``Subscriptions``:
+
+- ``ConnectionTimeout`` outside 1-30 minutes is ``ErrorSchemaValidation`` (messages.xsd's range);
+  more than 200 subscriptions in one ``GetStreamingEvents`` are ``ErrorInvalidArgument``.
+- A streaming subscription no connection holds for 30 minutes expires (``ErrorSubscriptionNotFound``
+  afterwards).
+- ``queue_limit`` events waiting for a subscription nobody reads: the next stream answers
+  ``ErrorMissedNotificationEvents`` for it (naming it in ``ErrorSubscriptionIds``) and drops it.
+- ``hanging_limit`` streams at once per impersonated mailbox (Exchange Online's
+  ``HangingConnectionLimit``, 10) and ``subscription_limit`` subscriptions per mailbox
+  (``EWSMaxSubscriptions``, 20): ``ErrorExceededConnectionCount`` /
+  ``ErrorExceededSubscriptionCount``.
+  Streams have their own budget, apart from the 27 concurrent requests (NEEDS.md item 1).
+- Affinity (Microsoft, "Maintain affinity between a group of subscriptions and the Mailbox
+  server"): a mailbox lives on one of ``backends`` back-end servers (a stable hash of its address).
+  A request is routed by its ``X-BackEndOverrideCookie`` when it has one, else by its
+  ``X-AnchorMailbox``; a subscription lives on the back end that served its ``Subscribe``, whose
+  answer sets the cookie when the request said ``X-PreferServerAffinity: true``.
+  ``GetStreamingEvents`` routed to another back end does not find it
+  (``ErrorSubscriptionNotFound``). One stream may carry the subscriptions of many mailboxes of the
+  same application (``ErrorSubscriptionAccessDenied`` for another application's).
+
+Fault injection (admin API and ``Subscriptions`` methods): ``drop_streams`` cuts open streams
+mid-way, ``remove_subscriptions`` forgets subscriptions (as a server restart does) and
+``miss_events`` makes the next envelope of a stream ``ErrorMissedNotificationEvents``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
+import hashlib
 import os
 import struct
 import threading
@@ -36,6 +64,7 @@ from lxml import etree
 
 from ews_listener_emulators.ops import (
     OpContext,
+    OpFault,
     OpResult,
     Reply,
     Stream,
@@ -102,6 +131,9 @@ class Subscription:
     timeout_minutes: int
     last_seen: float
     connections: int = 0
+    client_id: str | None = None  # the application that made it
+    backend: int = 0  # the back-end server that holds it (see "Affinity" above)
+    missed: bool = False  # fault: the next stream reports ErrorMissedNotificationEvents
     # The watermark of the last GetEvents call and whether its answer had MoreEvents (see there).
     last_watermark: str | None = None
     last_more: bool = False
@@ -131,8 +163,89 @@ class Subscriptions:
     keepalive: float | None = None
     page_size: int = 50
     clock: Callable[[], float] = time.monotonic
+    backends: int = 4
+    hanging_limit: int = 10
+    subscription_limit: int = 20
+    # Exchange does not document its queue size; large enough never to bite an attended stream.
+    queue_limit: int = 1000
     _by_id: dict[str, Subscription] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _hanging: dict[str, int] = field(default_factory=dict)
+    _streams: list[tuple[str, threading.Event]] = field(default_factory=list)
+
+    def backend_of(self, address: str) -> int:
+        """The back-end server a mailbox lives on (stable across runs)."""
+        digest = hashlib.sha256(address.lower().encode()).digest()
+        return int.from_bytes(digest[:4], "big") % max(self.backends, 1)
+
+    def route(self, headers: Any, fallback: str | None) -> int:
+        """The back end a request reaches: its cookie's, else its anchor mailbox's."""
+        cookie = _cookie(headers)
+        if cookie is not None:
+            return cookie
+        anchor = headers.get("X-AnchorMailbox") or fallback or ""
+        return self.backend_of(anchor)
+
+    def count(self, address: str) -> int:
+        """Live subscriptions of a mailbox (for ``subscription_limit``)."""
+        key = address.lower()
+        with self._lock:
+            return sum(1 for s in self._by_id.values() if s.mailbox.address.lower() == key)
+
+    def hang(self, address: str, dropped: threading.Event) -> bool:
+        """Count a stream of ``address`` in; False past ``hanging_limit``."""
+        key = address.lower()
+        with self._lock:
+            if self._hanging.get(key, 0) >= self.hanging_limit:
+                return False
+            self._hanging[key] = self._hanging.get(key, 0) + 1
+            self._streams.append((key, dropped))
+            return True
+
+    def unhang(self, address: str, dropped: threading.Event) -> None:
+        key = address.lower()
+        with self._lock:
+            self._hanging[key] = self._hanging.get(key, 1) - 1
+            if self._hanging[key] <= 0:
+                del self._hanging[key]
+            with contextlib.suppress(ValueError):
+                self._streams.remove((key, dropped))
+
+    def streams(self, address: str) -> int:
+        """Streams of ``address`` open now."""
+        with self._lock:
+            return self._hanging.get(address.lower(), 0)
+
+    # --- faults -----------------------------------------------------------------------------
+
+    def drop_streams(self, mailbox: str | None = None) -> int:
+        """Cut the open streams (of the one impersonating ``mailbox``, or all) mid-way."""
+        key = mailbox.lower() if mailbox else None
+        with self._lock:
+            chosen = [event for owner, event in self._streams if key in (None, owner)]
+        for event in chosen:
+            event.set()
+        return len(chosen)
+
+    def remove_subscriptions(self, mailbox: str | None = None) -> int:
+        """Forget the subscriptions (of ``mailbox``, or all), as a restarted server does."""
+        key = mailbox.lower() if mailbox else None
+        with self._lock:
+            gone = [
+                sid for sid, s in self._by_id.items() if key in (None, s.mailbox.address.lower())
+            ]
+            for sid in gone:
+                del self._by_id[sid]
+        return len(gone)
+
+    def miss_events(self, mailbox: str | None = None) -> int:
+        """The next stream envelope of these subscriptions is ErrorMissedNotificationEvents."""
+        key = mailbox.lower() if mailbox else None
+        with self._lock:
+            chosen = [s for s in self._by_id.values() if key in (None, s.mailbox.address.lower())]
+            for subscription in chosen:
+                subscription.missed = True
+        return len(chosen)
 
     @property
     def keepalive_interval(self) -> float:
@@ -156,6 +269,11 @@ class Subscriptions:
                 del self._by_id[subscription_id]
                 return None
             return found
+
+    def holds(self, subscription_id: str) -> bool:
+        """Whether the subscription is still registered (not removed or unsubscribed)."""
+        with self._lock:
+            return subscription_id in self._by_id
 
     def remove(self, subscription_id: str) -> bool:
         with self._lock:
@@ -190,16 +308,44 @@ def configure(
     minute: float | None = None,
     keepalive: float | None = None,
     page_size: int | None = None,
+    backends: int | None = None,
+    hanging_limit: int | None = None,
+    subscription_limit: int | None = None,
+    queue_limit: int | None = None,
 ) -> Subscriptions:
-    """Set the notification time unit (seconds per protocol minute), keep-alive and page size."""
+    """Set the notification time unit (seconds per protocol minute), keep-alive, page size and
+    the streaming limits (see the module docstring)."""
     registry = subscriptions(emulator)
-    if minute is not None:
-        registry.minute = minute
-    if keepalive is not None:
-        registry.keepalive = keepalive
-    if page_size is not None:
-        registry.page_size = page_size
+    for name, value in (
+        ("minute", minute),
+        ("keepalive", keepalive),
+        ("page_size", page_size),
+        ("backends", backends),
+        ("hanging_limit", hanging_limit),
+        ("subscription_limit", subscription_limit),
+        ("queue_limit", queue_limit),
+    ):
+        if value is not None:
+            setattr(registry, name, value)
     return registry
+
+
+_COOKIE = "X-BackEndOverrideCookie"
+_COOKIE_PREFIX = "emu-backend-"
+
+
+def _cookie(headers: Any) -> int | None:
+    """The back end named by the request's affinity cookie (Cookie header, or exchangelib's
+    ``X-BackEndOverrideCookie`` header form), or None."""
+    values = [headers.get(_COOKIE) or ""]
+    for part in (headers.get("Cookie") or "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == _COOKIE:
+            values.append(value)
+    for value in values:
+        if value.startswith(_COOKIE_PREFIX) and value[len(_COOKIE_PREFIX) :].isdigit():
+            return int(value[len(_COOKIE_PREFIX) :])
+    return None
 
 
 # --- element helpers ---------------------------------------------------------------------------
@@ -303,6 +449,14 @@ def subscribe(ctx: OpContext, request: etree._Element) -> OpResult:
         if decoded is None or decoded > position:
             return _error("Subscribe", "ErrorInvalidWatermark", "The watermark is invalid.")
         position = decoded
+    if registry.count(mailbox.address) >= registry.subscription_limit:
+        return _error(
+            "Subscribe",
+            "ErrorExceededSubscriptionCount",
+            "You have exceeded the maximum number of subscriptions for this mailbox.",
+        )
+    headers = ctx.http.headers
+    backend = registry.route(headers, mailbox.address)
     timeout = 0
     if pull is not None:
         timeout = int(_text(pull, t("Timeout")) or "30")
@@ -317,6 +471,8 @@ def subscribe(ctx: OpContext, request: etree._Element) -> OpResult:
         position=position,
         timeout_minutes=timeout or _STREAMING_IDLE_MINUTES,
         last_seen=registry.clock(),
+        client_id=ctx.client_id,
+        backend=backend,
     )
     registry.add(subscription)
     message = success("SubscribeResponseMessage")
@@ -324,7 +480,10 @@ def subscribe(ctx: OpContext, request: etree._Element) -> OpResult:
     if pull is not None:
         sub(message, m("Watermark"), encode_watermark(position))
     ctx.notes["subscription"] = subscription.kind
-    return Reply(response("Subscribe", [message]))
+    set_cookie: dict[str, str] = {}
+    if (headers.get("X-PreferServerAffinity") or "").lower() in _TRUE:
+        set_cookie["Set-Cookie"] = f"{_COOKIE}={_COOKIE_PREFIX}{backend}; path=/; secure"
+    return Reply(response("Subscribe", [message]), headers=set_cookie)
 
 
 def _subscribed_folders(
@@ -420,27 +579,57 @@ def get_streaming_events(ctx: OpContext, request: etree._Element) -> OpResult:
         for e in request.iterfind(f"{m('SubscriptionIds')}/{t('SubscriptionId')}")
         if e.text
     ]
-    minutes = int(_text(request, m("ConnectionTimeout")) or "30")
+    try:
+        minutes = int(_text(request, m("ConnectionTimeout")) or "30")
+    except ValueError:
+        minutes = 0
+    if not 1 <= minutes <= 30:
+        # messages.xsd restricts ConnectionTimeout to 1-30, so Exchange refuses it in schema
+        # validation; the same answer when the emulator's request validation is off.
+        raise OpFault(
+            "ErrorSchemaValidation",
+            "The request failed schema validation: ConnectionTimeout must be between 1 and 30.",
+        )
+    if len(ids) > 200:
+        return _streaming_error(
+            "ErrorInvalidArgument", "At most 200 subscriptions may share a connection.", []
+        )
+    assert ctx.mailbox is not None
+    backend = registry.route(ctx.http.headers, ctx.mailbox.address)
     live: list[Subscription] = []
     bad: list[str] = []
+    denied: list[str] = []
     for subscription_id in ids:
         found = registry.get(ctx.store, subscription_id, "streaming")
-        if found is None or found.mailbox is not ctx.mailbox:
+        if found is None or found.backend != backend:
             bad.append(subscription_id)
+        elif found.client_id != ctx.client_id:
+            denied.append(subscription_id)
         else:
             live.append(found)
+    if denied:
+        return _streaming_error("ErrorSubscriptionAccessDenied", "Access is denied.", denied)
     if bad or not live:
-        message = error_message(
-            "GetStreamingEventsResponseMessage",
-            "ErrorSubscriptionNotFound",
-            "The subscription was not found.",
+        return _streaming_error("ErrorSubscriptionNotFound", "The subscription was not found.", bad)
+    dropped = threading.Event()
+    if not registry.hang(ctx.mailbox.address, dropped):
+        return _streaming_error(
+            "ErrorExceededConnectionCount",
+            "You have exceeded the available concurrent connections for your account. "
+            "Try again once your other requests have completed.",
+            [],
         )
-        container = sub(message, m("ErrorSubscriptionIds"))
-        for subscription_id in bad:
-            sub(container, t("SubscriptionId"), subscription_id)
-        return Reply(response("GetStreamingEvents", [message]))
     ctx.notes["subscriptions"] = len(live)
-    return Stream(_stream(ctx, registry, live, minutes * registry.minute))
+    return Stream(_stream(ctx, registry, live, minutes * registry.minute, dropped))
+
+
+def _streaming_error(code: str, text: str, subscription_ids: Sequence[str]) -> Reply:
+    message = error_message("GetStreamingEventsResponseMessage", code, text)
+    if subscription_ids:
+        container = sub(message, m("ErrorSubscriptionIds"))
+        for subscription_id in subscription_ids:
+            sub(container, t("SubscriptionId"), subscription_id)
+    return Reply(response("GetStreamingEvents", [message]))
 
 
 def _stream(
@@ -448,8 +637,11 @@ def _stream(
     registry: Subscriptions,
     live: list[Subscription],
     duration: float,
+    dropped: threading.Event,
 ) -> Iterator[etree._Element]:
     store = ctx.store
+    assert ctx.mailbox is not None
+    address = ctx.mailbox.address
     deadline = registry.clock() + duration
     for subscription in live:
         subscription.connections += 1
@@ -457,9 +649,27 @@ def _stream(
         first = True
         last_sent = registry.clock()
         while not ctx.closing.is_set():
+            if dropped.is_set():
+                drop: Callable[[], None] = getattr(ctx.http, "drop_connection")  # noqa: B009
+                drop()  # fault: cut mid-stream, no Closed
+                return
             now = registry.clock()
             if now >= deadline:
                 break
+            gone = [s for s in live if not registry.holds(s.subscription_id)]
+            if gone:
+                # Removed under the stream (a server restart, a mailbox move): say which.
+                yield _lost_response(
+                    gone, "ErrorSubscriptionNotFound", "The subscription was not found."
+                )
+                return
+            lost = [s for s in live if s.missed or _overflowing(store, s, registry.queue_limit)]
+            if lost:
+                # The subscriptions lost events: say so, naming them, and forget them.
+                for subscription in lost:
+                    registry.remove(subscription.subscription_id)
+                yield _missed_response(lost)
+                return
             batches = [(s, *_pending(store, s, registry.page_size)) for s in live]
             ready = [(s, events, position) for s, events, position, _ in batches if events]
             for subscription, _, position, _ in batches:
@@ -472,20 +682,51 @@ def _stream(
                 continue
             # Wake on a new event, the next keep-alive, the deadline, or (in slices) shutdown.
             wait = min(deadline - now, registry.keepalive_interval - (now - last_sent), 0.25)
-            positions = {s.mailbox.address: s.position for s in live}
+            positions = {s.subscription_id: s.position for s in live}
             with store.changed:
                 store.changed.wait_for(
-                    functools.partial(_has_news, store, live, positions), timeout=max(wait, 0.0)
+                    functools.partial(_has_news, store, live, positions, dropped),
+                    timeout=max(wait, 0.0),
                 )
         yield _streaming_response(store, [], "Closed")
     finally:
+        registry.unhang(address, dropped)
         for subscription in live:
             subscription.connections -= 1
             subscription.last_seen = registry.clock()
 
 
-def _has_news(store: MailStore, live: Sequence[Subscription], positions: dict[str, int]) -> bool:
-    return any(store.last_event_seq(s.mailbox) > positions[s.mailbox.address] for s in live)
+def _overflowing(store: MailStore, subscription: Subscription, limit: int) -> bool:
+    """More than ``limit`` wanted events wait for this subscription."""
+    waiting, _, more = _pending(store, subscription, limit)
+    return more and len(waiting) >= limit
+
+
+def _missed_response(lost: Sequence[Subscription]) -> etree._Element:
+    return _lost_response(
+        lost,
+        "ErrorMissedNotificationEvents",
+        "The subscription has missed events and must be recreated.",
+    )
+
+
+def _lost_response(lost: Sequence[Subscription], code: str, text: str) -> etree._Element:
+    message = error_message("GetStreamingEventsResponseMessage", code, text)
+    container = sub(message, m("ErrorSubscriptionIds"))
+    for subscription in lost:
+        sub(container, t("SubscriptionId"), subscription.subscription_id)
+    return response("GetStreamingEvents", [message])
+
+
+def _has_news(
+    store: MailStore,
+    live: Sequence[Subscription],
+    positions: dict[str, int],
+    dropped: threading.Event,
+) -> bool:
+    return dropped.is_set() or any(
+        s.missed or store.last_event_seq(s.mailbox) > positions[s.subscription_id] for s in live
+    )
 
 
 def _streaming_response(

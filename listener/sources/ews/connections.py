@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +21,21 @@ from exchangelib.version import Build
 
 from listener.abc import TokenProvider
 from listener.errors import SourceError, Throttled, Unavailable
+from listener.notify import NotificationChannel, NotifyHooks, Wake, Watch
 from listener.sources.ews._transport import (
     ListenerRetryPolicy,
     TokenBridge,
     install_adapter,
     register_ca_bundle,
+)
+from listener.sources.ews.notifications import (
+    BackOff,
+    EwsStreamingChannel,
+    Member,
+    StreamGroup,
+    impersonating,
+    plan_groups,
+    streaming_configuration,
 )
 from listener.sources.ews.source import EwsMailSource
 
@@ -131,6 +141,8 @@ class EwsConnections:
         self._stop = stop
         self._lock = threading.Lock()
         self._configs: dict[tuple[str, str], tuple[Configuration, TokenBridge]] = {}
+        # The streams' own configurations (notifications.py: a session pool of their own).
+        self._streaming: dict[tuple[str, str], Configuration] = {}
         self.gates: dict[str, CredentialGate] = {}
         # (operation, outcome) of every EWS exchange, for metrics; set before sources are used
         self.on_request: Callable[[str, str], None] | None = None
@@ -175,6 +187,23 @@ class EwsConnections:
             self._configs[key] = (config, bridge)
             return config, bridge
 
+    def streaming(self, target: MailboxTarget, groups: int) -> Configuration:
+        """The configuration the streaming connections of ``target``'s (credential, endpoint)
+        use: one per key, with its own credentials object (so its own ``Protocol`` and session
+        pool, sized for ``groups`` streams); the token provider is the polls' one."""
+        config, _ = self._configuration(target)
+        key = (target.credential, target.endpoint.lower())
+        with self._lock:
+            found = self._streaming.get(key)
+            if found is None:
+                bridge = TokenBridge(
+                    self._providers(target.credential, target.endpoint),
+                    target.client_id,
+                    identity=target.address,
+                )
+                found = self._streaming[key] = streaming_configuration(config, bridge, groups)
+            return found
+
     def source(self, target: MailboxTarget) -> EwsMailSource:
         """A mail source for one mailbox folder (cheap; the account is created on first use)."""
         config, bridge = self._configuration(target)
@@ -204,9 +233,11 @@ class EwsConnections:
     def close(self) -> None:
         """Close every pooled HTTP session of every configuration."""
         with self._lock:
-            configs = list(self._configs.values())
+            configs = [config for config, _ in self._configs.values()]
+            configs += self._streaming.values()
             self._configs.clear()
-        for config, _ in configs:
+            self._streaming.clear()
+        for config in configs:
             # exchangelib caches one Protocol per configuration; this returns that one.
             Protocol(config=config).close()
 
@@ -258,6 +289,40 @@ class EwsSources:
         source = self.connections.source(self.target(name, mailbox, folder=folder))
         self.connections.gates[mailbox.credential].on_back_off = self._backed_off
         return source
+
+    def notifications(
+        self,
+        watches: Sequence[Watch],
+        wake: Wake,
+        hooks: NotifyHooks,
+        *,
+        back_off: BackOff | None = None,
+    ) -> NotificationChannel:
+        """Streaming subscriptions for ``watches``, as few connections as Exchange allows
+        (``notifications.py``); built, not started."""
+        config = self._settings.notifications.ews
+        targets = {watch.name: self.target(watch.name, watch.mailbox) for watch in watches}
+        groups = plan_groups(
+            (
+                (Member(name, t.address, t.folder), t.credential, t.endpoint)
+                for name, t in targets.items()
+            ),
+            config.subscriptions_per_connection,
+        )
+        by_group = {id(group): targets[group.members[0].name] for group in groups}
+        per_key: dict[tuple[str, str], int] = {}
+        for group in groups:
+            key = (group.credential, group.endpoint.lower())
+            per_key[key] = per_key.get(key, 0) + 1
+
+        def account(group: StreamGroup, address: str) -> Any:
+            target = by_group[id(group)]
+            key = (group.credential, group.endpoint.lower())
+            return impersonating(self.connections.streaming(target, per_key[key]))(address)
+
+        return EwsStreamingChannel(
+            groups, account=account, wake=wake, hooks=hooks, config=config, back_off=back_off
+        )
 
     def close(self) -> None:
         self.connections.close()

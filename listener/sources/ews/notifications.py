@@ -1,0 +1,669 @@
+"""EWS streaming notifications that wake the poll (issue 15).
+
+A streaming subscription per watched folder, grouped into as few ``GetStreamingEvents``
+connections as Exchange allows; every event only *wakes* the mailbox (``wake(name)``): the sync
+state stays the truth, so a lost or late event costs latency, never a message.
+
+Grouping and affinity (Microsoft, "Maintain affinity between a group of subscriptions and the
+Mailbox server"): the subscriptions of one (credential, endpoint) share a connection, at most
+``subscriptions_per_connection`` (Exchange: 200) per ``GetStreamingEvents``. Every request of a
+group carries ``X-AnchorMailbox`` = the group's first mailbox and, on ``Subscribe``,
+``X-PreferServerAffinity: true``; the ``X-BackEndOverrideCookie`` the server sets is replayed on
+every later request of the group, so the load balancer routes ``GetStreamingEvents`` to the
+Mailbox server that holds the subscriptions (without it: ``ErrorSubscriptionNotFound``).
+exchangelib 5.6.0 does half of this per *account* (``prefer_affinity``: its own address as the
+anchor, the cookie kept on the ``Account``), which breaks a group of several mailboxes; the two
+service subclasses here put the group's anchor and cookie in instead. The cookie is also taken out
+of the pooled session's cookie jar, where ``requests`` would otherwise replay it on unrelated
+requests of other groups.
+
+Event types: ``NewMailEvent``, ``CreatedEvent`` and ``MovedEvent``, what makes ``SyncFolderItems``
+report a new item in the folder: delivery (NewMail), an item created there by a transport rule,
+an import or an append (Created), a message moved in by a person or an inbox rule (Moved with the
+watched folder as its new parent). Not ``ModifiedEvent``: our own ``mark_read`` after each
+hand-over would wake the next poll, a poll per poll for nothing. A ``MovedEvent`` whose new parent
+is another folder (mail moved *out*, e.g. by our own ``move`` action) wakes nothing.
+
+Connections and limits: each group runs on its own thread, one ``GetStreamingEvents`` at a time
+with ``ConnectionTimeout = connection_minutes`` (Exchange's cap is 30); at ``Closed`` a new
+``GetStreamingEvents`` on the same subscriptions follows at once (the subscription keeps what
+happened in between). The streams use their own ``Configuration`` per (credential, endpoint),
+sized to its number of groups, so a stream that holds a session for 30 minutes never takes one
+from the polls' pool (exchangelib's pool waits forever when it is empty). Exchange Online's
+documented budgets (EWS throttling in Exchange): ``HangingConnectionLimit`` 10 streaming
+connections and ``EWSMaxSubscriptions`` 20 subscriptions per mailbox (charged to the impersonated
+mailbox); Exchange 2013: 3 and 5000. We hold one connection per group, impersonating the group's
+anchor (a different mailbox per group), and one subscription per watched folder, unsubscribing
+the ones we replace; ``ErrorExceededConnectionCount`` / ``ErrorExceededSubscriptionCount`` /
+``ErrorServerBusy`` back off (exponentially, with jitter, at least the server's back-off).
+
+Failures: ``ErrorSubscriptionNotFound``, ``ErrorExpiredSubscription``,
+``ErrorMissedNotificationEvents`` (naming the subscriptions when Exchange does) and a dropped
+stream subscribe again, without a watermark (streaming subscriptions have none), and wake the
+mailboxes concerned: the poll catches up on whatever the lost events were about. A mailbox is
+``degraded`` from the failure until its subscription is back; its poll then runs at the
+configured interval. ``stop()`` shuts the streaming sockets (a ``close()`` from another thread does
+not wake a blocked read), joins the threads and unsubscribes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+
+import requests
+import urllib3
+from exchangelib import IMPERSONATION, OAUTH2, Account, Configuration
+from exchangelib import errors as ews_errors
+from exchangelib.properties import CopiedEvent, MovedEvent
+from exchangelib.services import GetStreamingEvents, SubscribeToStreaming, Unsubscribe
+from exchangelib.util import MNS, TNS, get_xml_attrs
+
+from listener.notify import ChannelState, ChannelStatus, NotifyHooks, Wake
+from listener.sources.ews._folders import FolderResolver
+
+__all__ = [
+    "EVENT_TYPES",
+    "Affinity",
+    "EwsStreamingChannel",
+    "Member",
+    "StreamGroup",
+    "plan_groups",
+]
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = ("NewMailEvent", "CreatedEvent", "MovedEvent")
+COOKIE = "X-BackEndOverrideCookie"
+
+# Answers that mean "this subscription is gone or lost events": subscribe again and poll.
+_RESUBSCRIBE = (
+    ews_errors.ErrorSubscriptionNotFound,
+    ews_errors.ErrorExpiredSubscription,
+    ews_errors.ErrorMissedNotificationEvents,
+    ews_errors.ErrorInvalidSubscription,
+    ews_errors.ErrorProxiedSubscriptionCallFailure,  # affinity lost: the back end moved
+)
+# Budgets of the account (see the module docstring): wait, then try again.
+_BUSY = (
+    ews_errors.ErrorServerBusy,
+    ews_errors.ErrorExceededConnectionCount,
+    ews_errors.ErrorExceededSubscriptionCount,
+)
+# The stream broke on the way (reset, truncated chunk, read timeout, socket shut by stop()):
+# what the network or a proxy did, as opposed to an answer of Exchange (ResponseMessageError).
+_DROPPED = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    OSError,
+    ews_errors.TransportError,
+)
+
+
+def _dropped(error: BaseException) -> bool:
+    return isinstance(error, _Dropped) or (
+        isinstance(error, _DROPPED) and not isinstance(error, ews_errors.ResponseMessageError)
+    )
+
+
+@dataclass
+class Affinity:
+    """What a group's requests carry so they reach the Mailbox server of its subscriptions."""
+
+    anchor: str  # X-AnchorMailbox: the group's first mailbox
+    cookie: str | None = None  # X-BackEndOverrideCookie as the server last set it
+
+
+@dataclass(frozen=True)
+class Member:
+    """One watched folder of a group: the configured mailbox name and where it lives."""
+
+    name: str
+    address: str
+    folder: str
+
+
+@dataclass(frozen=True)
+class StreamGroup:
+    """Subscriptions that share one ``GetStreamingEvents`` connection."""
+
+    credential: str
+    endpoint: str
+    members: tuple[Member, ...]
+
+    @property
+    def anchor(self) -> str:
+        return self.members[0].address
+
+
+def plan_groups(
+    targets: Iterable[tuple[Member, str, str]], per_connection: int
+) -> list[StreamGroup]:
+    """Group ``(member, credential, endpoint)`` by credential and endpoint (case-insensitive),
+    in the given order, at most ``per_connection`` members a group."""
+    if per_connection < 1:
+        raise ValueError(f"per_connection must be at least 1, got {per_connection}")
+    by_key: dict[tuple[str, str], tuple[str, list[Member]]] = {}
+    for member, credential, endpoint in targets:
+        key = (credential, endpoint.rstrip("/").lower())
+        by_key.setdefault(key, (endpoint, []))[1].append(member)
+    groups: list[StreamGroup] = []
+    for (credential, _), (endpoint, members) in by_key.items():
+        for start in range(0, len(members), per_connection):
+            chunk = tuple(members[start : start + per_connection])
+            groups.append(StreamGroup(credential, endpoint, chunk))
+    return groups
+
+
+# --- exchangelib services with a group's affinity ----------------------------------------------
+
+
+def _take_cookie(affinity: Affinity, response: Any, session: Any) -> None:
+    """Keep the back-end cookie the server set, and drop it from the pooled session's jar."""
+    header = getattr(response, "headers", {}).get("Set-Cookie")
+    if header:
+        parsed: SimpleCookie = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            parsed.load(header)
+        if COOKIE in parsed:
+            affinity.cookie = parsed[COOKIE].value
+    jar = getattr(session, "cookies", None)
+    if jar is not None:
+        for cookie in [c for c in jar if c.name == COOKIE]:
+            with contextlib.suppress(KeyError):
+                jar.clear(cookie.domain, cookie.path, cookie.name)
+
+
+class _Affine:
+    """Mixin: the group's anchor, ``X-PreferServerAffinity`` and its cookie on every request."""
+
+    affinity: Affinity
+
+    def _extra_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = super()._extra_headers()  # type: ignore[misc]
+        headers["X-AnchorMailbox"] = self.affinity.anchor
+        headers["X-PreferServerAffinity"] = "true"
+        if self.affinity.cookie:
+            # As a cookie (what the load balancer reads) and as exchangelib's header form.
+            headers["Cookie"] = f"{COOKIE}={self.affinity.cookie}"
+            headers[COOKIE] = self.affinity.cookie
+        return headers
+
+    def _handle_response_cookies(self, session: Any) -> None:
+        # Called before the session goes back to the pool: take the cookie out of its jar (the
+        # group keeps it, see _get_response), instead of exchangelib storing it on the Account.
+        _take_cookie(self.affinity, None, session)
+
+    def _get_response(self, payload: Any, api_version: Any) -> Any:
+        response = super()._get_response(payload, api_version)  # type: ignore[misc]
+        _take_cookie(self.affinity, response, None)
+        return response
+
+
+class _Subscribe(_Affine, SubscribeToStreaming):  # type: ignore[misc]
+    def __init__(self, *, account: Any, affinity: Affinity) -> None:
+        super().__init__(account=account)
+        self.affinity = affinity
+
+
+class _Unsubscribe(_Affine, Unsubscribe):  # type: ignore[misc]
+    def __init__(self, *, account: Any, affinity: Affinity) -> None:
+        super().__init__(account=account)
+        self.affinity = affinity
+
+
+class _Stream(_Affine, GetStreamingEvents):  # type: ignore[misc]
+    """``GetStreamingEvents`` that also remembers which subscriptions an error named."""
+
+    def __init__(self, *, account: Any, affinity: Affinity) -> None:
+        super().__init__(account=account)
+        self.affinity = affinity
+        self.error_ids: list[str] = []
+        self.on_ok: Callable[[], None] | None = None  # each envelope that is not an error
+
+    def _get_element_container(self, message: Any, name: Any = None) -> Any:
+        found = message.find(f"{{{MNS}}}ErrorSubscriptionIds")
+        if found is not None:
+            # types.xsd puts SubscriptionId in the types namespace; exchangelib 5.6.0 looks for it
+            # in the messages one (and so never names the failing subscriptions). Read both.
+            self.error_ids = [
+                *get_xml_attrs(found, f"{{{TNS}}}SubscriptionId"),
+                *get_xml_attrs(found, f"{{{MNS}}}SubscriptionId"),
+            ]
+        container = super()._get_element_container(message, name)
+        if self.on_ok is not None:
+            self.on_ok()  # the stream is up (keep-alives included)
+        return container
+
+    def shut(self) -> None:
+        """From another thread: end the read the streaming thread is blocked in."""
+        response = getattr(self, "_streaming_response", None)
+        if response is None:
+            return
+        connection = getattr(getattr(response, "raw", None), "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(Exception):
+            response.close()
+
+
+# --- the channel -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Subscribed:
+    member: Member
+    account: Any
+    folder: Any = None  # the resolved folder (its id filters MovedEvents)
+    subscription_id: str | None = None
+    status: ChannelStatus = field(
+        default_factory=lambda: ChannelStatus(state=ChannelState.DEGRADED, reason="subscribing")
+    )
+
+
+@dataclass(frozen=True)
+class BackOff:
+    """Exponential back-off with jitter: ``base * 2**n`` capped at ``cap``, times 0.5-1."""
+
+    base: float = 1.0
+    cap: float = 300.0
+
+    def delay(self, failures: int, server: float | None = None) -> float:
+        raw = min(self.cap, self.base * 2 ** max(failures - 1, 0))
+        wait = raw * random.uniform(0.5, 1.0)
+        return float(max(wait, server or 0.0))
+
+
+class _GroupRunner:
+    """One group's subscriptions and its one streaming connection at a time, on a thread."""
+
+    def __init__(
+        self,
+        group: StreamGroup,
+        account: Callable[[str], Any],
+        channel: EwsStreamingChannel,
+    ) -> None:
+        self.group = group
+        self.affinity = Affinity(anchor=group.anchor)
+        self._channel = channel
+        self._account = account
+        self.members = [_Subscribed(m, None) for m in group.members]
+        self._stream: _Stream | None = None
+        self._lock = threading.Lock()
+        self._failures = 0
+        self.thread = threading.Thread(
+            target=self.run, name=f"ews-stream-{group.anchor}", daemon=True
+        )
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        stop = self._channel.stopping
+        while not stop.is_set():
+            try:
+                self._subscribe_missing()
+                self._listen()
+                self._failures = 0
+            except Exception as error:  # handled and retried: the thread never dies of one
+                if stop.is_set():
+                    break
+                self._failed(error)
+
+    def _subscribe_missing(self) -> None:
+        """Subscribe every member without a subscription. A member the server refuses (its
+        mailbox or folder is gone, the app may not impersonate it) is degraded on its own and
+        tried again at the next rollover, so one bad mailbox does not keep its group off the
+        stream; a spent budget (``_BUSY``) stops the round for all."""
+        for subscribed in self.members:
+            if self._channel.stopping.is_set():
+                return
+            if subscribed.subscription_id is not None:
+                continue
+            try:
+                self._subscribe(subscribed)
+            except ews_errors.ErrorExceededSubscriptionCount as error:
+                self._refused(subscribed, error)  # this mailbox's EWSMaxSubscriptions only
+            except (*_BUSY, ews_errors.UnauthorizedError):
+                raise  # the credential's or the server's: the whole round waits
+            except Exception as error:
+                if self._channel.stopping.is_set():
+                    return
+                self._refused(subscribed, error)
+
+    def _subscribe(self, subscribed: _Subscribed) -> None:
+        if subscribed.account is None:
+            subscribed.account = self._account(subscribed.member.address)
+        if subscribed.folder is None:
+            subscribed.folder = FolderResolver(subscribed.account).resolve(subscribed.member.folder)
+        service = _Subscribe(account=subscribed.account, affinity=self.affinity)
+        (found,) = list(service.call(folders=[subscribed.folder], event_types=EVENT_TYPES))
+        if isinstance(found, Exception):
+            raise found
+        reconnect = subscribed.status.reason != "subscribing"
+        subscribed.subscription_id = str(found)
+        self._set(subscribed, ChannelStatus(state=ChannelState.CONNECTED))
+        if reconnect:
+            self._channel.hooks.reconnected(self._channel.kind, subscribed.member.name)
+        # Mail that arrived between the last poll and this subscription has no event: one
+        # poll closes that gap (at start, and after every loss).
+        self._channel.wake(subscribed.member.name)
+
+    def _refused(self, subscribed: _Subscribed, error: BaseException) -> None:
+        code = type(error).__name__
+        reason = f"{code}: subscribing failed ({error}); trying again at the next rollover"
+        self._set(
+            subscribed,
+            ChannelStatus(
+                state=ChannelState.DEGRADED, reason=reason, last_event=subscribed.status.last_event
+            ),
+        )
+        if subscribed.member.address == self.affinity.anchor and not any(
+            s.subscription_id for s in self.members
+        ):
+            # Nothing is anchored yet: anchor the group on a mailbox that may work.
+            others = [s.member.address for s in self.members if s is not subscribed]
+            if others:
+                self.affinity.anchor = others[0]
+
+    def _listen(self) -> None:
+        by_id = {s.subscription_id: s for s in self.members if s.subscription_id}
+        if not by_id:
+            raise _NoneSubscribed("no mailbox of this group could subscribe")
+        anchor = next(s for s in self.members if s.subscription_id).account
+        stream = _Stream(account=anchor, affinity=self.affinity)
+        stream.on_ok = functools.partial(self._up, list(by_id.values()))
+        with self._lock:
+            self._stream = stream
+        if self._channel.stopping.is_set():
+            return
+        minutes = self._channel.config.connection_minutes
+        try:
+            for notification in stream.call(
+                subscription_ids=list(by_id), connection_timeout=minutes
+            ):
+                if isinstance(notification, Exception):
+                    raise notification
+                subscribed = by_id.get(notification.subscription_id)
+                if subscribed is not None and self._news(subscribed, notification.events):
+                    self._event(subscribed)
+            closed = stream.connection_status == GetStreamingEvents.CLOSED
+        except ews_errors.EWSError as error:
+            if stream.error_ids and isinstance(error, _RESUBSCRIBE):
+                raise _Named(stream.error_ids, type(error).__name__) from None
+            raise
+        finally:
+            with self._lock:
+                self._stream = None
+            with contextlib.suppress(Exception):
+                stream.stop_streaming()
+        if self._channel.stopping.is_set():
+            return
+        if not closed:
+            raise _Dropped("the stream ended without ConnectionStatus Closed")
+        for subscribed in by_id.values():
+            self._channel.hooks.renewed(self._channel.kind, subscribed.member.name)
+
+    def _up(self, members: Sequence[_Subscribed]) -> None:
+        for subscribed in members:
+            if subscribed.status.state != ChannelState.CONNECTED:
+                status = ChannelStatus(
+                    state=ChannelState.CONNECTED, last_event=subscribed.status.last_event
+                )
+                self._set(subscribed, status)
+
+    def _news(self, subscribed: _Subscribed, events: Sequence[Any] | None) -> bool:
+        folder_id = getattr(subscribed.folder, "id", None)
+        for event in events or ():
+            if type(event).__name__ not in EVENT_TYPES and not isinstance(event, CopiedEvent):
+                continue  # StatusEvent: a keep-alive of the subscription
+            if isinstance(event, (MovedEvent, CopiedEvent)):
+                parent = getattr(getattr(event, "parent_folder_id", None), "id", None)
+                if folder_id is not None and parent is not None and parent != folder_id:
+                    continue  # moved out of the watched folder: nothing new in it
+            return True
+        return False
+
+    def _event(self, subscribed: _Subscribed) -> None:
+        now = time.monotonic()
+        self._set(subscribed, replace(subscribed.status, last_event=now))
+        self._channel.hooks.event(self._channel.kind, subscribed.member.name)
+        self._channel.wake(subscribed.member.name)
+
+    # --- failures ---------------------------------------------------------------------------
+
+    def _failed(self, error: BaseException) -> None:
+        self._failures += 1
+        server = getattr(error, "back_off", None)
+        code = type(error).__name__
+        if isinstance(error, _NoneSubscribed):
+            # Each member already says why; wait before asking again.
+            self._channel.stopping.wait(self._channel.back_off.delay(self._failures))
+            return
+        if isinstance(error, _Named):
+            lost = [s for s in self.members if s.subscription_id in error.ids] or self.members
+            self._lose(lost, f"{error.code}: subscription lost; subscribing again")
+            wait = 0.0 if self._failures == 1 else self._channel.back_off.delay(self._failures)
+        elif isinstance(error, _RESUBSCRIBE) or _dropped(error):
+            what = "subscription lost" if isinstance(error, _RESUBSCRIBE) else "stream dropped"
+            self._lose(self.members, f"{code}: {what} ({error}); subscribing again")
+            # The first loss is retried at once (the usual rollover or a one-off drop); a server
+            # that keeps failing is not hammered.
+            wait = 0.0 if self._failures == 1 else self._channel.back_off.delay(self._failures)
+        elif isinstance(error, _BUSY):
+            wait = self._channel.back_off.delay(self._failures, float(server) if server else None)
+            self._degrade(
+                f"{code}: Exchange's budget for this account is used up ({error}); "
+                f"retrying in {wait:.0f} s, polling meanwhile"
+            )
+        elif isinstance(error, ews_errors.UnauthorizedError):
+            # As the polls do (EwsMailSource._call): Exchange refused a token we believed
+            # valid; fetch a new one, drop the sessions carrying the old, and retry at once.
+            self._token_rejected()
+            wait = 0.0 if self._failures == 1 else self._channel.back_off.delay(self._failures)
+            if wait:
+                self._degrade(
+                    f"{code}: Exchange rejected the access token even after a fresh one "
+                    f"({error}); retrying in {wait:.0f} s, polling meanwhile"
+                )
+        else:
+            wait = self._channel.back_off.delay(self._failures)
+            self._degrade(f"{code}: {error}; retrying in {wait:.0f} s, polling meanwhile")
+        if wait:
+            self._channel.stopping.wait(wait)
+
+    def _token_rejected(self) -> None:
+        account = next((s.account for s in self.members if s.account is not None), None)
+        if account is None:
+            return
+        protocol = account.protocol
+        rejected = getattr(protocol.credentials, "server_rejected", None)
+        with contextlib.suppress(Exception):
+            if rejected is not None:
+                rejected()
+            protocol.close()
+
+    def _lose(self, lost: Sequence[_Subscribed], reason: str) -> None:
+        for subscribed in lost:
+            old = subscribed.subscription_id
+            subscribed.subscription_id = None
+            if old is not None and subscribed.account is not None:
+                # Best effort: an abandoned subscription counts against EWSMaxSubscriptions.
+                with contextlib.suppress(Exception):
+                    list(
+                        _Unsubscribe(account=subscribed.account, affinity=self.affinity).call(
+                            subscription_id=old
+                        )
+                    )
+            self._set(
+                subscribed,
+                ChannelStatus(
+                    state=ChannelState.DEGRADED,
+                    reason=reason,
+                    last_event=subscribed.status.last_event,
+                ),
+            )
+            # The events the loss swallowed: the poll finds what they were about.
+            self._channel.wake(subscribed.member.name)
+
+    def _degrade(self, reason: str) -> None:
+        for subscribed in self.members:
+            self._set(
+                subscribed,
+                ChannelStatus(
+                    state=ChannelState.DEGRADED,
+                    reason=reason,
+                    last_event=subscribed.status.last_event,
+                ),
+            )
+
+    def _set(self, subscribed: _Subscribed, status: ChannelStatus) -> None:
+        before = subscribed.status
+        subscribed.status = status
+        if before.state != status.state:
+            self._channel.hooks.state_changed(self._channel.kind, subscribed.member.name, status)
+            if status.state == ChannelState.DEGRADED:
+                log.warning(
+                    "EWS streaming of %s is degraded, polling at its interval: %s",
+                    subscribed.member.name,
+                    status.reason,
+                )
+            else:
+                log.info("EWS streaming of %s is connected", subscribed.member.name)
+
+    # --- stop -------------------------------------------------------------------------------
+
+    def shut(self) -> None:
+        with self._lock:
+            stream = self._stream
+        if stream is not None:
+            stream.shut()
+
+    def unsubscribe(self) -> None:
+        for subscribed in self.members:
+            old, subscribed.subscription_id = subscribed.subscription_id, None
+            if old is None or subscribed.account is None:
+                continue
+            with contextlib.suppress(Exception):
+                list(
+                    _Unsubscribe(account=subscribed.account, affinity=self.affinity).call(
+                        subscription_id=old
+                    )
+                )
+
+
+class _NoneSubscribed(Exception):
+    """Every member of the group was refused (each is degraded with its own reason)."""
+
+
+class _Dropped(Exception):
+    """The stream ended before ``ConnectionStatus`` ``Closed``."""
+
+
+class _Named(Exception):
+    """An error answer that named the subscriptions it is about."""
+
+    def __init__(self, ids: Sequence[str], code: str) -> None:
+        super().__init__(f"{code} for subscriptions {list(ids)}")
+        self.ids = frozenset(ids)
+        self.code = code
+
+
+class EwsStreamingChannel:
+    """The EWS ``NotificationChannel``: streaming subscriptions of many mailboxes, few streams."""
+
+    kind = "ews_streaming"
+
+    def __init__(
+        self,
+        groups: Sequence[StreamGroup],
+        *,
+        account: Callable[[StreamGroup, str], Any],
+        wake: Wake,
+        hooks: NotifyHooks,
+        config: Any,  # EwsStreamingConfig
+        back_off: BackOff | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.wake = wake
+        self.hooks = hooks
+        self.back_off = back_off or BackOff()
+        self.stopping = threading.Event()
+        self._on_close = on_close
+        self.runners = [
+            _GroupRunner(group, functools.partial(account, group), self) for group in groups
+        ]
+        self._started = False
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for runner in self.runners:
+            runner.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        for runner in self.runners:
+            runner.shut()
+        deadline = time.monotonic() + timeout
+        for runner in self.runners:
+            if runner.thread.is_alive():
+                runner.thread.join(max(deadline - time.monotonic(), 0.1))
+        for runner in self.runners:
+            runner.unsubscribe()
+        if self._on_close is not None:
+            self._on_close()
+
+    def status(self) -> Mapping[str, ChannelStatus]:
+        found: dict[str, ChannelStatus] = {}
+        for runner in self.runners:
+            for subscribed in runner.members:
+                name = subscribed.member.name
+                # Two folders of one configured name: the worse one speaks.
+                if name not in found or subscribed.status.state != ChannelState.CONNECTED:
+                    found[name] = subscribed.status
+        return found
+
+
+# --- building it from the factory's configurations ---------------------------------------------
+
+
+def streaming_configuration(config: Configuration, bridge: Any, groups: int) -> Configuration:
+    """A configuration for the streams of one (credential, endpoint): the same endpoint, version
+    and retry policy, a credentials object of its own (exchangelib caches one ``Protocol`` per
+    (endpoint, credentials), so this gives the streams their own session pool), sized for one
+    session per group plus one for subscribing."""
+    return Configuration(
+        service_endpoint=config.service_endpoint,
+        credentials=bridge,
+        auth_type=OAUTH2,
+        version=config.version,
+        retry_policy=config.retry_policy,
+        max_connections=groups + 1,
+    )
+
+
+def impersonating(config: Configuration) -> Callable[[str], Account]:
+    def account(address: str) -> Account:
+        return Account(
+            primary_smtp_address=address,
+            config=config,
+            autodiscover=False,
+            access_type=IMPERSONATION,
+        )
+
+    return account
