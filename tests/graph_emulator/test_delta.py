@@ -201,6 +201,7 @@ def test_change_type_filters_later_rounds_only(graph: Client) -> None:
         DeltaState("x", 0).encode()[:-2] + "AA",  # tampered
         "",  # an empty $skiptoken is the initial request, not an error
     ],
+    ids=["not-a-token", "tampered", "empty"],  # fixed ids: pytest-xdist workers must agree
 )
 def test_a_dead_token_is_410_sync_state_not_found(graph: Client, token: str) -> None:
     """A token that is not ours is 410 Gone, syncStateNotFound, with a Location to start over
