@@ -6,7 +6,9 @@ Shutdown happens in a fixed order (dramatiq's ``Worker.stop`` habit), each step 
 2. ask running polls to stop: no new hand-over starts, those in flight (up to each mailbox's
    ``handler_concurrency``) finish, and what was reached is committed without moving the sync
    state past the messages not yet handed over;
-3. wait for them, at most ``service.shutdown_grace`` seconds;
+3. wait for them, at most ``service.shutdown_grace`` seconds; with several replicas, then
+   release this replica's leases (its work is committed: the next owner repeats nothing), so
+   another replica takes the mailboxes over at its next lease tick instead of after expiry;
 4. close handlers, EWS sessions and the state store, in that order (handlers may still write).
 
 A handler that outlives the grace period is abandoned: its message was not committed, so it is
@@ -28,6 +30,7 @@ from typing import Any
 import structlog
 
 from listener.app import App
+from listener.cluster import LeaseManager, join, share_caps
 from listener.errors import EXIT_OK, EXIT_TEMPFAIL, EXIT_UNAVAILABLE
 from listener.observability import HealthServer, HealthState, Metrics, poll_recorder, systemd
 from listener.poller import PollResult
@@ -74,6 +77,7 @@ def run_daemon(
     service = settings.service
     metrics = Metrics()
     health = HealthState()
+    settings = share_caps(settings)  # several replicas share each credential's caps
     app = App(settings, hooks=metrics)
     if fail_fast:
         problem = _first_unavailable(app)
@@ -83,7 +87,9 @@ def run_daemon(
             return EXIT_UNAVAILABLE
     runners = _wire(app, metrics, health)
     scheduler = Scheduler(max_workers=service.max_workers, jitter=service.jitter)
-    for runner in runners:
+    # Several replicas: a mailbox is scheduled while this replica holds its lease.
+    cluster = join(app, runners, scheduler, health)
+    for runner in runners if cluster is None else ():
         scheduler.add(runner, cron=settings.mailboxes[runner.name].cron)
 
     stop = stop_event or threading.Event()
@@ -103,6 +109,8 @@ def run_daemon(
         log.info("http.listening", url=server.url, endpoints=server.endpoints())
 
     scheduler.start()
+    if cluster is not None:
+        cluster.start()
     watchdog = (
         systemd.Watchdog(lambda: time.monotonic() - scheduler.heartbeat < 60)
         if service.watchdog
@@ -118,6 +126,8 @@ def run_daemon(
     # --- ordered shutdown (see the module docstring) ---
     systemd.stopping("finishing in-flight hand-overs")
     scheduler.stop_scheduling()  # 1
+    if cluster is not None:
+        cluster.freeze()  # claims nothing more; renews until its polls have committed
     app.stop.set()  # 2
     finished = scheduler.wait_idle(service.shutdown_grace)  # 3
     scheduler.shutdown()
@@ -140,12 +150,24 @@ def run_daemon(
                     log.warning("shutdown.flushed", mailbox=name)
             except Exception:
                 log.error("shutdown.flush_failed", mailbox=name, exc_info=True)
+        _leave(cluster)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_OK)
+    _leave(cluster)  # the others take the mailboxes over at once: everything is committed
     app.close()  # 4
     log.info("daemon.stopped")
     return EXIT_OK
+
+
+def _leave(cluster: LeaseManager | None) -> None:
+    if cluster is None:
+        return
+    try:
+        cluster.leave()
+    except Exception:
+        # The leases then expire on their own: the others take over after lease_seconds.
+        log.error("cluster.leave_failed", exc_info=True)
 
 
 def _first_unavailable(app: App) -> str | None:
