@@ -123,6 +123,15 @@ class LeaseManager:
                 return None
         return Fence(mailbox, self.replica, epoch)
 
+    def holds(self, fence: Fence) -> bool:
+        """Whether ``fence`` is still this replica's lease as far as it knows: a poll that
+        started under it may start another hand-over (the database has the last word at commit).
+        False at once after a pause longer than a lease (the monotonic clock ran on)."""
+        with self._lock:
+            if self._owned.get(fence.mailbox) != fence.epoch:
+                return False
+            return self._monotonic() < self._valid_until
+
     @contextmanager
     def polling(self, mailbox: str) -> Iterator[Fence]:
         """Run one poll of ``mailbox`` under its lease; ``LeaseLost`` when it is not ours, or
@@ -194,13 +203,19 @@ class LeaseManager:
         started = self._monotonic()
         held = self._leases.renew(self.replica, lease=self.lease)
         with self._lock:
+            # Forget the lost leases before the others count as fresh: ``holds`` must never
+            # answer True for an epoch the database no longer gives back.
+            gone = sorted(m for m, epoch in self._owned.items() if held.get(m) != epoch)
+            for mailbox in gone:
+                del self._owned[mailbox]
+                self._draining.discard(mailbox)
             self._valid_until = started + self.lease
-            gone = [m for m, epoch in self._owned.items() if held.get(m) != epoch]
-        self._drop(gone)
-        with self._lock:
             # Held by the database but unknown here (a claim whose answer was lost): keep it.
             unknown = {m: e for m, e in held.items() if m not in self._owned}
             self._owned.update(unknown)
+        for mailbox in gone:
+            log.warning("cluster.lease_lost", mailbox=mailbox, replica=self.replica)
+            self._emit("lost", mailbox)
         for mailbox, epoch in sorted(unknown.items()):
             self._emit("acquired", mailbox, epoch)
         share = fair_share(len(self._mailboxes), live, self.replica)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -86,6 +87,27 @@ class Scheduling(LeaseListener):
             self._health.set_disabled(mailbox)
 
 
+class LeaseStop(threading.Event):
+    """A poller's stop signal that is also set while its poll's lease no longer holds.
+
+    The poller starts no hand-over once its stop is set (``listener.pipeline.handover``): a
+    replica resumed after a pause past its lease hands over nothing new, only what was in flight
+    finishes, and its commit is refused (``LeaseLost``).
+    """
+
+    def __init__(self, stop: threading.Event, manager: LeaseManager, store: FencedStore) -> None:
+        super().__init__()
+        self._app_stop = stop
+        self._manager = manager
+        self._store = store
+
+    def is_set(self) -> bool:
+        if self._app_stop.is_set() or super().is_set():
+            return True
+        fence = self._store.fence
+        return fence is not None and not self._manager.holds(fence)
+
+
 @contextmanager
 def _guarded(manager: LeaseManager, store: FencedStore, mailbox: str) -> Iterator[None]:
     with manager.polling(mailbox) as fence:
@@ -123,7 +145,11 @@ def join(
     )
     for runner in runners:
         fenced = FencedStore(store, runner.name)
-        app.pollers[runner.name].store = fenced
+        poller = app.pollers[runner.name]
+        poller.store = fenced
+        # The poller reads its stop signal and nothing else of it; App built it with the
+        # process's, which this one also watches.
+        poller._stop = LeaseStop(app.stop, manager, fenced)
         runner.guard = _guard_factory(manager, fenced, runner.name)
         runner.on_result = _recording(manager, runner.on_result)
         if health is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, literal, select, update
@@ -72,9 +72,26 @@ class ReplicaRow:
     live: bool  # its heartbeat is younger than a lease
 
 
+# A fenced commit's statements follow each other at once; a transaction idle for longer belongs to
+# a replica that was paused or cut off with the lease's row locked, where no other replica could
+# claim the mailbox (SKIP LOCKED passes it by): PostgreSQL ends such a session after this long.
+FENCED_IDLE_TIMEOUT_MS = 5000
+
+
 def check_fence(conn: Connection, fence: Fence) -> None:
-    """Lock ``fence.mailbox``'s lease row and raise ``LeaseLost`` unless ``fence`` still holds."""
+    """Lock ``fence.mailbox``'s lease row and raise ``LeaseLost`` unless ``fence`` still holds.
+
+    Safe however long the rest of the transaction takes: while the row is locked no replica can
+    claim the mailbox, so nobody commits under another epoch before this transaction ends.
+    """
     c = tb.mailbox_leases.c
+    conn.execute(
+        select(
+            func.set_config(
+                "idle_in_transaction_session_timeout", str(FENCED_IDLE_TIMEOUT_MS), True
+            )
+        )
+    )
     row = conn.execute(
         select(c.owner, c.epoch, (c.expires_at > func.now()).label("live"))
         .where(c.mailbox == fence.mailbox)
@@ -235,6 +252,13 @@ class LeaseTable:
                     .where(c.mailbox == mailbox, c.owner == replica)
                     .values(last_poll_at=at, last_poll_ok=ok)
                 )
+
+    def now(self) -> datetime:
+        """The database's clock, which every lease time is on."""
+        with self._read("reading the clock") as conn:
+            value = conn.execute(select(func.now())).scalar_one()
+            assert isinstance(value, datetime)
+            return value.astimezone(UTC)
 
     def leases(self) -> list[LeaseRow]:
         """Every mailbox's lease, by mailbox."""
