@@ -317,6 +317,7 @@ SOURCES = [
     "config/example.toml",
     "config/demo.toml",
     "config/graph.toml",
+    "config/cluster.toml",
     "deploy/systemd/ews-listener.service",
     "deploy/docker/Dockerfile",
     "deploy/docker/emulators.Dockerfile",
