@@ -156,6 +156,11 @@ class Scheduler:
             replace_existing=True,
         )
 
+    def run_soon(self, name: str) -> None:
+        """Poll mailbox ``name`` now instead of at its next time (if it is scheduled)."""
+        with suppress(JobLookupError):
+            self._scheduler.modify_job(name, next_run_time=datetime.now(UTC))
+
     def remove(self, name: str) -> None:
         """Stop scheduling the polls of mailbox ``name`` (one running now goes on)."""
         with suppress(JobLookupError):

@@ -32,11 +32,14 @@ from datetime import UTC, datetime
 
 import structlog
 
-from listener.store import Fence, LeaseLost, LeaseTable
+from listener.store import LEASES_CHANNEL, POLL_CHANNEL, Fence, LeaseLost, LeaseSignals, LeaseTable
 
 __all__ = ["LeaseListener", "LeaseManager", "fair_share"]
 
 log = structlog.get_logger("listener.cluster")
+
+# Seconds between looks at the stop flag while listening (``leave`` joins the thread).
+_LISTEN_SLICE = 0.25
 
 
 class LeaseListener:
@@ -56,6 +59,9 @@ class LeaseListener:
 
     def lost(self, mailbox: str) -> None:
         """This replica's lease of ``mailbox`` expired or was taken: stop it at once."""
+
+    def poll_requested(self, mailbox: str) -> None:
+        """Poll ``mailbox`` (owned here) soon: a push notification reached some replica."""
 
 
 def fair_share(mailboxes: int, live: Sequence[str], me: str) -> int:
@@ -162,15 +168,66 @@ class LeaseManager:
         """Tick now (another replica released mailboxes, or joined or left)."""
         self._wake.set()
 
+    def forward(self, mailbox: str) -> None:
+        """A push notification for ``mailbox`` reached this replica: poll it here if it is ours,
+        otherwise ask its owner through PostgreSQL ``NOTIFY`` (a hint: a lost one costs only
+        latency, the next scheduled poll finds the mail)."""
+        if self.fence(mailbox) is not None:
+            self._emit("poll_requested", mailbox)
+        elif mailbox in self._mailboxes:
+            self._leases.request_poll(mailbox)
+
     def _run(self) -> None:
-        while not self._stop.is_set():
+        signals: LeaseSignals | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.tick()
+                except Exception:
+                    log.warning("cluster.tick_failed", replica=self.replica, exc_info=True)
+                    self._expire_if_stale()
+                signals = self._wait(signals)
+        finally:
+            if signals is not None:
+                signals.close()
+
+    def _wait(self, signals: LeaseSignals | None) -> LeaseSignals | None:
+        """Until the next tick: ``renew`` seconds, or less when another replica joined, left or
+        released leases (LISTEN), or ``wake`` was called. Poll requests are passed on meanwhile.
+        Listens in short slices, so that ``leave`` is not kept waiting."""
+        deadline = self._monotonic() + self.renew
+        while not self._stop.is_set() and not self._wake.is_set():
+            left = deadline - self._monotonic()
+            if left <= 0:
+                break
+            if signals is None:
+                try:
+                    signals = self._leases.listen()
+                except Exception:
+                    log.warning("cluster.listen_failed", replica=self.replica, exc_info=True)
+                    self._wake.wait(left)  # ticks on the clock alone until the next try
+                    break
             try:
-                self.tick()
+                got = signals.wait(min(left, _LISTEN_SLICE))
             except Exception:
-                log.warning("cluster.tick_failed", replica=self.replica, exc_info=True)
-                self._expire_if_stale()
-            self._wake.wait(self.renew)
-            self._wake.clear()
+                log.warning("cluster.listen_lost", replica=self.replica, exc_info=True)
+                signals.close()
+                signals = None
+                continue
+            if self._signalled(got):
+                break
+        self._wake.clear()
+        return signals
+
+    def _signalled(self, got: Sequence[tuple[str, str]]) -> bool:
+        """Pass poll requests on; True when a lease signal from another replica came."""
+        again = False
+        for channel, payload in got:
+            if channel == LEASES_CHANNEL and payload != self.replica:
+                again = True
+            elif channel == POLL_CHANNEL and self.fence(payload) is not None:
+                self._emit("poll_requested", payload)
+        return again
 
     def freeze(self) -> None:
         """Claim nothing more (shutting down); renewals go on until ``leave``."""

@@ -81,6 +81,9 @@ class Scheduling(LeaseListener):
     def lost(self, mailbox: str) -> None:
         self._unschedule(mailbox)
 
+    def poll_requested(self, mailbox: str) -> None:
+        self._scheduler.run_soon(mailbox)
+
     def _unschedule(self, mailbox: str) -> None:
         self._scheduler.remove(mailbox)
         if self._health is not None:

@@ -20,7 +20,7 @@ PostgreSQL only: the tables exist on SQLite too (schema 5), where one process ne
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,9 +31,25 @@ from sqlalchemy.dialects import postgresql
 from listener.store import _schema as tb
 from listener.store._errors import LeaseLost
 
-__all__ = ["Fence", "LeaseRow", "LeaseTable", "ReplicaRow", "check_fence"]
+__all__ = [
+    "LEASES_CHANNEL",
+    "POLL_CHANNEL",
+    "Fence",
+    "LeaseRow",
+    "LeaseSignals",
+    "LeaseTable",
+    "ReplicaRow",
+    "check_fence",
+]
 
 Transaction = Callable[[str], AbstractContextManager[Connection]]
+
+# PostgreSQL LISTEN/NOTIFY channels. Payloads start with the schema ("<schema>/..."), so that
+# deployments in different schemas of one database ignore each other's signals.
+# A replica joined, left or released leases: the others look again now, not at their next tick.
+LEASES_CHANNEL = "ews_listener_leases"
+# "Poll this mailbox" (a push notification that reached a replica which does not own it).
+POLL_CHANNEL = "ews_listener_poll"
 
 
 @dataclass(frozen=True)
@@ -113,12 +129,59 @@ def _seconds(value: float) -> Any:
     return literal(timedelta(seconds=value))
 
 
+def _notify(conn: Connection, channel: str, payload: Any) -> None:
+    # Delivered when the transaction commits, and only then.
+    conn.execute(
+        select(func.pg_notify(channel, func.coalesce(func.current_schema(), "") + "/" + payload))
+    )
+
+
+class LeaseSignals:
+    """A connection that LISTENs on both channels (psycopg 3, autocommit, outside the pool)."""
+
+    def __init__(self, connection: Any) -> None:
+        self._conn = connection
+        connection.rollback()  # the pool's pre-ping may have opened a transaction
+        self._conn.autocommit = True
+        self._conn.execute(f"LISTEN {LEASES_CHANNEL}")
+        self._conn.execute(f"LISTEN {POLL_CHANNEL}")
+        schema = self._conn.execute("SELECT coalesce(current_schema(), '')").fetchone()[0]
+        self._prefix = f"{schema}/"
+
+    def wait(self, timeout: float) -> list[tuple[str, str]]:
+        """The (channel, payload) signals of this schema received within ``timeout`` seconds
+        (returns at the first; an empty list when none came)."""
+        got = []
+        for note in self._conn.notifies(timeout=timeout, stop_after=1):
+            if note.payload.startswith(self._prefix):
+                got.append((note.channel, note.payload[len(self._prefix) :]))
+        return got
+
+    def close(self) -> None:
+        with suppress(Exception):  # a broken connection is what we are closing
+            self._conn.close()
+
+
 class LeaseTable:
     """The lease and replica statements, each in its own short transaction of the store."""
 
-    def __init__(self, read: Transaction, write: Transaction) -> None:
+    def __init__(
+        self, read: Transaction, write: Transaction, connect: Callable[[], Any] | None = None
+    ) -> None:
         self._read = read
         self._write = write
+        self._connect = connect
+
+    def listen(self) -> LeaseSignals:
+        """A new connection listening for the cluster's signals (close it when done)."""
+        if self._connect is None:
+            raise RuntimeError("this lease table cannot open connections of its own")
+        return LeaseSignals(self._connect())
+
+    def request_poll(self, mailbox: str) -> None:
+        """Ask the replica that owns ``mailbox`` to poll it soon (``POLL_CHANNEL``)."""
+        with self._write("forwarding a poll request") as conn:
+            _notify(conn, POLL_CHANNEL, literal(mailbox))
 
     def join(self, replica: str, *, host: str, pid: int, mailboxes: Iterable[str]) -> None:
         """Record ``replica`` (its heartbeat now) and give each of ``mailboxes`` a lease row."""
@@ -132,6 +195,7 @@ class LeaseTable:
         rows = [{"mailbox": name, "epoch": 0} for name in sorted(set(mailboxes))]
         with self._write("joining the cluster") as conn:
             conn.execute(stmt)
+            _notify(conn, LEASES_CHANNEL, literal(replica))
             if rows:
                 conn.execute(
                     postgresql.insert(tb.mailbox_leases).on_conflict_do_nothing(
@@ -223,7 +287,10 @@ class LeaseTable:
             stmt = stmt.where(c.mailbox.in_(names))
         stmt = stmt.values(owner=None, expires_at=func.now()).returning(c.mailbox)
         with self._write("releasing leases") as conn:
-            return sorted(conn.execute(stmt).scalars())
+            released = sorted(conn.execute(stmt).scalars())
+            if released:
+                _notify(conn, LEASES_CHANNEL, literal(replica))
+            return released
 
     def leave(self, replica: str) -> list[str]:
         """Release every lease of ``replica`` and remove it from the replicas, in one
@@ -238,6 +305,7 @@ class LeaseTable:
             )
             names = sorted(released.scalars())
             conn.execute(delete(tb.replicas).where(tb.replicas.c.replica == replica))
+            _notify(conn, LEASES_CHANNEL, literal(replica))
             return names
 
     def record_polls(self, replica: str, polls: Mapping[str, tuple[datetime, bool]]) -> None:

@@ -340,7 +340,15 @@ class SqlStateStore:
                 f"state database {self.where}: several replicas need a PostgreSQL state.url; "
                 f"a SQLite file serves one process"
             )
-        return LeaseTable(self._read, self._write)
+        return LeaseTable(self._read, self._write, self._listen_connection)
+
+    def _listen_connection(self) -> Any:
+        """A psycopg connection of its own, out of the pool, for LISTEN (held for hours)."""
+        with self._errors("opening a connection for LISTEN"):
+            pooled = self._engine.raw_connection()
+            driver = pooled.driver_connection
+            pooled.detach()  # never returned to the pool: closed by its user
+            return driver
 
     # --- for the CLI, health checks and tests ---------------------------------------------------
 

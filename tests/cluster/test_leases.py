@@ -201,3 +201,55 @@ def test_sqlite_has_no_leases(tmp_path: object) -> None:
             _ = store.leases
     finally:
         store.close()
+
+
+class Polls(LeaseListener):
+    """Collects poll requests; ``got`` is set at the first."""
+
+    def __init__(self) -> None:
+        self.requested: list[str] = []
+        self.got = threading.Event()
+
+    def poll_requested(self, mailbox: str) -> None:
+        self.requested.append(mailbox)
+        self.got.set()
+
+
+def test_signals_wake_the_others_and_forward_polls_to_the_owner(pg_store: SqlStateStore) -> None:
+    """Over LISTEN/NOTIFY: a released lease is claimed by the other replica before its next
+    renewal tick (renewals here are an hour apart), and a poll request made at the replica that
+    does not own a mailbox reaches the one that does."""
+    owner = LeaseManager(
+        pg_store.leases, ["x"], replica="a", host="h", pid=1, lease=7200, renew=3600
+    )
+    other = LeaseManager(
+        pg_store.leases, ["x"], replica="b", host="h", pid=2, lease=7200, renew=3600
+    )
+    polls = Polls()
+    owner.subscribe(polls)
+    acquired = threading.Event()
+
+    class Acquired(LeaseListener):
+        def acquired(self, mailbox: str, epoch: int) -> None:
+            acquired.set()
+
+    other.subscribe(Acquired())
+    owner.start()
+    try:
+        signals = pg_store.leases.listen()  # the other starts once the owner holds "x"
+        try:
+            while "x" not in owner.owned():
+                signals.wait(0.25)
+        finally:
+            signals.close()
+        other.start()
+        other.forward("x")
+        assert polls.got.wait(30), "the poll request did not reach the owner"
+        assert polls.requested == ["x"]
+        # The owner gives "x" up (as at SIGTERM): the other is woken and claims it.
+        owner.leave()
+        assert acquired.wait(30), "the other replica was not woken by the release"
+        assert other.owned() == {"x": 2}
+    finally:
+        other.leave()
+        owner.leave()
