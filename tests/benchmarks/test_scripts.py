@@ -17,6 +17,9 @@ import pytest
 
 from tests import REPO
 from tests.handlers.brokers import AMQP, NATS, REDIS, require_server
+from tests.store.conftest import postgres_admin
+
+__all__ = ["postgres_admin"]  # the fixture: PostgreSQL reachable, or fail under CI
 
 BENCH = REPO / "benchmarks"
 
@@ -201,3 +204,17 @@ def test_throughput_grid_writes_the_csv_and_the_svg(tmp_path: Path) -> None:
     for legend in ("concurrency 1", "concurrency 4", "limit, 4"):
         assert legend in svg, svg
     assert "percent_of_limit" in out, out
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_admin")
+def test_cluster_quick_loses_nothing_and_balances_after_every_change() -> None:
+    """cluster.py --quick on the local PostgreSQL: every message handed over, repeats only from
+    a killed or paused replica (exit 0), and every spread after a change is fair."""
+    out = _run(str(BENCH / "cluster.py"), "--quick")
+    assert " lost 0" in out, out
+    assert "0 from others" in out, out
+    spreads = [line for line in out.splitlines() if line.startswith("balance ")]
+    assert len(spreads) == 8, out
+    assert all(line.endswith("yes)") for line in spreads), spreads
