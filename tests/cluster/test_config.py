@@ -13,6 +13,7 @@ from listener.cluster import replica_id, share_caps
 from listener.config import cluster_active
 from listener.errors import EXIT_OK
 from listener.store import SqlStateStore
+from tests import REPO
 from tests.config.test_config import BASE, issues, load, one
 
 PG = 'url = "postgresql://listener@db.internal/ews"'
@@ -103,3 +104,15 @@ def test_cluster_status_shows_replicas_leases_and_last_polls(
 
 def pg_store_now(store: SqlStateStore) -> object:
     return store.leases.now()
+
+
+def test_check_config_says_whether_the_cluster_is_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config names the cluster's state: on for config/cluster.toml, off on SQLite."""
+    assert main(["check-config", "--config", str(REPO / "config" / "cluster.toml")]) == EXIT_OK
+    assert "cluster: on as <host name>-<pid>, lease 15 s" in capsys.readouterr().out
+    config = tmp_path / "one.toml"
+    config.write_text(BASE)
+    assert main(["check-config", "--config", str(config)]) == EXIT_OK
+    assert "cluster: off (one process)" in capsys.readouterr().out
