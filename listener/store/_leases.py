@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, literal, select, update
+from sqlalchemy import Connection, bindparam, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql
 
 from listener.store import _schema as tb
@@ -309,17 +309,19 @@ class LeaseTable:
             return names
 
     def record_polls(self, replica: str, polls: Mapping[str, tuple[datetime, bool]]) -> None:
-        """Note the last poll of each mailbox ``replica`` owns (for ``cluster status``)."""
+        """Note the last poll of each mailbox ``replica`` owns (for ``cluster status``), in one
+        batch of updates."""
         if not polls:
             return
         c = tb.mailbox_leases.c
+        stmt = (
+            update(tb.mailbox_leases)
+            .where(c.mailbox == bindparam("m"), c.owner == replica)
+            .values(last_poll_at=bindparam("at"), last_poll_ok=bindparam("ok"))
+        )
+        rows = [{"m": mailbox, "at": at, "ok": ok} for mailbox, (at, ok) in sorted(polls.items())]
         with self._write("recording polls") as conn:
-            for mailbox, (at, ok) in sorted(polls.items()):
-                conn.execute(
-                    update(tb.mailbox_leases)
-                    .where(c.mailbox == mailbox, c.owner == replica)
-                    .values(last_poll_at=at, last_poll_ok=ok)
-                )
+            conn.execute(stmt, rows)
 
     def now(self) -> datetime:
         """The database's clock, which every lease time is on."""
