@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from listener.abc import LedgerEntry
-from listener.cluster import LeaseListener, LeaseManager, fair_share
+from listener.cluster import FencedStore, LeaseListener, LeaseManager, fair_share
+from listener.cluster._member import LeaseStop
 from listener.store import Fence, LeaseLost, SqlStateStore, StoreError, open_store
 
 pytestmark = pytest.mark.postgres
@@ -253,3 +254,31 @@ def test_signals_wake_the_others_and_forward_polls_to_the_owner(pg_store: SqlSta
     finally:
         other.leave()
         owner.leave()
+
+
+def test_a_poll_outliving_its_lease_by_the_local_clock_is_told_to_stop(
+    pg_store: SqlStateStore,
+) -> None:
+    """``LeaseStop``: set once the monotonic clock passes the last renewal plus a lease (a pause
+    the process did not see), or when the app stops; a new poll is refused then too."""
+    clock = [100.0]
+    m = LeaseManager(
+        pg_store.leases, ["x"], replica="a", host="h", pid=1, lease=30, monotonic=lambda: clock[0]
+    )
+    pg_store.leases.join("a", host="h", pid=1, mailboxes=["x"])
+    m.tick()
+    fenced = FencedStore(pg_store, "x")
+    app_stop = threading.Event()
+    stop = LeaseStop(app_stop, m, fenced)
+    with m.polling("x") as fence:
+        fenced.fence = fence
+        assert not stop.is_set()
+        clock[0] += 29.9
+        assert not stop.is_set()
+        clock[0] += 0.2
+        assert stop.is_set()
+    assert m.fence("x") is None
+    clock[0] -= 1
+    assert not stop.is_set()
+    app_stop.set()
+    assert stop.is_set()
