@@ -15,7 +15,7 @@ paused; timings are figures, not verdicts.
 
     python benchmarks/cluster.py --quick       # CI size, about a minute
     python benchmarks/cluster.py               # 30 mailboxes, 3 replicas, lease 15 s / renew 5 s
-    python benchmarks/cluster.py --mailboxes 300 --rate 20 --lease 15 --renew 5
+    python benchmarks/cluster.py --mailboxes 300 --rate 20 --lease 15 --renew 5 --kills 5
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--renew", type=float, help="renewal seconds (default 5, quick 1)")
     parser.add_argument(
         "--settle", type=float, help="seconds of feed between changes (default 2 leases, quick 2)"
+    )
+    parser.add_argument(
+        "--kills", type=int, default=1, help="SIGKILL-and-replace rounds (each one a new victim)"
     )
     parser.add_argument("--postgres", default=POSTGRES, help="database (a schema is made in it)")
     parser.add_argument("--drain-timeout", type=float, default=120.0)
@@ -310,17 +313,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         replicas.start()
         balanced("replaced", args.replicas)
         time.sleep(settle)
-        # SIGKILL one, then a new one in its place.
-        victim = sorted(replicas.procs)[0]
-        suspects.add(replicas.pids[victim])
-        held = [m for m, o in owners.snapshot().items() if o == victim]
-        at = replicas.signal(victim, signal.SIGKILL)
-        replicas.reap(victim)
-        takeovers["SIGKILL"] += owners.takeover(held, victim, at, goal * 3)
-        balanced("after SIGKILL", args.replicas - 1)
-        replicas.start()
-        balanced("replaced", args.replicas)
-        time.sleep(settle)
+        # SIGKILL one, then a new one in its place (--kills times).
+        for _ in range(args.kills):
+            victim = sorted(replicas.procs)[0]
+            suspects.add(replicas.pids[victim])
+            held = [m for m, o in owners.snapshot().items() if o == victim]
+            at = replicas.signal(victim, signal.SIGKILL)
+            replicas.reap(victim)
+            takeovers["SIGKILL"] += owners.takeover(held, victim, at, goal * 3)
+            balanced("after SIGKILL", args.replicas - 1)
+            replicas.start()
+            balanced("replaced", args.replicas)
+            time.sleep(settle)
         # SIGSTOP one past its lease, then SIGCONT.
         victim = sorted(replicas.procs)[0]
         suspects.add(replicas.pids[victim])

@@ -151,7 +151,10 @@ def join(
         poller = app.pollers[runner.name]
         poller.store = fenced
         # The poller reads its stop signal and nothing else of it; App built it with the
-        # process's, which this one also watches.
+        # process's, which this one also watches. Checked: a renamed attribute must not leave
+        # a resumed replica handing over (tests/cluster/test_replicas.py guards the behaviour).
+        if not isinstance(getattr(poller, "_stop", None), threading.Event):
+            raise TypeError("Poller no longer has the _stop event listener.cluster replaces")
         poller._stop = LeaseStop(app.stop, manager, fenced)
         runner.guard = _guard_factory(manager, fenced, runner.name)
         runner.on_result = _recording(manager, runner.on_result)

@@ -88,10 +88,22 @@ class ReplicaRow:
     live: bool  # its heartbeat is younger than a lease
 
 
-# A fenced commit's statements follow each other at once; a transaction idle for longer belongs to
-# a replica that was paused or cut off with the lease's row locked, where no other replica could
-# claim the mailbox (SKIP LOCKED passes it by): PostgreSQL ends such a session after this long.
-FENCED_IDLE_TIMEOUT_MS = 5000
+# The statements of a lease transaction or a fenced commit follow each other at once; one left
+# idle for longer belongs to a replica paused or cut off with lease rows locked, where no other
+# replica could claim them (SKIP LOCKED passes them by) however long ago they expired: PostgreSQL
+# ends such a session after this long, rolling it back (shorter than any sensible lease).
+IDLE_IN_TRANSACTION_MS = 2000
+
+
+def _bounded(conn: Connection) -> None:
+    """End this transaction's session if it idles (see ``IDLE_IN_TRANSACTION_MS``)."""
+    conn.execute(
+        select(
+            func.set_config(
+                "idle_in_transaction_session_timeout", str(IDLE_IN_TRANSACTION_MS), True
+            )
+        )
+    )
 
 
 def check_fence(conn: Connection, fence: Fence) -> None:
@@ -101,13 +113,7 @@ def check_fence(conn: Connection, fence: Fence) -> None:
     claim the mailbox, so nobody commits under another epoch before this transaction ends.
     """
     c = tb.mailbox_leases.c
-    conn.execute(
-        select(
-            func.set_config(
-                "idle_in_transaction_session_timeout", str(FENCED_IDLE_TIMEOUT_MS), True
-            )
-        )
-    )
+    _bounded(conn)
     row = conn.execute(
         select(c.owner, c.epoch, (c.expires_at > func.now()).label("live"))
         .where(c.mailbox == fence.mailbox)
@@ -181,6 +187,7 @@ class LeaseTable:
     def request_poll(self, mailbox: str) -> None:
         """Ask the replica that owns ``mailbox`` to poll it soon (``POLL_CHANNEL``)."""
         with self._write("forwarding a poll request") as conn:
+            _bounded(conn)
             _notify(conn, POLL_CHANNEL, literal(mailbox))
 
     def join(self, replica: str, *, host: str, pid: int, mailboxes: Iterable[str]) -> None:
@@ -194,6 +201,7 @@ class LeaseTable:
         )
         rows = [{"mailbox": name, "epoch": 0} for name in sorted(set(mailboxes))]
         with self._write("joining the cluster") as conn:
+            _bounded(conn)
             conn.execute(stmt)
             _notify(conn, LEASES_CHANNEL, literal(replica))
             if rows:
@@ -218,6 +226,7 @@ class LeaseTable:
             index_elements=[r.replica], set_={"heartbeat_at": func.now()}
         )
         with self._write("renewing the replica's heartbeat") as conn:
+            _bounded(conn)
             conn.execute(upsert)
             conn.execute(
                 delete(tb.replicas).where(r.heartbeat_at < func.now() - _seconds(10 * lease))
@@ -240,6 +249,7 @@ class LeaseTable:
             .returning(c.mailbox, c.epoch)
         )
         with self._write("renewing leases") as conn:
+            _bounded(conn)
             return {mailbox: int(epoch) for mailbox, epoch in conn.execute(stmt)}
 
     def claim(
@@ -273,6 +283,7 @@ class LeaseTable:
             .returning(c.mailbox, c.epoch)
         )
         with self._write("claiming leases") as conn:
+            _bounded(conn)
             return {mailbox: int(epoch) for mailbox, epoch in conn.execute(stmt)}
 
     def release(self, replica: str, mailboxes: Iterable[str] | None = None) -> list[str]:
@@ -287,6 +298,7 @@ class LeaseTable:
             stmt = stmt.where(c.mailbox.in_(names))
         stmt = stmt.values(owner=None, expires_at=func.now()).returning(c.mailbox)
         with self._write("releasing leases") as conn:
+            _bounded(conn)
             released = sorted(conn.execute(stmt).scalars())
             if released:
                 _notify(conn, LEASES_CHANNEL, literal(replica))
@@ -297,6 +309,7 @@ class LeaseTable:
         transaction: the others count one replica fewer at their next look."""
         c = tb.mailbox_leases.c
         with self._write("leaving the cluster") as conn:
+            _bounded(conn)
             released = conn.execute(
                 update(tb.mailbox_leases)
                 .where(c.owner == replica)
@@ -321,6 +334,7 @@ class LeaseTable:
         )
         rows = [{"m": mailbox, "at": at, "ok": ok} for mailbox, (at, ok) in sorted(polls.items())]
         with self._write("recording polls") as conn:
+            _bounded(conn)
             conn.execute(stmt, rows)
 
     def now(self) -> datetime:

@@ -216,5 +216,5 @@ def test_cluster_quick_loses_nothing_and_balances_after_every_change() -> None:
     assert " lost 0" in out, out
     assert "0 from others" in out, out
     spreads = [line for line in out.splitlines() if line.startswith("balance ")]
-    assert len(spreads) == 8, out
+    assert len(spreads) == 8, out  # start, 2 per signal (--kills 1), the pause, 2 for the 4th
     assert all(line.endswith("yes)") for line in spreads), spreads
