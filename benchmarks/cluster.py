@@ -16,6 +16,7 @@ paused; timings are figures, not verdicts.
     python benchmarks/cluster.py --quick       # CI size, about a minute
     python benchmarks/cluster.py               # 30 mailboxes, 3 replicas, lease 15 s / renew 5 s
     python benchmarks/cluster.py --mailboxes 300 --rate 20 --lease 15 --renew 5 --kills 5
+    python benchmarks/cluster.py --leases-only 10000 --replicas 3
 """
 
 from __future__ import annotations
@@ -70,7 +71,76 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--postgres", default=POSTGRES, help="database (a schema is made in it)")
     parser.add_argument("--drain-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--leases-only",
+        type=int,
+        metavar="N",
+        help="no daemons: N mailboxes' leases kept by --replicas lease managers in this process "
+        "(the cost of a tick at scale: statements, rows, milliseconds)",
+    )
     return parser
+
+
+def leases_only(args: argparse.Namespace) -> int:
+    """Tick ``--replicas`` lease managers over N mailboxes until balanced; print what a tick
+    costs in statements and time once they are (what an idle cluster pays every renewal)."""
+    from listener.cluster import LeaseManager
+
+    admin = sa.create_engine(args.postgres)
+    schema = f"ews_bench_{uuid.uuid4().hex[:8]}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = admin.url.set(query={"options": f"-csearch_path={schema}"}).render_as_string(
+        hide_password=False
+    )
+    store = open_store(url)
+    statements = [0]
+    sa.event.listen(
+        store._engine,  # a benchmark counting the store's statements
+        "before_cursor_execute",
+        lambda *a: statements.__setitem__(0, statements[0] + 1),
+    )
+    names = [f"box{i:05d}" for i in range(args.leases_only)]
+    managers = [
+        LeaseManager(store.leases, names, replica=f"r{i}", host="bench", pid=i, lease=3600)
+        for i in range(args.replicas)
+    ]
+    try:
+        for m in managers:
+            store.leases.join(m.replica, host="bench", pid=0, mailboxes=names)
+        started = time.perf_counter()
+        rounds = 0
+        while sorted(len(m.owned()) for m in managers) != sorted(
+            len(names) // args.replicas + (1 if i < len(names) % args.replicas else 0)
+            for i in range(args.replicas)
+        ):
+            for m in managers:
+                m.tick()
+            rounds += 1
+        to_balance = time.perf_counter() - started
+        statements[0] = 0
+        took = []
+        for m in managers:
+            t0 = time.perf_counter()
+            m.tick()
+            took.append(time.perf_counter() - t0)
+        per_tick = statements[0] / len(managers)
+    finally:
+        for m in managers:
+            m.leave()
+        store.close()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+    total = per_tick * args.replicas / 5
+    print(
+        f"leases only: {len(names)} mailboxes, {args.replicas} replicas: balanced after "
+        f"{rounds} round(s) of ticks in {to_balance:.2f} s; an idle tick: "
+        f"{per_tick:.0f} statements, p50 {_percentile(took, 0.5)} s, "
+        f"max {_percentile(took, 1.0)} s per replica "
+        f"(at renew 5 s: {total:.1f} statements/s in all)"
+    )
+    return 0
 
 
 class Owners:
@@ -218,6 +288,8 @@ def _percentile(values: Sequence[float], q: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.leases_only:
+        return leases_only(args)
     mailbox_count = args.mailboxes or (9 if args.quick else 30)
     lease = args.lease or (3.0 if args.quick else 15.0)
     renew = args.renew or (1.0 if args.quick else 5.0)
