@@ -13,6 +13,10 @@ Every ``renew`` seconds (and at once when woken) one tick, in this order:
    owner repeats nothing);
 4. below its share, it claims free or expired mailboxes (``FOR UPDATE SKIP LOCKED``).
 
+Between ticks the manager LISTENs: a replica that joins, leaves or releases leases NOTIFYs, and
+the others tick at once instead of at their next renewal (a SIGTERM's mailboxes are taken over
+in a fraction of a second); poll requests forwarded by other replicas arrive the same way.
+
 Listeners (``LeaseListener``) hear each change as an event on this thread: the daemon schedules
 and unschedules mailboxes from them, and push notifications (issue 15) open and close a
 mailbox's subscription from the same events (see README "Running several replicas").
@@ -234,8 +238,8 @@ class LeaseManager:
         self._frozen = True
 
     def leave(self) -> list[str]:
-        """Stop the thread and release every lease (the caller's polls have ended): the others
-        take the mailboxes over at their next tick. Returns the mailboxes released."""
+        """Stop the thread and release every lease (the caller's polls have ended): the others,
+        told over NOTIFY, take the mailboxes over at once. Returns the mailboxes released."""
         self._frozen = True
         self._stop.set()
         self._wake.set()
