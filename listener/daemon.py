@@ -6,7 +6,9 @@ Shutdown happens in a fixed order (dramatiq's ``Worker.stop`` habit), each step 
 2. ask running polls to stop: no new hand-over starts, those in flight (up to each mailbox's
    ``handler_concurrency``) finish, and what was reached is committed without moving the sync
    state past the messages not yet handed over;
-3. wait for them, at most ``service.shutdown_grace`` seconds;
+3. wait for them, at most ``service.shutdown_grace`` seconds; with several replicas, then
+   release this replica's leases (its work is committed: the next owner repeats nothing), so
+   another replica takes the mailboxes over at its next lease tick instead of after expiry;
 4. close handlers, EWS sessions and the state store, in that order (handlers may still write).
 
 A handler that outlives the grace period is abandoned: its message was not committed, so it is
@@ -28,6 +30,7 @@ from typing import Any
 import structlog
 
 from listener.app import App
+from listener.cluster import LeaseManager, join, share_caps
 from listener.config.models import notification_mode
 from listener.errors import EXIT_OK, EXIT_TEMPFAIL, EXIT_UNAVAILABLE
 from listener.notify import NotificationChannel, NotifyHooks, Watch
@@ -120,6 +123,7 @@ def run_daemon(
     service = settings.service
     metrics = Metrics()
     health = HealthState()
+    settings = share_caps(settings)  # several replicas share each credential's caps
     app = App(settings, hooks=metrics)
     if fail_fast:
         problem = _first_unavailable(app)
@@ -129,7 +133,9 @@ def run_daemon(
             return EXIT_UNAVAILABLE
     runners = _wire(app, metrics, health)
     scheduler = Scheduler(max_workers=service.max_workers, jitter=service.jitter)
-    for runner in runners:
+    # Several replicas: a mailbox is scheduled while this replica holds its lease.
+    cluster = join(app, runners, scheduler, health)
+    for runner in runners if cluster is None else ():
         scheduler.add(runner, cron=settings.mailboxes[runner.name].cron)
 
     stop = stop_event or threading.Event()
@@ -155,6 +161,8 @@ def run_daemon(
         wakes.thread.start()
     for channel in channels:
         channel.start()
+    if cluster is not None:
+        cluster.start()
     watchdog = (
         systemd.Watchdog(lambda: time.monotonic() - scheduler.heartbeat < 60)
         if service.watchdog
@@ -173,6 +181,8 @@ def run_daemon(
         channel.stop()
     scheduler.stop_scheduling()  # 1
     wakes._stop.set()
+    if cluster is not None:
+        cluster.freeze()  # claims nothing more; renews until its polls have committed
     app.stop.set()  # 2
     finished = scheduler.wait_idle(service.shutdown_grace)  # 3
     if wakes.thread.is_alive():
@@ -198,12 +208,24 @@ def run_daemon(
                     log.warning("shutdown.flushed", mailbox=name)
             except Exception:
                 log.error("shutdown.flush_failed", mailbox=name, exc_info=True)
+        _leave(cluster)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_OK)
+    _leave(cluster)  # the others take the mailboxes over at once: everything is committed
     app.close()  # 4
     log.info("daemon.stopped")
     return EXIT_OK
+
+
+def _leave(cluster: LeaseManager | None) -> None:
+    if cluster is None:
+        return
+    try:
+        cluster.leave()
+    except Exception:
+        # The leases then expire on their own: the others take over after lease_seconds.
+        log.error("cluster.leave_failed", exc_info=True)
 
 
 def _first_unavailable(app: App) -> str | None:

@@ -11,18 +11,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from listener.errors import ListenerError, SourceError, TokenError
 from listener.poller import Poller, PollResult
+from listener.store import LeaseLost
 
 __all__ = ["MailboxRunner", "Scheduler"]
 
@@ -44,6 +47,8 @@ class MailboxRunner:
     failures: int = 0
     not_before: float = 0.0
     last_result: PollResult | None = None
+    # Entered around each poll: with several replicas, the mailbox's lease (listener.cluster).
+    guard: Callable[[], AbstractContextManager[object]] = nullcontext
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -67,7 +72,14 @@ class MailboxRunner:
 
     def _poll(self) -> PollResult:
         try:
-            result = self.poller.poll()
+            with self.guard():
+                result = self.poller.poll()
+        except LeaseLost as e:
+            # Another replica owns the mailbox now: not a failure to back off from (issue 16).
+            result = PollResult(self.name)
+            result.error, result.error_code = str(e), "LeaseLost"
+            log.warning("mailbox.lease_lost", mailbox=self.name, error=str(e))
+            return result
         except Exception as e:
             result = PollResult(self.name)
             self._failed(result, e)
@@ -141,7 +153,18 @@ class Scheduler:
             id=runner.name,
             name=f"poll {runner.name}",
             next_run_time=first,
+            replace_existing=True,
         )
+
+    def run_soon(self, name: str) -> None:
+        """Poll mailbox ``name`` now instead of at its next time (if it is scheduled)."""
+        with suppress(JobLookupError):
+            self._scheduler.modify_job(name, next_run_time=datetime.now(UTC))
+
+    def remove(self, name: str) -> None:
+        """Stop scheduling the polls of mailbox ``name`` (one running now goes on)."""
+        with suppress(JobLookupError):
+            self._scheduler.remove_job(name)
 
     def _job(self, runner: MailboxRunner) -> None:
         with self._cond:

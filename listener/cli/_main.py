@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from listener import __version__
 from listener.cli import (
     check_config,
+    cluster,
     credentials,
     dead_letters,
     demo,
@@ -30,6 +31,7 @@ _COMMAND_MODULES = (
     mailbox,
     migration,
     dead_letters,
+    cluster,
     schema,
     demo,
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import Any
 
 from listener.cli._common import Commands, config_path, echo, load_config
 from listener.errors import EXIT_OK
@@ -53,7 +54,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for name, handler in sorted(settings.handlers.items()):
         echo(f"  {name}: {getattr(handler, 'type', type(handler).__name__)}")
     echo(f"state: {_mask_url(settings.state.url)}")
+    echo(f"cluster: {_cluster(settings)}")
     return EXIT_OK
+
+
+def _cluster(settings: Any) -> str:
+    from listener.config import cluster_active  # noqa: PLC0415
+
+    cluster = settings.cluster
+    if not cluster_active(cluster, settings.state.url):
+        return "off (one process)"
+    who = cluster.replica_id or "<host name>-<pid>"
+    return (
+        f"on as {who}, lease {cluster.lease_seconds:g} s renewed every "
+        f"{cluster.renew_seconds:g} s, max_connections shared by {cluster.replicas} replica(s)"
+    )
 
 
 def register(commands: Commands, common: argparse.ArgumentParser) -> None:

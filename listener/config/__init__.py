@@ -20,12 +20,14 @@ from listener.config.models import (
     ENV_PREFIX,
     Action,
     CertificateConfig,
+    ClusterConfig,
     CredentialConfig,
     FailureConfig,
     MailboxConfig,
     ServiceConfig,
     Settings,
     StateConfig,
+    cluster_active,
     default_state_url,
 )
 
@@ -36,6 +38,7 @@ __all__ = [
     "ENV_PREFIX",
     "Action",
     "CertificateConfig",
+    "ClusterConfig",
     "ConfigError",
     "ConfigIssue",
     "CredentialConfig",
@@ -44,6 +47,7 @@ __all__ = [
     "ServiceConfig",
     "Settings",
     "StateConfig",
+    "cluster_active",
     "default_state_url",
     "load_settings",
 ]

@@ -18,11 +18,13 @@ from listener.config.models import (
     ENV_CONFIG,
     ENV_PREFIX,
     NAME_PATTERN,
+    ClusterConfig,
     CredentialConfig,
     MailboxConfig,
     ServiceConfig,
     Settings,
     StateConfig,
+    cluster_problems,
     default_state_url,
     inherit_env_problems,
     reference_problems,
@@ -195,6 +197,7 @@ def _adapter(name: str) -> TypeAdapter[Any]:
             handlers=TypeAdapter(HandlerConfig),
             state=TypeAdapter(StateConfig),
             service=TypeAdapter(ServiceConfig),
+            cluster=TypeAdapter(ClusterConfig),
         )
     return _SECTIONS[name]
 
@@ -240,11 +243,16 @@ def _validate_sections(
                 valid[section][name] = _adapter(section).validate_python(entry)
             except ValidationError as exc:
                 issues += _issues(exc, entry, (section, name), file, env_paths)
-    for section in ("state", "service"):
+    checked: dict[str, Any] = {}
+    for section in ("state", "service", "cluster"):
         try:
-            _adapter(section).validate_python(data.get(section, {}))
+            checked[section] = _adapter(section).validate_python(data.get(section, {}))
         except ValidationError as exc:
             issues += _issues(exc, data.get(section), (section,), file, env_paths)
+    if "state" in checked and "cluster" in checked:
+        for loc, message in cluster_problems(checked["cluster"], checked["state"].url):
+            shown = _show(checked["cluster"].enabled, loc)
+            issues.append(_issue(file, loc, shown, message, env_paths))
     tables = {
         key: data[key] if isinstance(data.get(key), dict) else {}
         for key in ("credentials", "handlers", "mailboxes")

@@ -37,6 +37,7 @@ __all__ = [
     "NAME_PATTERN",
     "Action",
     "CertificateConfig",
+    "ClusterConfig",
     "CredentialConfig",
     "EwsStreamingConfig",
     "FailureConfig",
@@ -46,6 +47,8 @@ __all__ = [
     "ServiceConfig",
     "Settings",
     "StateConfig",
+    "cluster_active",
+    "cluster_problems",
     "default_endpoint",
     "default_state_url",
     "inherit_env_problems",
@@ -454,6 +457,58 @@ class NotificationsConfig(_Model):
     graph: GraphNotificationsConfig | None = None
 
 
+# --- several replicas ------------------------------------------------------------------------
+
+
+class ClusterConfig(_Model):
+    """Several replicas on one PostgreSQL database sharing the mailboxes by lease (issue 16)."""
+
+    # "auto": on with a PostgreSQL state.url (one process or several: safe either way), off with
+    # SQLite (one process by construction). true with SQLite is a configuration error.
+    enabled: bool | Literal["auto"] = "auto"
+    # This replica's name in the leases; default "<host name>-<pid>" (a restart is a new replica).
+    replica_id: str | None = Field(default=None, min_length=1, max_length=200)
+    # A lease not renewed for this long is free for the others (a SIGKILLed replica's mailboxes
+    # wait this long); renewals, claims and rebalancing happen every renew_seconds.
+    lease_seconds: float = Field(default=15.0, gt=0, le=3600)
+    renew_seconds: float = Field(default=5.0, gt=0, le=1200)
+    # How many replicas share each credential's max_connections: each replica opens at most
+    # ceil(max_connections / replicas) connections per credential (see README "Running several
+    # replicas"). Set it to the number of replicas you run.
+    replicas: int = Field(default=1, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _renew_within_lease(self) -> ClusterConfig:
+        if self.renew_seconds * 2 > self.lease_seconds:
+            raise ValueError(
+                f"renew_seconds ({self.renew_seconds:g}) must be at most half of lease_seconds "
+                f"({self.lease_seconds:g}): one late renewal must not lose every lease"
+            )
+        return self
+
+
+def cluster_active(cluster: ClusterConfig, state_url: str) -> bool:
+    """Whether this configuration runs as a replica among others (leases and fencing)."""
+    if cluster.enabled == "auto":
+        return state_url.split(":", 1)[0].split("+", 1)[0] in {"postgresql", "postgres"}
+    return bool(cluster.enabled)
+
+
+def cluster_problems(cluster: ClusterConfig, state_url: str) -> list[tuple[tuple[str, ...], str]]:
+    """``cluster.enabled = true`` with a state database other than PostgreSQL."""
+    if cluster.enabled is True and not cluster_active(
+        cluster.model_copy(update={"enabled": "auto"}), state_url
+    ):
+        return [
+            (
+                ("cluster", "enabled"),
+                "true needs a PostgreSQL state.url (postgresql://user@host/db): the leases "
+                "several replicas share live there; a SQLite file serves one process",
+            )
+        ]
+    return []
+
+
 # --- settings ----------------------------------------------------------------------------------
 
 
@@ -474,6 +529,7 @@ class Settings(BaseSettings):
     state: StateConfig = Field(default_factory=StateConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
@@ -481,6 +537,7 @@ class Settings(BaseSettings):
         problems += source_problems(self.credentials, self.mailboxes)
         problems += inherit_env_problems(self.model_dump())
         problems += notification_problems(self.notifications, self.mailboxes)
+        problems += cluster_problems(self.cluster, self.state.url)
         if problems:
             raise ValueError("; ".join(f"{'.'.join(loc)}: {msg}" for loc, msg in problems))
         return self

@@ -18,11 +18,34 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from listener.store._engine import EngineOptions, build_engine, parse_url
-from listener.store._errors import StoreError, translate_errors
+from listener.store._errors import LeaseLost, StoreError, translate_errors
+from listener.store._leases import (
+    LEASES_CHANNEL,
+    POLL_CHANNEL,
+    Fence,
+    LeaseRow,
+    LeaseSignals,
+    LeaseTable,
+    ReplicaRow,
+)
 from listener.store._migrations import LATEST as SCHEMA_VERSION
 from listener.store._store import SqlStateStore
 
-__all__ = ["SCHEMA_VERSION", "EngineOptions", "SqlStateStore", "StoreError", "open_store"]
+__all__ = [
+    "LEASES_CHANNEL",
+    "POLL_CHANNEL",
+    "SCHEMA_VERSION",
+    "EngineOptions",
+    "Fence",
+    "LeaseLost",
+    "LeaseRow",
+    "LeaseSignals",
+    "LeaseTable",
+    "ReplicaRow",
+    "SqlStateStore",
+    "StoreError",
+    "open_store",
+]
 
 
 def _utcnow() -> datetime:

@@ -15,11 +15,21 @@ from sqlalchemy.engine import URL
 
 from listener.errors import ListenerError
 
-__all__ = ["StoreError", "describe_url", "translate_errors"]
+__all__ = ["LeaseLost", "StoreError", "describe_url", "translate_errors"]
 
 
 class StoreError(ListenerError):
     """The state database cannot be opened, read or written. The message never holds a password."""
+
+
+class LeaseLost(StoreError):
+    """A commit was refused: this replica no longer holds the mailbox's lease under the epoch its
+    poll started with (it expired, or another replica claimed the mailbox). Nothing of that
+    commit was written; the mailbox's poll must end at once (issue 16, fencing)."""
+
+    def __init__(self, mailbox: str, detail: str) -> None:
+        super().__init__(f"mailbox {mailbox!r}: lease lost ({detail}); nothing was committed")
+        self.mailbox = mailbox
 
 
 def describe_url(url: URL) -> str:

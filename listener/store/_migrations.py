@@ -146,6 +146,14 @@ def _source_kinds(conn: Connection) -> None:
             conn.execute(text(f"ALTER TABLE {table} DROP COLUMN change_key"))
 
 
+def _leases(conn: Connection) -> None:
+    # Issue 16: several replicas on one PostgreSQL database share the mailboxes through leases
+    # (listener.store._leases). Created on SQLite too, where they stay empty: one process there.
+    _schema.metadata.create_all(
+        conn, tables=[_schema.mailbox_leases, _schema.replicas], checkfirst=True
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sync_state, ledger, pending and dead_letters", _create_v1),
     Migration(2, "index dead letters by idempotency key", _index_dead_letter_keys),
@@ -155,6 +163,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         4, "item ids tagged with their source kind; change keys no longer kept", _source_kinds
     ),
+    Migration(5, "mailbox leases and replicas (several replicas on PostgreSQL)", _leases),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -29,8 +30,10 @@ __all__ = [
     "UtcDateTime",
     "dead_letters",
     "ledger",
+    "mailbox_leases",
     "metadata",
     "pending",
+    "replicas",
     "schema_version",
     "sync_state",
 ]
@@ -144,4 +147,33 @@ dead_letters = Table(
     Column("source", Text, nullable=False, default="ews", server_default="ews"),  # schema 4
     Index("ix_dead_letters_mailbox", "mailbox"),
     sqlite_autoincrement=True,
+)
+
+# Schema 5 (issue 16): which replica owns each mailbox, under which epoch, until when. A mailbox
+# is owned while ``owner`` is set and ``expires_at`` is in the future (the database's clock, never
+# a replica's); every claim by a replica raises ``epoch``, and each commit of a poll is checked
+# against the (owner, epoch) it was polled under (listener.store._leases).
+mailbox_leases = Table(
+    "mailbox_leases",
+    metadata,
+    Column("mailbox", Text, primary_key=True),
+    Column("owner", Text, nullable=True),
+    Column("epoch", BigInteger, nullable=False, default=0),
+    Column("expires_at", UtcDateTime, nullable=True),
+    Column("acquired_at", UtcDateTime, nullable=True),
+    Column("renewed_at", UtcDateTime, nullable=True),
+    Column("last_poll_at", UtcDateTime, nullable=True),
+    Column("last_poll_ok", Boolean, nullable=True),
+    Index("ix_mailbox_leases_owner", "owner"),
+)
+
+# Schema 5: the replicas sharing the database, for the fair share of each and `cluster status`.
+replicas = Table(
+    "cluster_replicas",
+    metadata,
+    Column("replica", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("heartbeat_at", UtcDateTime, nullable=False),
 )

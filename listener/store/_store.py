@@ -31,6 +31,7 @@ from listener.store import _migrations
 from listener.store import _schema as tb
 from listener.store._engine import WRITE_OPTION
 from listener.store._errors import StoreError, describe_url, translate_errors
+from listener.store._leases import Fence, LeaseTable, check_fence
 
 __all__ = ["SqlStateStore"]
 
@@ -233,12 +234,17 @@ class SqlStateStore:
         resolved: Sequence[str] = (),
         dead: Sequence[DeadLetter] = (),
         relocated: Sequence[tuple[str, str]] = (),
+        fence: Fence | None = None,
     ) -> None:
         """Record one page's outcome in ONE transaction (see ``listener.abc.StateStore.commit``).
 
         A ledger entry already present is ignored: a message handed over again after a crash
         must not make the commit fail. Pending entries are upserted by (mailbox, item id), then
         ``resolved`` item ids of ``mailbox`` are deleted from pending.
+
+        With a ``fence`` (several replicas, PostgreSQL), the transaction first locks the
+        mailbox's lease and raises ``LeaseLost``, writing nothing, unless the lease is still the
+        fence's owner and epoch and unexpired (``listener.store._leases.check_fence``).
         """
         # Duplicates in one call collapse (the last wins); rows go in key order so that two
         # PostgreSQL transactions touching the same keys lock them in the same order.
@@ -248,6 +254,8 @@ class SqlStateStore:
         pending_rows = sorted({(p.mailbox, p.item_id): _pending_row(p) for p in pending}.items())
         gone = sorted(set(resolved))
         with self._write("committing a page") as conn:
+            if fence is not None:
+                check_fence(conn, fence)
             if ledger_rows:
                 stmt = self._insert(tb.ledger).on_conflict_do_nothing(
                     index_elements=[tb.ledger.c.idempotency_key, tb.ledger.c.handler]
@@ -323,6 +331,24 @@ class SqlStateStore:
         if not self._closed:
             self._closed = True
             self._engine.dispose()
+
+    @property
+    def leases(self) -> LeaseTable:
+        """The mailbox leases and replicas (PostgreSQL; ``listener.cluster``)."""
+        if self._sqlite:
+            raise StoreError(
+                f"state database {self.where}: several replicas need a PostgreSQL state.url; "
+                f"a SQLite file serves one process"
+            )
+        return LeaseTable(self._read, self._write, self._listen_connection)
+
+    def _listen_connection(self) -> Any:
+        """A psycopg connection of its own, out of the pool, for LISTEN (held for hours)."""
+        with self._errors("opening a connection for LISTEN"):
+            pooled = self._engine.raw_connection()
+            driver = pooled.driver_connection
+            pooled.detach()  # never returned to the pool: closed by its user
+            return driver
 
     # --- for the CLI, health checks and tests ---------------------------------------------------
 

@@ -17,6 +17,9 @@ import pytest
 
 from tests import REPO
 from tests.handlers.brokers import AMQP, NATS, REDIS, require_server
+from tests.store.conftest import postgres_admin
+
+__all__ = ["postgres_admin"]  # the fixture: PostgreSQL reachable, or fail under CI
 
 BENCH = REPO / "benchmarks"
 
@@ -212,3 +215,17 @@ def test_latency_ews_streaming_hands_every_message_over() -> None:
     )
     rows = [line.split() for line in out.splitlines() if line.startswith("streaming ")]
     assert [(row[1], row[2]) for row in rows] == [("3600", "6/6")], out
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_admin")
+def test_cluster_quick_loses_nothing_and_balances_after_every_change() -> None:
+    """cluster.py --quick on the local PostgreSQL: every message handed over, repeats only from
+    a killed or paused replica (exit 0), and every spread after a change is fair."""
+    out = _run(str(BENCH / "cluster.py"), "--quick")
+    assert " lost 0" in out, out
+    assert "0 from others" in out, out
+    spreads = [line for line in out.splitlines() if line.startswith("balance ")]
+    assert len(spreads) == 8, out  # start, 2 per signal (--kills 1), the pause, 2 for the 4th
+    assert all(line.endswith("yes)") for line in spreads), spreads

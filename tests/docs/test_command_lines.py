@@ -318,6 +318,7 @@ SOURCES = [
     "config/demo.toml",
     "config/graph.toml",
     "config/ews-streaming.toml",
+    "config/cluster.toml",
     "deploy/systemd/ews-listener.service",
     "deploy/docker/Dockerfile",
     "deploy/docker/emulators.Dockerfile",
