@@ -9,7 +9,9 @@ exchange builds. On a loopback poll of 5,000 messages these three were ~75 % of 
   (exchangelib's ``Message.from_xml`` builds ~70 fields through descriptors per item). The item
   ids go into the request without an ``ItemId`` object each.
 - ``CreatedItems``: SyncFolderItems that yields ``(change type, item id)``: exchangelib builds a
-  ``Message`` for every change of an ``IdOnly`` sync just to hold its id.
+  ``Message`` for every change of an ``IdOnly`` sync just to hold its id. Its ``m:Ignore`` ids
+  (the source's own tidied items, ``EwsMailSource.changes``) are written without an ``ItemId``
+  object each: the list can hold thousands.
 - ``MarkRead``: UpdateItem setting ``IsRead``: every ``t:ItemChange`` of a batch is the same but
   for the item id, so exchangelib builds the first from a ``Message`` and the rest are copies of
   it; the answers are read as ids only (``Item.id_from_xml``, as the stock service does).
@@ -26,7 +28,7 @@ from exchangelib.items import ALWAYS_OVERWRITE, ID_ONLY, SAVE_ONLY, SEND_TO_NONE
 from exchangelib.properties import ItemId
 from exchangelib.services import GetItem, SyncFolderItems, UpdateItem
 from exchangelib.services.common import shape_element
-from exchangelib.util import create_element
+from exchangelib.util import add_xml_child, create_element
 
 __all__ = ["CreatedItems", "ItemShape", "MarkRead", "MessageGetItem", "fetch_fields"]
 
@@ -115,6 +117,27 @@ class CreatedItems(SyncFolderItems):  # type: ignore[misc]
             item_id = None if found is None else found.get("Id") or None
         elem.clear()  # as exchangelib's from_xml does: the answer's tree shrinks as it is read
         return change_type, item_id
+
+    def get_payload(
+        self,
+        folder: Any,
+        shape: Any,
+        additional_fields: Any,
+        sync_state: Any,
+        ignore: Any,
+        max_changes_returned: Any,
+        sync_scope: Any,
+    ) -> Any:
+        # SyncFolderItems.get_payload, with m:Ignore from (id, changekey) pairs
+        payload = self._partial_get_payload(
+            folder=folder, shape=shape, additional_fields=additional_fields, sync_state=sync_state
+        )
+        if ignore:
+            payload.append(_item_ids("m:Ignore", ignore))
+        add_xml_child(payload, "m:MaxChangesReturned", max_changes_returned)
+        if sync_scope:
+            add_xml_child(payload, "m:SyncScope", sync_scope)
+        return payload
 
 
 class MarkRead(UpdateItem):  # type: ignore[misc]
