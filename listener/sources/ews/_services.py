@@ -28,22 +28,26 @@ from exchangelib.items import ALWAYS_OVERWRITE, ID_ONLY, SAVE_ONLY, SEND_TO_NONE
 from exchangelib.properties import ItemId
 from exchangelib.services import GetItem, SyncFolderItems, UpdateItem
 from exchangelib.services.common import shape_element
-from exchangelib.util import add_xml_child, create_element
+from exchangelib.util import TNS, add_xml_child, create_element
+from lxml import etree
 
 __all__ = ["CreatedItems", "ItemShape", "MarkRead", "MessageGetItem", "fetch_fields"]
 
 _ITEM_ID = ItemId.response_tag()
+_T_ITEM_ID = f"{{{TNS}}}ItemId"
 
 
 def _item_ids(tag: str, ids: Iterable[tuple[str, str | None]]) -> Any:
     # exchangelib's item_ids_element builds an ItemId per id and serialises it: Id, then
-    # ChangeKey when there is one.
+    # ChangeKey when there is one. lxml's SubElement, not create_element per id: an m:Ignore
+    # can hold thousands.
     container = create_element(tag)
+    sub = etree.SubElement
     for item_id, changekey in ids:
-        attrs = {"Id": item_id}
-        if changekey is not None:
-            attrs["ChangeKey"] = changekey
-        container.append(create_element("t:ItemId", attrs=attrs))
+        if changekey is None:
+            sub(container, _T_ITEM_ID, {"Id": item_id})
+        else:
+            sub(container, _T_ITEM_ID, {"Id": item_id, "ChangeKey": changekey})
     return container
 
 
