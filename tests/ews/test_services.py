@@ -96,6 +96,9 @@ def test_mark_read_and_sync_against_the_emulator(
     assert isinstance(elements[5], Exception)  # a vanished item: its error, in its place
     results = list(MarkRead(account=account).mark([*ids[:4], ("AAMkAGdvbmU=", None)]))
     assert all(isinstance(r, tuple) for r in results[:4])
+    # each answer is the item's (id, new changekey), as Item.id_from_xml reads it
+    stored = {i.item_id: i.change_key for i in emu.items(ALICE, "inbox")}
+    assert results[:4] == [(i, stored[i]) for i, _ in ids[:4]]
     assert isinstance(results[4], Exception)
     assert sorted(not i.is_read for i in emu.items(ALICE, "inbox")) == [False] * 4 + [True]
 

@@ -161,6 +161,13 @@ class MarkRead(UpdateItem):  # type: ignore[misc]
             )
         )
 
+    def _elem_to_obj(self, elem: Any) -> tuple[str | None, str | None]:
+        # Item.id_from_xml without the descriptor lookups of ItemId's attribute names
+        found = elem.find(_ITEM_ID)
+        if found is None:
+            return None, None
+        return found.get("Id"), found.get("ChangeKey")
+
     def _changes_elem(self, target_changes: Iterable[tuple[str, str | None]]) -> Any:
         changes = create_element(self.CHANGES_ELEMENT_NAME)
         template = None
