@@ -31,6 +31,7 @@ Properties: ``delivery_mode`` 2 (persistent), ``content_type`` as the webhook's 
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import ssl
 import threading
@@ -140,9 +141,9 @@ class AmqpHandler:
             ca_bundle=config.ca_bundle,
         )
 
-    @property
+    @functools.cached_property
     def target(self) -> str:
-        """Where it publishes, without credentials (safe to log)."""
+        """Where it publishes, without credentials (safe to log; worked out once)."""
         return redact_url(self._url)
 
     def __call__(self, message: Message) -> None:
