@@ -69,9 +69,10 @@ PAGE_LIMIT = 512
 # m:Ignore of SyncFolderItems: at most this many of the items we tidied ourselves (the most
 # recent); beyond it their changes come back as they did before (one sync page per 512).
 IGNORE_LIMIT = 5_000
-# Items a sync listed as created and the source has not tidied yet: at most this many (the most
-# recent), so a mailbox whose mail is never marked read does not grow the set for ever.
-REPORTED_LIMIT = 4 * PAGE_LIMIT
+# Items a sync listed as created and the source has not tidied yet, kept from the last this many
+# pages only (the poll's batches in flight come from the last two or three): a mailbox whose mail
+# is never marked read (after_success = "none") keeps nothing for long.
+REPORTED_PAGES = 4
 
 
 def _one_item_may_be_at_fault(error: SourceError) -> bool:
@@ -138,7 +139,7 @@ def translate_error(error: BaseException) -> SourceError:
     return Unavailable(message, code=code)
 
 
-def _keep_last(ids: dict[str, None], limit: int) -> None:
+def _keep_last(ids: dict[str, Any], limit: int) -> None:
     """Drop the oldest of ``ids`` beyond ``limit`` (dicts keep insertion order)."""
     while len(ids) > limit:
         del ids[next(iter(ids))]
@@ -182,7 +183,8 @@ class EwsMailSource:
         # (``changes``): the state the last page returned, the items created in the pages of
         # that chain and not tidied yet, and those tidied whose change may still be ahead.
         self._chain: str | None = None
-        self._reported: dict[str, None] = {}
+        self._reported: dict[str, int] = {}  # item id -> the page that listed it
+        self._pages = 0
         self._tidied: dict[str, None] = {}
 
     # --- plumbing ----------------------------------------------------------------------------
@@ -296,9 +298,15 @@ class EwsMailSource:
             if result.last_page:
                 for item_id, _ in ignore:
                     self._tidied.pop(item_id, None)
+            self._pages += 1
             for ref in result.created:
-                self._reported[ref.item_id] = None
-            _keep_last(self._reported, REPORTED_LIMIT)
+                self._reported.pop(ref.item_id, None)  # to the end: the dict stays in page order
+                self._reported[ref.item_id] = self._pages
+            # oldest first (insertion order): drop the pages before the last REPORTED_PAGES
+            while self._reported and next(iter(self._reported.values())) <= (
+                self._pages - REPORTED_PAGES
+            ):
+                del self._reported[next(iter(self._reported))]
         return result
 
     def _tidy(self, refs: Sequence[ItemRef], failed: Sequence[bool]) -> None:
