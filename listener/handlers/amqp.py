@@ -222,7 +222,7 @@ class AmqpHandler:
             # Confirmed a publish within the last second: trusted without a poll of the socket
             # (that poll was ~13 % of a publish's CPU at a few hundred a second). Closed since, the
             # publish fails as transient and the link is dropped, as a close a moment after the
-            # poll would.
+            # poll would (test_a_link_closed_while_pooled_is_replaced).
             return bool(link.connection.is_open and link.channel.is_open)
         try:
             link.connection.process_data_events(time_limit=0)

@@ -257,7 +257,8 @@ class EwsMailSource:
         normal poll, and the next poll from the state it committed); any other state (a poll
         from an older commit, a sync from the start) ignores nothing. It stays ignored until a
         page that reached the end of the folder (``IncludesLastItemInRange``) was asked for
-        after it was tidied: its change is then behind the state.
+        after it was tidied: its change is then behind the state. Guarded by
+        tests/sources/test_ews_own_changes.py (an older state lists its mail again).
         """
         if sync_state is not None and not _is_ews_state(sync_state):
             raise SyncStateLost(
