@@ -286,7 +286,10 @@ class AmqpHandlerConfig(_BrokerBase):
     )
     heartbeat: int = Field(default=60, ge=0, description="AMQP heartbeat in seconds (0: off).")
     pool_size: int = Field(
-        default=4, ge=1, description="Connections kept open; more threads wait for one."
+        default=8,
+        ge=1,
+        description="Connections kept open (as many as the default handler_concurrency: each "
+        "waits for its confirm); more threads wait for one.",
     )
 
     @field_validator("exchange", "routing_key")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import ssl
 import threading
 from collections.abc import Coroutine
@@ -113,9 +114,9 @@ class NatsHandler:
             ca_bundle=config.ca_bundle,
         )
 
-    @property
+    @functools.cached_property
     def target(self) -> str:
-        """The server without credentials (safe to log)."""
+        """The server without credentials (safe to log; worked out once)."""
         return redact_url(self._url)
 
     def __call__(self, message: Message) -> None:

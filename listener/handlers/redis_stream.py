@@ -28,6 +28,7 @@ the key holds no stream) → permanent.
 
 from __future__ import annotations
 
+import functools
 import ssl
 import threading
 from pathlib import Path
@@ -151,9 +152,9 @@ class RedisStreamHandler:
             ca_bundle=config.ca_bundle,
         )
 
-    @property
+    @functools.cached_property
     def target(self) -> str:
-        """The server without credentials (safe to log)."""
+        """The server without credentials (safe to log; worked out once)."""
         return redact_url(self._url)
 
     def dedup_key(self, stream: str, message: Message) -> str:

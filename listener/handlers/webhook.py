@@ -18,6 +18,7 @@ keys.
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import hmac
 import ssl
@@ -146,9 +147,9 @@ class WebhookHandler:
             ca_bundle=config.ca_bundle,
         )
 
-    @property
+    @functools.cached_property
     def target(self) -> str:
-        """The URL without user info or query (safe to log)."""
+        """The URL without user info or query (safe to log; worked out once)."""
         return redact_url(self._url)
 
     def body(self, message: Message) -> bytes:

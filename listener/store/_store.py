@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from sqlalchemy import (
@@ -21,7 +21,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL
 
 from listener.abc import DeadLetter, LedgerEntry, PendingEntry
@@ -32,6 +32,9 @@ from listener.store import _schema as tb
 from listener.store._engine import WRITE_OPTION
 from listener.store._errors import StoreError, describe_url, translate_errors
 from listener.store._leases import Fence, LeaseTable, check_fence
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import postgresql
 
 __all__ = ["SqlStateStore"]
 
@@ -94,7 +97,12 @@ class SqlStateStore:
     # --- plumbing -------------------------------------------------------------------------------
 
     def _insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
-        return sqlite.insert(table) if self._sqlite else postgresql.insert(table)
+        if self._sqlite:
+            return sqlite.insert(table)
+        # imported when used: a SQLite state (``once`` on one host) need not load it (~0.1 s)
+        from sqlalchemy.dialects import postgresql  # noqa: PLC0415
+
+        return postgresql.insert(table)
 
     def _errors(self, action: str) -> AbstractContextManager[None]:
         if self._closed:

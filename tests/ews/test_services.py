@@ -96,5 +96,31 @@ def test_mark_read_and_sync_against_the_emulator(
     assert isinstance(elements[5], Exception)  # a vanished item: its error, in its place
     results = list(MarkRead(account=account).mark([*ids[:4], ("AAMkAGdvbmU=", None)]))
     assert all(isinstance(r, tuple) for r in results[:4])
+    # each answer is the item's (id, new changekey), as Item.id_from_xml reads it
+    stored = {i.item_id: i.change_key for i in emu.items(ALICE, "inbox")}
+    assert results[:4] == [(i, stored[i]) for i, _ in ids[:4]]
     assert isinstance(results[4], Exception)
     assert sorted(not i.is_read for i in emu.items(ALICE, "inbox")) == [False] * 4 + [True]
+
+
+def test_sync_with_ignore_sends_what_sync_folder_items_sends(make_account: AccountFactory) -> None:
+    """CreatedItems' payload, m:Ignore included, is SyncFolderItems' for the same arguments."""
+    account = make_account()
+    folder = account.inbox
+
+    def payload(service: type[SyncFolderItems], ignore: object) -> str:
+        return xml_to_str(
+            service(account=account).get_payload(
+                folder=folder,
+                shape=ID_ONLY,
+                additional_fields=set(),
+                sync_state="H4sIAAAAAAAEAGNgYGBk",
+                ignore=ignore,
+                max_changes_returned=512,
+                sync_scope=None,
+            )
+        )
+
+    for ignore in (None, [], _IDS):
+        assert payload(CreatedItems, ignore) == payload(SyncFolderItems, ignore)
+    assert "Ignore" in payload(CreatedItems, _IDS)

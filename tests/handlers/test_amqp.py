@@ -200,6 +200,35 @@ def test_broker_away_then_back(topic: tuple[str, Queue], make_message: MakeMessa
     assert len(ids) == len(messages)  # refused connections: nothing was half-sent
 
 
+def test_a_link_closed_while_pooled_is_replaced(
+    topic: tuple[str, Queue], make_message: MakeMessage
+) -> None:
+    """A link closed behind the pool's back (the broker, the network) right after its last
+    confirm is lent without polling its socket: that call may fail as transient, never
+    succeed without the broker's confirm; the retry and every later call connect again and
+    succeed; each message arrives once."""
+    prefix, queue = topic
+    messages = [numbered(make_message, n) for n in range(3)]
+    with proxied(AMQP) as proxy:
+        h = handler(prefix, port=proxy.port, timeout=2.0)
+        try:
+            h(messages[0])
+            proxy.stop()  # closes the pooled link's connection
+            proxy.start()
+            errors: list[str] = []
+            try:
+                h(messages[1])
+            except TransientError as e:
+                errors.append(str(e))
+                h(messages[1])  # the retry: a new connection
+            h(messages[2])
+        finally:
+            h.close()
+    got = queue.drain(len(messages))
+    assert sorted(p.message_id for _, p, _ in got) == sorted(m.idempotency_key for m in messages)
+    assert all("connection failed or lost" in e for e in errors), errors
+
+
 def test_login_refused_is_transient_and_the_password_never_shows(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, make_message: MakeMessage
 ) -> None:

@@ -9,7 +9,9 @@ exchange builds. On a loopback poll of 5,000 messages these three were ~75 % of 
   (exchangelib's ``Message.from_xml`` builds ~70 fields through descriptors per item). The item
   ids go into the request without an ``ItemId`` object each.
 - ``CreatedItems``: SyncFolderItems that yields ``(change type, item id)``: exchangelib builds a
-  ``Message`` for every change of an ``IdOnly`` sync just to hold its id.
+  ``Message`` for every change of an ``IdOnly`` sync just to hold its id. Its ``m:Ignore`` ids
+  (the source's own tidied items, ``EwsMailSource.changes``) are written without an ``ItemId``
+  object each: the list can hold thousands.
 - ``MarkRead``: UpdateItem setting ``IsRead``: every ``t:ItemChange`` of a batch is the same but
   for the item id, so exchangelib builds the first from a ``Message`` and the rest are copies of
   it; the answers are read as ids only (``Item.id_from_xml``, as the stock service does).
@@ -26,22 +28,26 @@ from exchangelib.items import ALWAYS_OVERWRITE, ID_ONLY, SAVE_ONLY, SEND_TO_NONE
 from exchangelib.properties import ItemId
 from exchangelib.services import GetItem, SyncFolderItems, UpdateItem
 from exchangelib.services.common import shape_element
-from exchangelib.util import create_element
+from exchangelib.util import TNS, add_xml_child, create_element
+from lxml import etree
 
 __all__ = ["CreatedItems", "ItemShape", "MarkRead", "MessageGetItem", "fetch_fields"]
 
 _ITEM_ID = ItemId.response_tag()
+_T_ITEM_ID = f"{{{TNS}}}ItemId"
 
 
 def _item_ids(tag: str, ids: Iterable[tuple[str, str | None]]) -> Any:
     # exchangelib's item_ids_element builds an ItemId per id and serialises it: Id, then
-    # ChangeKey when there is one.
+    # ChangeKey when there is one. lxml's SubElement, not create_element per id: an m:Ignore
+    # can hold thousands.
     container = create_element(tag)
+    sub = etree.SubElement
     for item_id, changekey in ids:
-        attrs = {"Id": item_id}
-        if changekey is not None:
-            attrs["ChangeKey"] = changekey
-        container.append(create_element("t:ItemId", attrs=attrs))
+        if changekey is None:
+            sub(container, _T_ITEM_ID, {"Id": item_id})
+        else:
+            sub(container, _T_ITEM_ID, {"Id": item_id, "ChangeKey": changekey})
     return container
 
 
@@ -116,6 +122,27 @@ class CreatedItems(SyncFolderItems):  # type: ignore[misc]
         elem.clear()  # as exchangelib's from_xml does: the answer's tree shrinks as it is read
         return change_type, item_id
 
+    def get_payload(
+        self,
+        folder: Any,
+        shape: Any,
+        additional_fields: Any,
+        sync_state: Any,
+        ignore: Any,
+        max_changes_returned: Any,
+        sync_scope: Any,
+    ) -> Any:
+        # SyncFolderItems.get_payload, with m:Ignore from (id, changekey) pairs
+        payload = self._partial_get_payload(
+            folder=folder, shape=shape, additional_fields=additional_fields, sync_state=sync_state
+        )
+        if ignore:
+            payload.append(_item_ids("m:Ignore", ignore))
+        add_xml_child(payload, "m:MaxChangesReturned", max_changes_returned)
+        if sync_scope:
+            add_xml_child(payload, "m:SyncScope", sync_scope)
+        return payload
+
 
 class MarkRead(UpdateItem):  # type: ignore[misc]
     """UpdateItem setting ``IsRead`` on items given as (id, changekey) pairs."""
@@ -133,6 +160,13 @@ class MarkRead(UpdateItem):  # type: ignore[misc]
                 suppress_read_receipts=True,
             )
         )
+
+    def _elem_to_obj(self, elem: Any) -> tuple[str | None, str | None]:
+        # Item.id_from_xml without the descriptor lookups of ItemId's attribute names
+        found = elem.find(_ITEM_ID)
+        if found is None:
+            return None, None
+        return found.get("Id"), found.get("ChangeKey")
 
     def _changes_elem(self, target_changes: Iterable[tuple[str, str | None]]) -> Any:
         changes = create_element(self.CHANGES_ELEMENT_NAME)

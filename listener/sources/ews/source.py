@@ -66,6 +66,13 @@ _GONE = (ews_errors.ErrorItemNotFound, ews_errors.ErrorInvalidIdMalformed)
 # SyncFolderItems' MaxChangesReturned: the most EWS allows. A large page keeps the read-flag
 # changes our own mark_read causes from crowding the next page (one sync per 512 changes).
 PAGE_LIMIT = 512
+# m:Ignore of SyncFolderItems: at most this many of the items we tidied ourselves (the most
+# recent); beyond it their changes come back as they did before (one sync page per 512).
+IGNORE_LIMIT = 5_000
+# Items a sync listed as created and the source has not tidied yet, kept from the last this many
+# pages only (the poll's batches in flight come from the last two or three): a mailbox whose mail
+# is never marked read (after_success = "none") keeps nothing for long.
+REPORTED_PAGES = 4
 
 
 def _one_item_may_be_at_fault(error: SourceError) -> bool:
@@ -132,6 +139,12 @@ def translate_error(error: BaseException) -> SourceError:
     return Unavailable(message, code=code)
 
 
+def _keep_last(ids: dict[str, Any], limit: int) -> None:
+    """Drop the oldest of ``ids`` beyond ``limit`` (dicts keep insertion order)."""
+    while len(ids) > limit:
+        del ids[next(iter(ids))]
+
+
 def _is_ews_state(state: str) -> bool:
     """EWS sync states are base64; another protocol's (a Graph delta link) is a URL."""
     return "://" not in state
@@ -166,6 +179,13 @@ class EwsMailSource:
         self._watched: Folder | None = None
         self._item_shape: ItemShape | None = None  # GetItem's, built once
         self._lock = threading.Lock()
+        # Our own changes (mark read, categorise, move, delete) left out of the next syncs
+        # (``changes``): the state the last page returned, the items created in the pages of
+        # that chain and not tidied yet, and those tidied whose change may still be ahead.
+        self._chain: str | None = None
+        self._reported: dict[str, int] = {}  # item id -> the page that listed it
+        self._pages = 0
+        self._tidied: dict[str, None] = {}
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -228,12 +248,29 @@ class EwsMailSource:
     # --- MailSource ---------------------------------------------------------------------------
 
     def changes(self, sync_state: str | None, max_changes: int) -> ChangePage:
+        """One SyncFolderItems page, leaving out the items this source tidied itself.
+
+        Our own mark read (categorise, move, delete) is a change of the folder: without
+        ``m:Ignore`` a backlog of 5,000 cost twice the sync pages, the second half read-flag
+        changes of items already handed over. An item is ignored only when its creation is behind
+        ``sync_state``: it was listed by a page of the chain that ended in this state (the
+        normal poll, and the next poll from the state it committed); any other state (a poll
+        from an older commit, a sync from the start) ignores nothing. It stays ignored until a
+        page that reached the end of the folder (``IncludesLastItemInRange``) was asked for
+        after it was tidied: its change is then behind the state. Guarded by
+        tests/sources/test_ews_own_changes.py (an older state lists its mail again).
+        """
         if sync_state is not None and not _is_ews_state(sync_state):
             raise SyncStateLost(
                 "the stored sync state is not an EWS one (the mailbox used another protocol)",
                 code="ForeignSyncState",
             )
         folder = self.watched_folder()
+        with self._lock:
+            if sync_state is None or sync_state != self._chain:
+                self._reported.clear()
+                self._tidied.clear()
+            ignore = [(item_id, None) for item_id in self._tidied]
         with self._translated():
 
             def page() -> ChangePage:
@@ -244,7 +281,7 @@ class EwsMailSource:
                     shape=ID_ONLY,
                     additional_fields=set(),
                     sync_state=sync_state,
-                    ignore=None,
+                    ignore=ignore,
                     max_changes_returned=max_changes,
                     sync_scope=None,
                 ):
@@ -256,7 +293,31 @@ class EwsMailSource:
                     last_page=bool(svc.includes_last_item_in_range) or svc.sync_state == sync_state,
                 )
 
-            return self._call(page, "SyncFolderItems")
+            result = self._call(page, "SyncFolderItems")
+        with self._lock:
+            self._chain = result.sync_state
+            if result.last_page:
+                for item_id, _ in ignore:
+                    self._tidied.pop(item_id, None)
+            self._pages += 1
+            for ref in result.created:
+                self._reported.pop(ref.item_id, None)  # to the end: the dict stays in page order
+                self._reported[ref.item_id] = self._pages
+            # oldest first (insertion order): drop the pages before the last REPORTED_PAGES
+            while self._reported and next(iter(self._reported.values())) <= (
+                self._pages - REPORTED_PAGES
+            ):
+                del self._reported[next(iter(self._reported))]
+        return result
+
+    def _tidy(self, refs: Sequence[ItemRef], failed: Sequence[bool]) -> None:
+        """``refs`` were changed by us (where not ``failed``): leave them out of the next syncs."""
+        with self._lock:
+            for ref, bad in zip(refs, failed, strict=True):
+                if not bad and ref.item_id in self._reported:
+                    del self._reported[ref.item_id]
+                    self._tidied[ref.item_id] = None
+            _keep_last(self._tidied, IGNORE_LIMIT)
 
     def current_state(self) -> str:
         state: str | None = None
@@ -355,7 +416,9 @@ class EwsMailSource:
             # Account.bulk_update of Message(is_read=True) per id, built once (_services)
             return list(MarkRead(account=self.account).mark(ids))
 
-        return self._errors(self._bulk(refs, run, "UpdateItem"))
+        errors = self._errors(self._bulk(refs, run, "UpdateItem"))
+        self._tidy(refs, [e is not None for e in errors])
+        return errors
 
     def categorize(self, refs: Sequence[ItemRef], category: str) -> list[str | None]:
         # SetItemField replaces the whole list, so send what the item has plus the new one: read
@@ -390,7 +453,9 @@ class EwsMailSource:
             )
             return [next(done) if r is None else r for r in results]
 
-        return self._errors(self._bulk(refs, run, "UpdateItem"))
+        errors = self._errors(self._bulk(refs, run, "UpdateItem"))
+        self._tidy(refs, [e is not None for e in errors])
+        return errors
 
     def move(self, refs: Sequence[ItemRef], folder_path: str) -> list[ItemRef | str]:
         with self._translated():
@@ -407,6 +472,7 @@ class EwsMailSource:
                 out.append(ItemRef(result[0]))
             else:
                 out.append(ItemRef(result.id))
+        self._tidy(refs, [isinstance(r, str) for r in out])
         return out
 
     def delete(self, refs: Sequence[ItemRef]) -> list[str | None]:
@@ -417,7 +483,9 @@ class EwsMailSource:
                 )
             )
 
-        return self._errors(self._bulk(refs, run, "DeleteItem"))
+        errors = self._errors(self._bulk(refs, run, "DeleteItem"))
+        self._tidy(refs, [e is not None for e in errors])
+        return errors
 
     def find(self, folder_path: str, internet_message_id: str) -> ItemRef | None:
         with self._translated():
