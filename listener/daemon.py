@@ -113,6 +113,8 @@ class ChannelWatch(NotifyHooks):
         self._health.set_channel(mailbox, status)
         if before == status.state:
             return
+        if status.state == ChannelState.OFF:
+            return  # stopped: the daemon is shutting down
         connected = status.state == ChannelState.CONNECTED
         self._scheduler.set_healthy(mailbox, connected)
         if connected:
