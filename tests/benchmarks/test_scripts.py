@@ -201,3 +201,19 @@ def test_throughput_grid_writes_the_csv_and_the_svg(tmp_path: Path) -> None:
     for legend in ("concurrency 1", "concurrency 4", "limit, 4"):
         assert legend in svg, svg
     assert "percent_of_limit" in out, out
+
+
+@pytest.mark.slow
+def test_latency_quick_hands_every_message_over_in_both_modes() -> None:
+    """latency.py --quick: polling and the Graph webhook each hand every message over, and the
+    webhook run received notifications while the polling run got none (figures not checked)."""
+    out = _run(str(BENCH / "latency.py"), "--quick")
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.startswith(("polling ", "webhook "))
+    }
+    assert set(rows) == {"polling", "webhook"}, out
+    assert rows["polling"][2] == rows["webhook"][2] == "20/20", out
+    assert rows["polling"][-1] == "0", out
+    assert int(rows["webhook"][-1]) > 0, out
