@@ -353,7 +353,9 @@ def test_mail_delivered_through_ews_notifies(
     assert entry["resourceData"]["id"] == message["id"]
     assert entry["resourceData"]["@odata.etag"] == message["@odata.etag"]
     assert entry["resourceData"]["@odata.type"] == "#Microsoft.Graph.Message"
-    assert entry["resource"].endswith(f"/Messages/{message['id']}")
+    assert entry["resource"].startswith("users/")
+    assert entry["resource"].endswith(f"/messages/{message['id']}")  # as Graph's sample writes it
+    assert entry["resourceData"]["@odata.id"].endswith(f"/Messages/{message['id']}")
     _check_payload(subs, [entry])
 
 

@@ -707,7 +707,9 @@ class Subscriptions:
             "subscriptionId": sub.id,
             "subscriptionExpirationDateTime": _timestamp(sub.expiration),
             "changeType": change,
-            "resource": f"Users/{owner}/Messages/{graph_id}",
+            # Lower case here, capitalised in resourceData's @odata.id, as the documented payload
+            # (webhook-change-notification) writes them.
+            "resource": f"users/{owner}/messages/{graph_id}",
             "resourceData": data,
             "clientState": sub.client_state,
             "tenantId": sub.tenant_id,
