@@ -61,6 +61,8 @@ class MailboxRunner:
     failures: int = 0
     not_before: float = 0.0
     last_result: PollResult | None = None
+    # Set at shutdown (``App.stop``): a poll asked for during the last one is not started then.
+    stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Guards ``_again`` together with taking and releasing ``_lock``, so a request that finds
     # the poll running is either seen by its loop or finds the lock free: never neither.
@@ -91,7 +93,7 @@ class MailboxRunner:
                 with self._again_lock:
                     # Back-off first: a follow-up during it waits (the scheduler asks again
                     # when it ends, see ``wants_poll``), as any request during a back-off does.
-                    if not self._again or self.backing_off():
+                    if not self._again or self.backing_off() or self.stop.is_set():
                         break
                     self._again = False
         finally:

@@ -213,3 +213,18 @@ def test_a_request_for_an_unknown_mailbox_is_ignored(scheduler: Scheduler) -> No
     scheduler.start()
     scheduler.request_poll("nobody")
     assert outcomes == [("nobody", "ignored")]
+
+
+def test_no_follow_up_poll_once_stopping() -> None:
+    """A request during the last poll before shutdown does not start another one."""
+    poller = GatedPoller()
+    runner = MailboxRunner(poller, 60)  # type: ignore[arg-type]
+    poller.gate.clear()
+    first = threading.Thread(target=runner.run)
+    first.start()
+    assert poller.started.acquire(timeout=10)
+    assert runner.run() is None
+    runner.stop.set()
+    poller.gate.set()
+    first.join(10)
+    assert poller.polls == 1
