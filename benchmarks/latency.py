@@ -46,11 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (
     EmulatorProcess,
+    Series,
     daemon_argv,
     daemon_env,
     make_messages,
     print_table,
     scrape_metrics,
+    svg_line_chart,
     workdir,
     write_config,
 )
@@ -294,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=120.0, help="idle window, s")
     parser.add_argument("--quick", action="store_true", help="3 mailboxes, 5 s interval, 10 s")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--plot", type=Path, help="write the latency distributions as an SVG")
+    parser.add_argument("--csv", type=Path, help="write every latency (mode, ms, seconds)")
     args = parser.parse_args(argv)
     if args.quick:
         args.mailboxes, args.interval, args.duration, args.idle = 3, 5.0, 10.0, 10.0
@@ -350,6 +354,32 @@ def main(argv: list[str] | None = None) -> int:
         "idle per mailbox-minute over the idle window; notifications: POSTs Graph made that the "
         "daemon answered 2xx"
     )
+    if args.csv:
+        with args.csv.open("w") as out:
+            out.write("mode,added_latency_ms,seconds\n")
+            for run in runs:
+                out.writelines(f"{run.mode},{run.latency_ms:g},{x:.4f}\n" for x in run.latencies)
+        print(f"latencies: {args.csv}")
+    if args.plot:
+        series = [
+            Series(
+                f"{run.mode} +{run.latency_ms:g} ms",
+                [(q, max(_percentile(run.latencies, q), 1e-3)) for q in range(1, 100)],
+                color=n,
+                dashed=run.latency_ms > 0,
+                markers=False,
+            )
+            for n, run in enumerate(runs)
+        ]
+        svg_line_chart(
+            args.plot,
+            series,
+            title="Delivery to handler start, by percentile",
+            x_label="percentile of messages",
+            y_label="seconds (log)",
+            x_ticks=[1, 25, 50, 75, 95, 99],
+        )
+        print(f"plot: {args.plot}")
     lost = [r for r in runs if r.handed != r.messages or r.exit_code != 0]
     return 1 if lost else 0
 
