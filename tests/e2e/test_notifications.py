@@ -109,7 +109,9 @@ def test_a_notification_hands_a_message_over_before_the_interval_poll(world: Wor
         polls = polls_ok(port, "orders")
         sent = world.deliver_mail(BOX, "pushed")[1]
         wait_for(lambda: len(world.receipts_log()) == 1, 30, "the pushed message")
-        events = metric(port, f"ews_listener_notification_events_total{{{CHANNEL}}}")
+        events_total = f"ews_listener_notification_events_total{{{CHANNEL}}}"
+        wait_for(lambda: metric(port, events_total) >= 1, 30, "the message's notification")
+        events = metric(port, events_total)
         asked = requests(port)
         after = polls_ok(port, "orders")
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
@@ -145,8 +147,9 @@ def test_a_burst_of_notifications_costs_one_poll(world: World) -> None:
         stopped(daemon)
     assert keys(world) == expected(*sent)
     assert requests_made(world) >= 1
-    # One poll for the burst; a second only if a request landed while it ran (then it repeats).
-    assert 1 <= burst_polls <= 2, burst_polls
+    # One poll for the burst; a second if a request landed while it ran (then it repeats), and
+    # at most one more: the poll the subscription's set-up asked for may still have been due.
+    assert 1 <= burst_polls <= 3, burst_polls
     assert coalesced >= 28
 
 
@@ -222,19 +225,27 @@ def test_a_receiver_down_for_a_while_loses_nothing(world: World) -> None:
     the messages are handed over once each."""
     port = free_port()
     daemon = start(world, port)
+
+    def attempts() -> list[int | None]:
+        deliveries = list(world.graph.subscriptions.deliveries)
+        return [d.status for d in deliveries if d.kind == "notification"]
+
     try:
+        before = len(attempts())
         world.graph.faults.add("receiver_unreachable", mailbox=BOX, count=3)
         sent = [world.deliver_mail(BOX, f"while down {n}")[1] for n in range(3)]
+        # Three failed POSTs, then one that got through (Graph's retry of the same batch).
+        wait_for(
+            lambda: (
+                attempts()[before : before + 3] == [None] * 3 and 202 in attempts()[before + 3 :]
+            ),
+            60,
+            "three failed deliveries and the retry",
+        )
         wait_for(lambda: len(world.receipts_log()) == 3, 60, "the messages sent while down")
     finally:
         stopped(daemon)
     assert keys(world) == expected(*sent)
-    failed = [
-        d
-        for d in world.graph.subscriptions.deliveries
-        if d.kind == "notification" and d.status is None
-    ]
-    assert len(failed) == 3
 
 
 def test_forged_notifications_and_the_validation_handshake(world: World) -> None:
