@@ -57,6 +57,7 @@ __all__ = [
     "print_table",
     "scrape_metrics",
     "sleeping_count",
+    "stamp",
     "svg_line_chart",
     "workdir",
     "write_config",
@@ -202,6 +203,34 @@ def _serve(
             elif command == "deliver":
                 address, mimes = args
                 conn.send([ews.deliver(address, raw) for raw in mimes])
+            elif command == "deliver_timed":
+                # (address, mime) pairs, each filed with the wall-clock time it was filed at.
+                filed = []
+                for address, raw in args:
+                    ews.deliver(address, raw)
+                    filed.append(time.time())
+                conn.send(filed)
+            elif command == "notification_latency":
+                if graph is None:
+                    conn.send(RuntimeError("the emulator serves no Graph endpoint"))
+                    continue
+                # Graph → receiver crosses the same WAN: each notification POST waits this long.
+                subs, delay = graph.subscriptions, float(args)
+                post = getattr(subs, "_bench_post", None) or subs._post
+                subs._bench_post = post  # type: ignore[attr-defined]
+
+                def delayed(*a: Any, _post: Any = post, _delay: float = delay) -> Any:
+                    time.sleep(_delay)
+                    return _post(*a)
+
+                subs._post = delayed if delay > 0 else post  # type: ignore[method-assign,assignment]
+                conn.send(None)
+            elif command == "deliveries":
+                if graph is None:
+                    conn.send(RuntimeError("the emulator serves no Graph endpoint"))
+                    continue
+                done = [d for d in graph.subscriptions.deliveries if d.kind == "notification"]
+                conn.send((len(done), sum(1 for d in done if d.status and d.status < 300)))
             elif command == "unread":
                 conn.send(sum(1 for item in ews.items(args, "inbox") if not item.is_read))
             elif command == "latency":
@@ -342,6 +371,20 @@ class EmulatorProcess:
             done += len(self._call("deliver", (address, list(mimes[start : start + chunk]))))
         return done
 
+    def deliver_timed(self, pairs: Sequence[tuple[str, bytes]]) -> list[float]:
+        """File each (address, mime) as new mail; the wall-clock time each was filed at."""
+        times: list[float] = self._call("deliver_timed", list(pairs))
+        return times
+
+    def set_notification_latency(self, seconds: float) -> None:
+        """Delay every change-notification POST from Graph to its receiver by ``seconds``."""
+        self._call("notification_latency", seconds)
+
+    def notification_deliveries(self) -> tuple[int, int]:
+        """(notification POSTs made, of them answered 2xx) since the emulator started."""
+        made, ok = self._call("deliveries")
+        return int(made), int(ok)
+
     def unread(self, address: str) -> int:
         return int(self._call("unread", address))
 
@@ -450,6 +493,8 @@ def write_config(
     handler: Mapping[str, object] | None = None,
     handler_concurrency: int | None = None,
     handler_workers: int | None = None,
+    mailbox_options: Mapping[str, object] | None = None,
+    extra: Sequence[str] = (),
 ) -> Path:
     """A configuration: one credential, one mailbox per address, the counting handler.
 
@@ -485,6 +530,7 @@ def write_config(
             options["handler_concurrency"] = handler_concurrency
         if source == "graph":
             options = {"source": "graph", **options, "endpoint": endpoints.graph_url}
+        options.update(mailbox_options or {})
         lines += table(f"mailboxes.box{n}", options)
     lines += table("handlers.count", handler or {"type": "python", "target": "_harness:count"})
     lines += [
@@ -500,6 +546,7 @@ def write_config(
         "shutdown_grace = 10",
         "watchdog = false",
         "",
+        *extra,
     ]
     path.write_text("\n".join(lines))
     return path
@@ -510,9 +557,14 @@ def daemon_argv(command: str, config: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "listener", command, "--config", str(config), *extra]
 
 
-def daemon_env(count_file: Path | None = None) -> dict[str, str]:
+def daemon_env(
+    count_file: Path | None = None, *, stamp_file: Path | None = None, **extra: str
+) -> dict[str, str]:
     """The daemon's environment: the secret, the import path of the handler, its count file."""
     env = dict(os.environ)
+    env.update(extra)
+    if stamp_file is not None:
+        env[_STAMP_FILE_ENV] = str(stamp_file)
     env[_SECRET_ENV] = CLIENT_SECRET
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO), str(BENCH_DIR), *filter(None, [env.get("PYTHONPATH")])]
@@ -552,6 +604,19 @@ def count(message: Any) -> None:
         if _handled == 0:
             atexit.register(_write_count)
         _handled += 1
+
+
+_STAMP_FILE_ENV = "BENCH_STAMP_FILE"
+_stamp_lock = threading.Lock()
+
+
+def stamp(message: Any) -> None:
+    """A handler that notes when it started, per Message-ID (``$BENCH_STAMP_FILE``, one
+    ``message-id<TAB>unix time`` line each), for delivery → handler latency."""
+    started = time.time()
+    line = f"{message.internet_message_id}\t{started:.6f}\n"
+    with _stamp_lock, open(os.environ[_STAMP_FILE_ENV], "a") as out:
+        out.write(line)
 
 
 def sleeping_count(seconds: float) -> Any:

@@ -138,7 +138,7 @@ class App:
         out = []
         for name, poller in self.pollers.items():
             mailbox = self.settings.mailboxes[name]
-            runner = MailboxRunner(poller, float(mailbox.interval))
+            runner = MailboxRunner(poller, float(mailbox.interval), stop=self.stop)
             if on_result is not None:
                 runner.on_result = on_result
             out.append(runner)

@@ -1,7 +1,15 @@
 """``ews-listener run`` and ``ews-listener once``: the process around the pollers.
 
+Push notifications (issue 15): for each protocol with mailboxes whose ``notification_mode`` is not
+"off", its factory's ``notifications(watches, wake=scheduler.request_poll, hooks)`` builds one
+channel; its HTTP routes (Graph's webhook) are mounted on the service's HTTP server before that
+starts, and the channels start after the scheduler, so the first poll request finds it running.
+
 Shutdown happens in a fixed order (dramatiq's ``Worker.stop`` habit), each step for a reason:
 
+0. stop the notification channels: they may still talk to the server (deleting Graph
+   subscriptions) while the sessions are open and before ``app.stop`` refuses new requests, and
+   no poll request arrives once scheduling stops;
 1. stop scheduling: no poll starts after the signal;
 2. ask running polls to stop: no new hand-over starts, those in flight (up to each mailbox's
    ``handler_concurrency``) finish, and what was reached is committed without moving the sync
@@ -33,12 +41,20 @@ from listener.app import App
 from listener.cluster import LeaseManager, join, share_caps
 from listener.config.models import notification_mode
 from listener.errors import EXIT_OK, EXIT_TEMPFAIL, EXIT_UNAVAILABLE
-from listener.notify import NotificationChannel, NotifyHooks, Watch
+from listener.notify import (
+    ChannelState,
+    ChannelStatus,
+    NotificationChannel,
+    NotifyHooks,
+    Wake,
+    Watch,
+    routes_of,
+)
 from listener.observability import HealthServer, HealthState, Metrics, poll_recorder, systemd
 from listener.poller import PollResult
 from listener.service import MailboxRunner, Scheduler, poll_all
 
-__all__ = ["run_daemon", "run_once", "summary"]
+__all__ = ["ChannelWatch", "build_channels", "run_daemon", "run_once", "summary"]
 
 log = structlog.get_logger("listener.daemon")
 
@@ -67,48 +83,83 @@ def _wire(app: App, metrics: Metrics, health: HealthState | None) -> list[Mailbo
     return runners
 
 
-class _Wakes:
-    """Stand-in for the service's ``request_poll`` (issue 15 item 1, built elsewhere): a wake
-    of a mailbox runs one more poll of it on this thread, coalesced, and a wake that meets a
-    running poll (``MailboxRunner.run`` returns None) is retried until a poll starts after it."""
+class ChannelWatch(NotifyHooks):
+    """What the daemon does when a channel reports: metrics, ``/readyz``, the safety-net interval,
+    and ONE log line per change of state (a channel retrying every few seconds logs nothing more
+    until it recovers)."""
 
-    def __init__(self, runners: Sequence[MailboxRunner], stop: threading.Event) -> None:
-        self._runners = {runner.name: runner for runner in runners}
-        self._stop = stop
-        self._pending: set[str] = set()
-        self._cond = threading.Condition()
-        self.thread = threading.Thread(target=self._run, name="wakes", daemon=True)
+    def __init__(self, metrics: Metrics, health: HealthState, scheduler: Scheduler) -> None:
+        self._metrics = metrics
+        self._health = health
+        self._scheduler = scheduler
+        self._states: dict[tuple[str, str], ChannelState] = {}
+        self._lock = threading.Lock()
 
-    def wake(self, name: str) -> None:
-        with self._cond:
-            self._pending.add(name)
-            self._cond.notify_all()
+    def event(self, channel: str, mailbox: str) -> None:
+        self._metrics.event(channel, mailbox)
+        self._health.channel_event(mailbox)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with self._cond:
-                while not self._pending and not self._stop.is_set():
-                    self._cond.wait(0.5)
-                names, self._pending = sorted(self._pending), set()
-            for name in names:
-                runner = self._runners.get(name)
-                if runner is not None and runner.run() is None and not self._stop.is_set():
-                    self._stop.wait(0.05)
-                    self.wake(name)  # busy or backing off: try again shortly
+    def reconnected(self, channel: str, mailbox: str) -> None:
+        self._metrics.reconnected(channel, mailbox)
+
+    def renewed(self, channel: str, mailbox: str) -> None:
+        self._metrics.renewed(channel, mailbox)
+
+    def rejected(self, channel: str, reason: str) -> None:
+        self._metrics.rejected(channel, reason)
+
+    def state_changed(self, channel: str, mailbox: str, status: ChannelStatus) -> None:
+        with self._lock:
+            before = self._states.get((channel, mailbox))
+            self._states[(channel, mailbox)] = status.state
+        self._metrics.state_changed(channel, mailbox, status)
+        self._health.set_channel(mailbox, status)
+        if before == status.state:
+            return
+        if status.state == ChannelState.OFF:
+            return  # stopped: the daemon is shutting down
+        connected = status.state == ChannelState.CONNECTED
+        self._scheduler.set_healthy(mailbox, connected)
+        if connected:
+            log.info("notifications.connected", mailbox=mailbox, channel=channel)
+        elif status.state == ChannelState.DEGRADED:
+            log.warning(
+                "notifications.degraded",
+                mailbox=mailbox,
+                channel=channel,
+                reason=status.reason,
+                fallback="polling at the configured interval",
+            )
+            if before == ChannelState.CONNECTED:
+                self._scheduler.request_poll(mailbox)  # what the broken channel may have missed
 
 
-def _channels(app: App, settings: Any, wake: Any) -> list[NotificationChannel]:
-    """The push channels of the mailboxes that asked for them, one per source kind."""
-    watches: dict[str, list[Watch]] = {}
-    for name, mailbox in settings.mailboxes.items():
-        if mailbox.enabled and notification_mode(settings.notifications, mailbox) != "off":
-            watches.setdefault(mailbox.source, []).append(Watch(name=name, mailbox=mailbox))
-    found = []
-    for kind, given in watches.items():
-        factory = app.factory(kind)
-        if hasattr(factory, "notifications") and kind == "ews":
-            found.append(factory.notifications(given, wake, NotifyHooks()))
-    return found
+def build_channels(
+    app: App, names: list[str], wake: Wake, hooks: NotifyHooks
+) -> list[NotificationChannel]:
+    """One channel per protocol whose mailboxes (of ``names``) want push notifications."""
+    settings = app.settings
+    by_kind: dict[str, list[Watch]] = {}
+    for name in names:
+        mailbox = settings.mailboxes[name]
+        if notification_mode(settings.notifications, mailbox) == "off":
+            continue
+        by_kind.setdefault(mailbox.source, []).append(Watch(name=name, mailbox=mailbox))
+    channels: list[NotificationChannel] = []
+    for kind, watches in sorted(by_kind.items()):
+        build = getattr(app.factory(kind), "notifications", None)
+        if build is None:
+            log.warning(
+                "notifications.unavailable",
+                source=kind,
+                mailboxes=[w.name for w in watches],
+                reason=f"this build's {kind} source has no push channel",
+                fallback="polling at the configured interval",
+            )
+            continue
+        channel: NotificationChannel = build(watches, wake, hooks)
+        channels.append(channel)
+    return channels
 
 
 def run_daemon(
@@ -132,11 +183,26 @@ def run_daemon(
             app.close()
             return EXIT_UNAVAILABLE
     runners = _wire(app, metrics, health)
-    scheduler = Scheduler(max_workers=service.max_workers, jitter=service.jitter)
+    notifications = settings.notifications
+    scheduler = Scheduler(
+        max_workers=service.max_workers,
+        jitter=service.jitter,
+        debounce=notifications.debounce,
+        healthy_interval=notifications.healthy_interval,
+    )
+    scheduler.on_request = metrics.poll_requested
     # Several replicas: a mailbox is scheduled while this replica holds its lease.
     cluster = join(app, runners, scheduler, health)
     for runner in runners if cluster is None else ():
         scheduler.add(runner, cron=settings.mailboxes[runner.name].cron)
+    # A notification for a mailbox another replica owns is passed to it (PostgreSQL NOTIFY).
+    wake: Wake = cluster.forward if cluster is not None else scheduler.request_poll
+    channels = build_channels(
+        app, [r.name for r in runners], wake, ChannelWatch(metrics, health, scheduler)
+    )
+    for channel in channels:
+        for name, status in channel.status().items():
+            health.set_channel(name, status)
 
     stop = stop_event or threading.Event()
     if install_signals:
@@ -151,14 +217,21 @@ def run_daemon(
     server = None
     port = http_port if http_port is not None else service.http_port
     if port is not None:
-        server = HealthServer(health, metrics, service.http_host, port).start()
+        server = HealthServer(
+            health,
+            metrics,
+            service.http_host,
+            port,
+            tls_cert=str(service.tls_cert) if service.tls_cert else None,
+            tls_key=str(service.tls_key) if service.tls_key else None,
+        )
+        for channel in channels:
+            for path, receiver in routes_of(channel).items():
+                server.add_route(path, receiver)
+        server.start()
         log.info("http.listening", url=server.url, endpoints=server.endpoints())
 
     scheduler.start()
-    wakes = _Wakes(runners, threading.Event())
-    channels = _channels(app, settings, wakes.wake)
-    if channels:
-        wakes.thread.start()
     for channel in channels:
         channel.start()
     if cluster is not None:
@@ -177,17 +250,16 @@ def run_daemon(
         health.beat()
     # --- ordered shutdown (see the module docstring) ---
     systemd.stopping("finishing in-flight hand-overs")
-    for channel in channels:  # before 1: no wake asks for a poll any more
-        channel.stop()
+    for channel in channels:  # 0
+        try:
+            channel.stop()
+        except Exception:
+            log.warning("notifications.stop_failed", channel=channel.kind, exc_info=True)
     scheduler.stop_scheduling()  # 1
-    wakes._stop.set()
     if cluster is not None:
         cluster.freeze()  # claims nothing more; renews until its polls have committed
     app.stop.set()  # 2
     finished = scheduler.wait_idle(service.shutdown_grace)  # 3
-    if wakes.thread.is_alive():
-        wakes.thread.join(service.shutdown_grace)
-        finished = finished and not wakes.thread.is_alive()
     scheduler.shutdown()
     if watchdog is not None:
         watchdog.stop()

@@ -14,6 +14,9 @@ The pieces:
 - ``ChannelState``: per mailbox, ``connected``, ``degraded`` (broken; polling at the configured
   interval until it recovers) or ``off`` (not configured).
 - ``NotifyHooks``: no-op hooks (the ``PollHooks`` habit) that ``Metrics`` implements.
+- ``HttpRequest`` / ``HttpAnswer`` / ``Receiver``: a channel that is *pushed to* (Graph's webhook)
+  lists its ``routes`` (path → receiver); the daemon mounts them on the service's HTTP server, so
+  a channel never opens a port of its own and the server never imports a protocol.
 """
 
 from __future__ import annotations
@@ -23,7 +26,18 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-__all__ = ["ChannelState", "ChannelStatus", "NotificationChannel", "NotifyHooks", "Wake", "Watch"]
+__all__ = [
+    "ChannelState",
+    "ChannelStatus",
+    "HttpAnswer",
+    "HttpRequest",
+    "NotificationChannel",
+    "NotifyHooks",
+    "Receiver",
+    "Wake",
+    "Watch",
+    "routes_of",
+]
 
 Wake = Callable[[str], None]  # the configured mailbox name whose folder changed
 
@@ -87,3 +101,36 @@ class NotifyHooks:
 
     def rejected(self, channel: str, reason: str) -> None:
         """A notification was refused (wrong ``clientState``, unknown subscription, bad body)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpRequest:
+    """One POST the service's HTTP server received on a channel's route."""
+
+    path: str
+    query: Mapping[str, str]  # URL-decoded; the first value of each name
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpAnswer:
+    """The answer to an ``HttpRequest``; ``after`` runs once the answer is sent (Graph wants its
+    2xx within 3 s, so the work a notification starts waits until then)."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    after: Callable[[], None] | None = None
+
+
+Receiver = Callable[[HttpRequest], HttpAnswer]
+
+
+def routes_of(channel: object) -> Mapping[str, Receiver]:
+    """The HTTP routes a channel wants mounted (``channel.routes()``), or none."""
+    routes = getattr(channel, "routes", None)
+    if routes is None:
+        return {}
+    found: Mapping[str, Receiver] = routes()
+    return found

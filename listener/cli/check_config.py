@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from listener.cli._common import Commands, config_path, echo, load_config
+from listener.config.models import notification_mode
 from listener.errors import EXIT_OK
 
 __all__ = ["cmd_check_config", "register"]
@@ -44,6 +45,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         when = f"cron '{mailbox.cron}'" if mailbox.cron else f"every {mailbox.interval:g} s"
         handlers = sorted({h for route in mailbox.routes for h in route.handlers})
         state = "" if mailbox.enabled else " [disabled]"
+        push = notification_mode(settings.notifications, mailbox)
+        if push != "off":
+            when += f" (woken by {push} notifications)"
         echo(
             f"  {name}: {mailbox.address} folder '{mailbox.folder}' over {mailbox.source} at "
             f"{mailbox.endpoint} with credential "
@@ -53,6 +57,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     echo("handlers:")
     for name, handler in sorted(settings.handlers.items()):
         echo(f"  {name}: {getattr(handler, 'type', type(handler).__name__)}")
+    graph = settings.notifications.graph
+    if graph is not None:
+        echo(
+            f"notifications: Graph posts to {graph.public_url} (clientState "
+            f"{graph.client_state.describe()}), debounce {settings.notifications.debounce:g} s, "
+            f"safety-net poll every {settings.notifications.healthy_interval:g} s while connected"
+        )
     echo(f"state: {_mask_url(settings.state.url)}")
     echo(f"cluster: {_cluster(settings)}")
     return EXIT_OK

@@ -82,7 +82,7 @@ class Scheduling(LeaseListener):
         self._unschedule(mailbox)
 
     def poll_requested(self, mailbox: str) -> None:
-        self._scheduler.run_soon(mailbox)
+        self._scheduler.request_poll(mailbox)  # debounced and coalesced like a local wake
 
     def _unschedule(self, mailbox: str) -> None:
         self._scheduler.remove(mailbox)

@@ -21,12 +21,14 @@ from listener.config.models import (
     ClusterConfig,
     CredentialConfig,
     MailboxConfig,
+    NotificationsConfig,
     ServiceConfig,
     Settings,
     StateConfig,
     cluster_problems,
     default_state_url,
     inherit_env_problems,
+    notification_problems,
     reference_problems,
     source_problems,
 )
@@ -198,6 +200,7 @@ def _adapter(name: str) -> TypeAdapter[Any]:
             state=TypeAdapter(StateConfig),
             service=TypeAdapter(ServiceConfig),
             cluster=TypeAdapter(ClusterConfig),
+            notifications=TypeAdapter(NotificationsConfig),
         )
     return _SECTIONS[name]
 
@@ -244,7 +247,7 @@ def _validate_sections(
             except ValidationError as exc:
                 issues += _issues(exc, entry, (section, name), file, env_paths)
     checked: dict[str, Any] = {}
-    for section in ("state", "service", "cluster"):
+    for section in ("state", "service", "cluster", "notifications"):
         try:
             checked[section] = _adapter(section).validate_python(data.get(section, {}))
         except ValidationError as exc:
@@ -265,7 +268,27 @@ def _validate_sections(
         issues.append(_issue(file, loc, None, message, env_paths))
     for loc, message in inherit_env_problems(data):
         issues.append(_issue(file, loc, None, message, env_paths))
+    try:
+        notifications = NotificationsConfig.model_validate(data.get("notifications", {}))
+        service = ServiceConfig.model_validate(data.get("service", {}))
+    except ValidationError:
+        pass  # already reported above, field by field
+    else:
+        for loc, message in notification_problems(notifications, valid["mailboxes"], service):
+            value, found = _at(data, loc)
+            given = _show(value, loc) if found and not isinstance(value, dict) else None
+            issues.append(_issue(file, loc, given, message, env_paths))
     return issues
+
+
+def _at(data: Any, loc: tuple[str, ...]) -> tuple[Any, bool]:
+    """The value at ``loc`` in the raw configuration, and whether it is there."""
+    current = data
+    for part in loc:
+        if not isinstance(current, dict) or part not in current:
+            return None, False
+        current = current[part]
+    return current, True
 
 
 def _issues(

@@ -411,6 +411,20 @@ class ServiceConfig(_Model):
     request_timeout: float = Field(default=60.0, gt=0)
     fail_fast: bool = False
     watchdog: bool = True
+    # HTTPS on the HTTP server (PEM files): what Graph's change notifications need when it posts
+    # to this process directly rather than through a reverse proxy that ends TLS (README).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None  # unset: the key is in tls_cert's file
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServiceConfig:
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key needs tls_cert (the certificate chain, PEM)")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file: '{path}'")
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -432,6 +446,20 @@ class GraphNotificationsConfig(_Model):
     lifetime_minutes: int = Field(default=4230, ge=5, le=4230)
     # Renewed this long before expiry.
     renew_before_minutes: int = Field(default=60, ge=1)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, value: str) -> str:
+        return check_url(value, what="public_url")
+
+    @model_validator(mode="after")
+    def _renew_within_lifetime(self) -> GraphNotificationsConfig:
+        if self.renew_before_minutes >= self.lifetime_minutes:
+            raise ValueError(
+                f"renew_before_minutes ({self.renew_before_minutes}) must be shorter than "
+                f"lifetime_minutes ({self.lifetime_minutes})"
+            )
+        return self
 
 
 class EwsStreamingConfig(_Model):
@@ -536,7 +564,7 @@ class Settings(BaseSettings):
         problems = reference_problems(self.credentials, self.handlers, self.mailboxes)
         problems += source_problems(self.credentials, self.mailboxes)
         problems += inherit_env_problems(self.model_dump())
-        problems += notification_problems(self.notifications, self.mailboxes)
+        problems += notification_problems(self.notifications, self.mailboxes, self.service)
         problems += cluster_problems(self.cluster, self.state.url)
         if problems:
             raise ValueError("; ".join(f"{'.'.join(loc)}: {msg}" for loc, msg in problems))
@@ -554,7 +582,9 @@ def notification_mode(notifications: NotificationsConfig, mailbox: MailboxConfig
 
 
 def notification_problems(
-    notifications: NotificationsConfig, mailboxes: Mapping[str, MailboxConfig]
+    notifications: NotificationsConfig,
+    mailboxes: Mapping[str, MailboxConfig],
+    service: ServiceConfig | None = None,
 ) -> list[tuple[tuple[str, ...], str]]:
     """A push mode the mailbox's protocol does not have, or a webhook with nowhere to listen."""
     problems: list[tuple[tuple[str, ...], str]] = []
@@ -580,6 +610,14 @@ def notification_problems(
                 ("notifications", "graph"),
                 f"mailbox(es) {', '.join(sorted(webhooks))} receive Graph change notifications, "
                 "which need [notifications.graph] public_url and client_state",
+            )
+        )
+    if webhooks and service is not None and service.http_port is None:
+        problems.append(
+            (
+                ("service", "http_port"),
+                f"mailbox(es) {', '.join(sorted(webhooks))} receive Graph change notifications "
+                "on this service's HTTP server (/notifications/graph): set http_port",
             )
         )
     return problems

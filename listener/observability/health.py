@@ -12,18 +12,25 @@ Readiness rule (per enabled mailbox; disabled ones are listed and never block):
 * ``failing``: never succeeded and has failed (the last error, redacted, is the reason).
 * ``stale``: the last success is older than the window (reason: the last error, or "no poll").
 
+Push notifications (issue 15) never decide readiness: a mailbox whose channel is ``degraded`` is
+polled at its configured interval, so it stays ready, and the reason shows under ``degraded`` and
+in the mailbox's ``notifications`` entry (state, reason, seconds since the last event).
+
 Liveness (``/healthz``): the process answers, and the scheduler's heartbeat is younger than
 ``heartbeat_timeout``. Before the first heartbeat the process counts as alive (still starting).
 
 Why a small ``ThreadingHTTPServer`` and not the emulator's ``LoopbackServer``: the product must
 not import the emulator, and three GET endpoints need nothing more. Each request gets a thread;
-no request does I/O beyond reading in-memory state.
+no request does I/O beyond reading in-memory state. Notification channels that are pushed to
+(Graph's webhook) mount POST routes on it (``add_route``); with ``tls_cert``/``tls_key`` it
+serves HTTPS.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -35,12 +42,15 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
+import structlog
 from prometheus_client.exposition import choose_encoder
 
+from listener.notify import ChannelState, ChannelStatus, HttpAnswer, HttpRequest, Receiver
 from listener.observability.metrics import Metrics
 from listener.observability.redaction import redact
 
 __all__ = [
+    "MAX_POST_BYTES",
     "READY_WINDOW_FACTOR",
     "HealthServer",
     "HealthState",
@@ -53,6 +63,10 @@ __all__ = [
 #: A mailbox is ready while its last successful poll is younger than this many intervals.
 READY_WINDOW_FACTOR = 3.0
 _MAX_REASON = 500
+log = structlog.get_logger("listener.http")
+
+#: A notification POST larger than this is refused (Graph sends at most a few hundred KB).
+MAX_POST_BYTES = 4 * 1024 * 1024
 
 
 def _iso(ts: float | None) -> str | None:
@@ -69,6 +83,7 @@ class _Mailbox:
     last_success: float | None = None
     last_failure: float | None = None
     last_error: str | None = None
+    channel: ChannelStatus | None = None  # None: no push channel for this mailbox
 
 
 class HealthState:
@@ -113,6 +128,27 @@ class HealthState:
             box.last_failure = time.time() if at is None else at
             box.last_error = text
 
+    def set_channel(self, name: str, status: ChannelStatus) -> None:
+        """The state of ``name``'s notification channel (its reason is redacted)."""
+        status = ChannelStatus(
+            state=status.state,
+            reason=redact(status.reason)[:_MAX_REASON],
+            last_event=status.last_event,
+        )
+        with self._lock:
+            self._box(name).channel = status
+
+    def channel_event(self, name: str, at: float | None = None) -> None:
+        """A notification for ``name`` arrived (``at`` in ``time.monotonic()`` seconds)."""
+        with self._lock:
+            box = self._box(name)
+            if box.channel is not None:
+                box.channel = ChannelStatus(
+                    state=box.channel.state,
+                    reason=box.channel.reason,
+                    last_event=time.monotonic() if at is None else at,
+                )
+
     def set_disabled(self, name: str, disabled: bool = True) -> None:
         with self._lock:
             self._box(name).enabled = not disabled
@@ -132,6 +168,8 @@ class HealthState:
             boxes = {name: _Mailbox(**vars(box)) for name, box in self._mailboxes.items()}
         mailboxes: dict[str, Any] = {}
         not_ready: dict[str, str] = {}
+        degraded: dict[str, str] = {}
+        monotonic = time.monotonic()
         for name, box in sorted(boxes.items()):
             state, reason = self._judge(box, now)
             mailboxes[name] = {
@@ -144,11 +182,25 @@ class HealthState:
             }
             if reason is not None:
                 not_ready[name] = reason
+            channel = box.channel
+            if channel is not None:
+                age = None if channel.last_event is None else monotonic - channel.last_event
+                mailboxes[name]["notifications"] = {
+                    "state": str(channel.state),
+                    "reason": channel.reason or None,
+                    "last_event_age_s": None if age is None else round(max(0.0, age), 3),
+                }
+                if channel.state == ChannelState.DEGRADED:
+                    degraded[name] = (
+                        f"notifications degraded, polling every {box.interval:g}s: "
+                        f"{channel.reason or 'no reason given'}"
+                    )
         ready = not not_ready
         return ready, {
             "status": "ready" if ready else "not ready",
             "checked_at": _iso(now),
             "not_ready": not_ready,
+            "degraded": degraded,
             "mailboxes": mailboxes,
         }
 
@@ -254,6 +306,38 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": "not found", "endpoints": owner.endpoints()})
 
+    def do_POST(self) -> None:
+        parts = urllib.parse.urlsplit(self.path)
+        path = parts.path.rstrip("/") or "/"
+        receiver = self.server.owner.routes.get(path)
+        if receiver is None:
+            self._json(404, {"error": "not found", "endpoints": self.server.owner.endpoints()})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_POST_BYTES:
+            self.close_connection = True
+            self._send(413, b"", "text/plain; charset=utf-8")
+            return
+        body = self.rfile.read(length) if length else b""
+        query = {k: v[0] for k, v in urllib.parse.parse_qs(parts.query).items() if v}
+        request = HttpRequest(path=path, query=query, headers=dict(self.headers), body=body)
+        try:
+            answer = receiver(request)
+        except Exception:
+            # Never the exception's text: it may quote what the sender posted.
+            log.error("http.receiver_failed", path=path, exc_info=True)
+            answer = HttpAnswer(status=500)
+        self._send(answer.status, answer.body, answer.content_type)
+        if answer.after is not None:
+            try:
+                self.wfile.flush()
+                answer.after()
+            except Exception:
+                log.error("http.receiver_after_failed", path=path, exc_info=True)
+
     def _json(self, status: int, body: dict[str, Any]) -> None:
         data = (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode()
         self._send(status, data, "application/json; charset=utf-8")
@@ -288,20 +372,40 @@ class HealthServer:
         metrics: Metrics | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        *,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         self.health = health
         self.metrics = metrics
+        self.routes: dict[str, Receiver] = {}
+        self._tls: ssl.SSLContext | None = None
+        if tls_cert:
+            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._tls.minimum_version = ssl.TLSVersion.TLSv1_2  # Graph: TLS 1.2 or later
+            self._tls.load_cert_chain(tls_cert, tls_key or None)
         self._address = (host, port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def endpoints(self) -> list[str]:
-        return ["/healthz", "/readyz"] + (["/metrics"] if self.metrics is not None else [])
+        fixed = ["/healthz", "/readyz"] + (["/metrics"] if self.metrics is not None else [])
+        return fixed + sorted(self.routes)
+
+    def add_route(self, path: str, receiver: Receiver) -> None:
+        """Answer POSTs to ``path`` with ``receiver`` (a notification channel's)."""
+        self.routes[path.rstrip("/") or "/"] = receiver
 
     def start(self) -> HealthServer:
         """Bind and serve in a daemon thread; raises ``OSError`` when the port is taken."""
         if self._server is None:
             self._server = _Server(self._address, self)
+            if self._tls is not None:
+                # The handshake happens in the request's thread (at its first read), not in the
+                # accept loop, where one slow client would hold up every other.
+                self._server.socket = self._tls.wrap_socket(
+                    self._server.socket, server_side=True, do_handshake_on_connect=False
+                )
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
                 kwargs={"poll_interval": 0.2},
@@ -319,7 +423,8 @@ class HealthServer:
 
     @property
     def url(self) -> str:
-        return health_url(self._address[0], self.port)
+        url = health_url(self._address[0], self.port)
+        return "https" + url[4:] if self._tls is not None else url
 
     def stop(self) -> None:
         if self._server is not None:

@@ -29,6 +29,7 @@ from prometheus_client import (
 )
 
 from listener import __version__
+from listener.notify import ChannelState, ChannelStatus, NotifyHooks
 from listener.observability.redaction import redact
 from listener.pipeline.hooks import PollHooks
 
@@ -46,10 +47,11 @@ def _label(value: object) -> str:
     return redact(str(value))
 
 
-class Metrics(PollHooks):
+class Metrics(PollHooks, NotifyHooks):
     """Every metric the listener exports; ``Metrics(registry=…)`` for an isolated set.
 
-    It is the pollers' ``PollHooks``: one instance serves every mailbox, which each hook names.
+    It is the pollers' ``PollHooks`` and the notification channels' ``NotifyHooks``: one
+    instance serves every mailbox, which each hook names.
     """
 
     def __init__(
@@ -148,6 +150,44 @@ class Metrics(PollHooks):
             "Polls by outcome (ok or error).",
             ("mailbox", "outcome"),
         )
+        # -- push notifications (issue 15) --
+        self.notify_events = counter(
+            "notification_events",
+            "Notifications received that asked for a poll, by channel (ews_streaming, "
+            "graph_webhook).",
+            ("channel", "mailbox"),
+        )
+        self.notify_reconnects = counter(
+            "notification_reconnects",
+            "Streams or subscriptions set up again after a failure or removal.",
+            ("channel", "mailbox"),
+        )
+        self.notify_renewals = counter(
+            "notification_renewals",
+            "Subscriptions (or streaming connections) renewed before they expired.",
+            ("channel", "mailbox"),
+        )
+        self.notify_rejected = counter(
+            "notifications_rejected",
+            "Notifications refused: wrong clientState, unknown subscription, unreadable body.",
+            ("channel", "reason"),
+        )
+        self.notify_state = gauge(
+            "notification_channel_state",
+            "1 for the current state of the mailbox's channel (connected, degraded, off).",
+            ("channel", "mailbox", "state"),
+        )
+        self.notify_last_event = gauge(
+            "notification_last_event_timestamp_seconds",
+            "Unix time of the last notification for the mailbox (time() - it: seconds since).",
+            ("channel", "mailbox"),
+        )
+        self.poll_requests = counter(
+            "poll_requests",
+            "Poll requests by outcome: scheduled (a poll follows), coalesced (joined a pending "
+            "one), ignored (unknown mailbox or stopping).",
+            ("mailbox", "outcome"),
+        )
         self.build_info = gauge(
             "build_info",
             "Always 1; the version label says which release runs.",
@@ -217,6 +257,30 @@ class Metrics(PollHooks):
     ) -> None:
         self.failed(mailbox, handler, permanent=permanent)
         self.handler_duration.labels(_label(mailbox), _label(handler)).observe(max(0.0, seconds))
+
+    # -- NotifyHooks: what the notification channels report (listener.notify) ------------------
+
+    def event(self, channel: str, mailbox: str) -> None:
+        labels = (_label(channel), _label(mailbox))
+        self.notify_events.labels(*labels).inc()
+        self.notify_last_event.labels(*labels).set(time.time())
+
+    def reconnected(self, channel: str, mailbox: str) -> None:
+        self.notify_reconnects.labels(_label(channel), _label(mailbox)).inc()
+
+    def renewed(self, channel: str, mailbox: str) -> None:
+        self.notify_renewals.labels(_label(channel), _label(mailbox)).inc()
+
+    def state_changed(self, channel: str, mailbox: str, status: ChannelStatus) -> None:
+        for state in ChannelState:
+            value = 1.0 if state == status.state else 0.0
+            self.notify_state.labels(_label(channel), _label(mailbox), str(state)).set(value)
+
+    def rejected(self, channel: str, reason: str) -> None:
+        self.notify_rejected.labels(_label(channel), _label(reason)).inc()
+
+    def poll_requested(self, mailbox: str, outcome: str) -> None:
+        self.poll_requests.labels(_label(mailbox), _label(outcome)).inc()
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format (what ``/metrics`` serves)."""

@@ -219,6 +219,54 @@ CASES: dict[str, Case] = {
         "'Exchange2019'",
         "is an EWS server version, and this mailbox's source is 'graph'",
     ),
+    # --- push notifications (issue 15) ---
+    "streaming-on-graph-mailbox": Case(
+        each(
+            put("mailboxes.orders.source", "graph"),
+            put("credentials.sales.scopes", "https://graph.microsoft.com/.default"),
+            put("mailboxes.orders.notifications", "streaming"),
+        ),
+        "mailboxes.orders.notifications",
+        "'streaming'",
+        "'streaming' is not available over 'graph': use 'webhook'",
+    ),
+    "webhook-without-notifications-graph": Case(
+        each(
+            put("mailboxes.orders.source", "graph"),
+            put("credentials.sales.scopes", "https://graph.microsoft.com/.default"),
+            put("mailboxes.orders.notifications", "webhook"),
+            put("service.http_port", 8080),
+        ),
+        "notifications.graph",
+        None,
+        "mailbox(es) orders receive Graph change notifications, which need "
+        "[notifications.graph] public_url and client_state",
+    ),
+    "webhook-without-http-port": Case(
+        each(
+            put("mailboxes.orders.source", "graph"),
+            put("credentials.sales.scopes", "https://graph.microsoft.com/.default"),
+            put("notifications.default", "push"),
+            put(
+                "notifications.graph.public_url", "https://listener.contoso.com/notifications/graph"
+            ),
+            put("notifications.graph.client_state", {"source": "env", "name": "CLIENT_STATE"}),
+        ),
+        "service.http_port",
+        None,
+        "on this service's HTTP server (/notifications/graph): set http_port",
+    ),
+    "public-url-plain-http": Case(
+        each(
+            put(
+                "notifications.graph.public_url", "http://listener.contoso.com/notifications/graph"
+            ),
+            put("notifications.graph.client_state", {"source": "env", "name": "CLIENT_STATE"}),
+        ),
+        "notifications.graph.public_url",
+        "'http://listener.contoso.com/notifications/graph'",
+        "public_url must use https",
+    ),
     # --- missing mandatory fields and empty strings ---
     "missing-client-id": Case(
         drop("credentials.sales.client_id"),

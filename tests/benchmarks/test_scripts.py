@@ -229,3 +229,19 @@ def test_cluster_quick_loses_nothing_and_balances_after_every_change() -> None:
     spreads = [line for line in out.splitlines() if line.startswith("balance ")]
     assert len(spreads) == 8, out  # start, 2 per signal (--kills 1), the pause, 2 for the 4th
     assert all(line.endswith("yes)") for line in spreads), spreads
+
+
+@pytest.mark.slow
+def test_latency_quick_hands_every_message_over_in_both_modes() -> None:
+    """latency.py --quick: polling and the Graph webhook each hand every message over, and the
+    webhook run received notifications while the polling run got none (figures not checked)."""
+    out = _run(str(BENCH / "latency.py"), "--quick")
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.startswith(("polling ", "webhook "))
+    }
+    assert set(rows) == {"polling", "webhook"}, out
+    assert rows["polling"][3] == rows["webhook"][3] == "20/20", out  # after "+0", "ms"
+    assert rows["polling"][-1] == "0", out
+    assert int(rows["webhook"][-1]) > 0, out

@@ -353,7 +353,9 @@ def test_mail_delivered_through_ews_notifies(
     assert entry["resourceData"]["id"] == message["id"]
     assert entry["resourceData"]["@odata.etag"] == message["@odata.etag"]
     assert entry["resourceData"]["@odata.type"] == "#Microsoft.Graph.Message"
-    assert entry["resource"].endswith(f"/Messages/{message['id']}")
+    assert entry["resource"].startswith("users/")
+    assert entry["resource"].endswith(f"/messages/{message['id']}")  # as Graph's sample writes it
+    assert entry["resourceData"]["@odata.id"].endswith(f"/Messages/{message['id']}")
     _check_payload(subs, [entry])
 
 
@@ -635,3 +637,19 @@ def test_stop_ends_the_delivery_thread(world: World) -> None:
     with emulator:
         assert emulator.subscriptions.running
     assert not emulator.subscriptions.running
+
+
+def test_an_unreachable_receiver_is_retried_with_back_off_then_notified(
+    subs: GraphEmulator, ews: EwsEmulator, call: Call, receiver: Receiver
+) -> None:
+    """``receiver_unreachable`` fails the next deliveries (no answer); Graph's back-off retries,
+    and the same notification arrives once the rule is spent."""
+    subs.subscriptions.settings = replace(FAST, first_retry=0.05, max_retry=0.1)
+    _subscribe(call, receiver)
+    subs.faults.add("receiver_unreachable", mailbox=ALICE, count=2)
+    ews.deliver(ALICE, simple_mime("late"))
+    [late] = receiver.wait(receiver.received)
+    attempts = [d for d in subs.subscriptions.deliveries if d.kind == "notification"]
+    assert [d.status for d in attempts] == [None, None, 202]
+    assert attempts[0].body == attempts[2].body  # the same notification, retried
+    assert late["changeType"] == "created"

@@ -43,7 +43,9 @@ REQUEST_KINDS = (
     "token_revoked",  # the app's tokens are revoked at the token server; this request 401s
 )
 #: Kinds the subscriptions resource takes (``take``); the server never decides them.
-HOOK_KINDS = ("subscription_removed", "notifications_missed")
+#: ``receiver_unreachable``: a notification POST fails as if the receiver were down (no answer);
+#: Graph's retry back-off follows, as for a real outage.
+HOOK_KINDS = ("subscription_removed", "notifications_missed", "receiver_unreachable")
 KINDS = REQUEST_KINDS + HOOK_KINDS
 
 _PARAMETERS = frozenset({"retry_after", "delay", "after_bytes"})

@@ -569,8 +569,14 @@ class Subscriptions:
         for sub in subs:
             with self._lock:
                 due = not sub.token_refused and sub.outbox.batch(now, 1)
-            # _deliver is True when the retry window ended and the notifications were dropped.
-            if due and not self._faulted(sub) and self._deliver("notification", sub.outbox, now):
+            if not due or self._faulted(sub):
+                continue
+            # True when the retry window ended and the notifications were dropped.
+            if self._unreachable(sub):
+                dropped = self._undelivered("notification", sub.outbox)
+            else:
+                dropped = self._deliver("notification", sub.outbox, now)
+            if dropped:
                 with self._lock:
                     self._queue_lifecycle(sub, "missed")
 
@@ -617,6 +623,21 @@ class Subscriptions:
                 self._queue_lifecycle(sub, "missed")
             return True
         return False
+
+    def _unreachable(self, sub: _Subscription) -> bool:
+        """Whether a ``receiver_unreachable`` rule makes this delivery fail."""
+        take = getattr(getattr(self.emulator, "faults", None), "take", None)
+        return take is not None and bool(take("receiver_unreachable", sub.mailbox.address))
+
+    def _undelivered(self, kind: str, outbox: _Outbox) -> bool:
+        """A delivery that got no answer (as a refused connection): recorded, backed off."""
+        with self._lock:
+            batch = outbox.batch(time.monotonic(), self.settings.max_batch)
+        if not batch:
+            return False
+        self.deliveries.append(Delivery(kind, outbox.url, None, 0.0, {"value": batch}))
+        with self._lock:
+            return outbox.failed(time.monotonic(), self.settings)
 
     def _queue_lifecycle(self, sub: _Subscription, event: str) -> None:
         if sub.lifecycle_url is None:
@@ -686,7 +707,9 @@ class Subscriptions:
             "subscriptionId": sub.id,
             "subscriptionExpirationDateTime": _timestamp(sub.expiration),
             "changeType": change,
-            "resource": f"Users/{owner}/Messages/{graph_id}",
+            # Lower case here, capitalised in resourceData's @odata.id, as the documented payload
+            # (webhook-change-notification) writes them.
+            "resource": f"users/{owner}/messages/{graph_id}",
             "resourceData": data,
             "clientState": sub.client_state,
             "tenantId": sub.tenant_id,

@@ -9,11 +9,13 @@ mailbox shares one gate whichever credential object reaches it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from listener.abc import TokenProvider
+from listener.notify import NotifyHooks, Wake, Watch
 from listener.sources.graph._client import GraphClient, MailboxGates
+from listener.sources.graph.notifications import GraphWebhooks
 from listener.sources.graph.source import DEFAULT_PAGE_LIMIT, GraphMailSource
 
 __all__ = ["DEFAULT_GRAPH_ENDPOINT", "GraphSources"]
@@ -107,6 +109,18 @@ class GraphSources:
             tokens=self._tokens(mailbox),
             page_limit=self.page_limit,
         )
+
+    def notifications(
+        self, watches: Sequence[Watch], wake: Wake, hooks: NotifyHooks
+    ) -> GraphWebhooks:
+        """Graph change notifications for ``watches`` (``[notifications.graph]``); no I/O."""
+        notifications = getattr(self._settings, "notifications", None)
+        config = getattr(notifications, "graph", None)
+        if config is None:
+            raise ValueError(
+                "Graph change notifications need [notifications.graph] public_url and client_state"
+            )
+        return GraphWebhooks(self, watches, wake, hooks, config)
 
     def _observe(self, operation: str, outcome: str) -> None:
         if self.on_request is not None:

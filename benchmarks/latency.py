@@ -1,0 +1,388 @@
+"""Delivery → handler start: polling against push notifications (issue 15).
+
+Usage::
+
+    .venv/bin/python benchmarks/latency.py [--mode polling webhook] [--mailboxes 10]
+        [--latency 0 80] [--interval 60] [--rate 1] [--duration 120] [--burst 0] [--idle 120]
+        [--quick]
+
+For each mode and added latency, one ``ews-listener run`` (a subprocess) watches ``--mailboxes``
+Graph mailboxes of the emulator (its own ``spawn``-ed process). Mail is filed at ``--rate``
+messages a second, round-robin over the mailboxes, for ``--duration`` seconds (``--burst N``
+files N at once every ten seconds instead); the handler (``_harness:stamp``) notes when it
+started for each Message-ID, and the emulator when it filed it. Printed per run: delivery →
+handler start p50 / p95 / p99 / max, requests to Graph per message (the delivery window), and
+requests per idle mailbox-minute (``--idle`` seconds with no mail afterwards, first poll and
+subscription set-up left out).
+
+Modes (a mode is a row of ``MODES``: the mailboxes' source and what wakes their polls, so EWS
+streaming is one more row):
+
+- ``polling``: ``notifications = "off"``, polled every ``--interval`` seconds (60: the default).
+- ``webhook``: Graph change notifications to the daemon's ``/notifications/graph``
+  (``notifications = "webhook"``), the same interval as the safety net, stretched to
+  ``healthy_interval`` (300 s) while the subscription is connected.
+
+Added latency (``--latency MS``): every HTTP request from the daemon to Graph waits MS before the
+emulator serves it (``_harness._GraphRoundTrip``), and so does every notification POST from Graph
+to the daemon (both cross the same WAN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import (
+    EmulatorProcess,
+    Series,
+    daemon_argv,
+    daemon_env,
+    make_messages,
+    print_table,
+    scrape_metrics,
+    svg_line_chart,
+    workdir,
+    write_config,
+)
+
+__all__ = ["MODES", "Mode", "main"]
+
+_POLLS = "ews_listener_polls_total"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How the mailboxes of one run are configured."""
+
+    source: str  # "graph" or "ews"
+    notifications: str  # the mailboxes' ``notifications``
+    needs_receiver: bool  # Graph posts to the daemon: http_port and [notifications.graph]
+
+
+MODES = {
+    "polling": Mode("graph", "off", needs_receiver=False),
+    "webhook": Mode("graph", "webhook", needs_receiver=True),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _metrics(port: int) -> dict[str, float]:
+    try:
+        return scrape_metrics(port)
+    except OSError:
+        return {}
+
+
+def _connected(port: int) -> int:
+    """Mailboxes whose notification channel is connected (from the daemon's ``/metrics``)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0
+    return sum(
+        1
+        for line in text.splitlines()
+        if line.startswith("ews_listener_notification_channel_state{")
+        and 'state="connected"' in line
+        and line.endswith(" 1.0")
+    )
+
+
+def _wait(predicate: object, timeout: float, period: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return True
+        time.sleep(period)
+    return False
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _message_id(mime: bytes) -> str:
+    for line in mime.split(b"\r\n"):
+        if line.lower().startswith(b"message-id:"):
+            return line.split(b":", 1)[1].strip().decode()
+    raise ValueError("no Message-ID")
+
+
+@dataclass
+class Run:
+    mode: str
+    latency_ms: float
+    messages: int
+    handed: int
+    latencies: list[float]
+    requests_per_message: float
+    idle_requests_per_mailbox_minute: float
+    polls: float
+    notifications: int
+    exit_code: int
+
+
+def run_one(args: argparse.Namespace, mode_name: str, latency_ms: float, root: Path) -> Run:
+    mode = MODES[mode_name]
+    with EmulatorProcess(root, graph=True) as emu:
+        assert emu.endpoints is not None
+        addresses = [f"lat-{mode_name}-{n}@contoso.com" for n in range(args.mailboxes)]
+        emu.add_mailboxes(addresses)
+        port = _free_port()
+        extra: list[str] = [f"http_port = {port}", ""]
+        options: dict[str, object] = {"notifications": mode.notifications}
+        if mode.needs_receiver:
+            extra += [
+                "[notifications]",
+                f"debounce = {args.debounce}",
+                f"healthy_interval = {args.healthy_interval}",
+                "",
+                "[notifications.graph]",
+                f'public_url = "http://127.0.0.1:{port}/notifications/graph"',
+                'client_state = { source = "env", name = "BENCH_CLIENT_STATE" }',
+                "",
+            ]
+        config = write_config(
+            root / f"{mode_name}-{latency_ms:g}.toml",
+            emu.endpoints,
+            addresses,
+            state_url=f"sqlite:///{root / f'{mode_name}-{latency_ms:g}.db'}",
+            interval=args.interval,
+            jitter=args.interval,  # first polls spread over the interval, as in production
+            start_from="new",
+            source=mode.source,
+            handler={"type": "python", "target": "_harness:stamp"},
+            mailbox_options=options,
+            extra=extra,
+        )
+        stamps = root / f"{mode_name}-{latency_ms:g}.stamps"
+        stamps.touch()
+        env = daemon_env(stamp_file=stamps, BENCH_CLIENT_STATE="bench-client-state-0123456789")
+        log_path = root / f"{mode_name}-{latency_ms:g}.log"
+        with log_path.open("w") as log:
+            daemon = subprocess.Popen(
+                daemon_argv("run", config), env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+            try:
+                return _measure(args, mode_name, latency_ms, emu, daemon, port, stamps, addresses)
+            finally:
+                if daemon.poll() is None:
+                    daemon.kill()
+                    daemon.wait()
+
+
+def _measure(
+    args: argparse.Namespace,
+    mode_name: str,
+    latency_ms: float,
+    emu: EmulatorProcess,
+    daemon: subprocess.Popen[bytes],
+    port: int,
+    stamps: Path,
+    addresses: list[str],
+) -> Run:
+    n = len(addresses)
+    # Warm-up: every mailbox's first poll (the delta round begins) and, with push, its channel.
+    ready = _wait(
+        lambda: daemon.poll() is not None or _metrics(port).get(_POLLS, 0) >= n,
+        args.interval + 60,
+    )
+    if MODES[mode_name].needs_receiver:
+        ready = ready and _wait(lambda: _connected(port) >= n, 60)
+    if daemon.poll() is not None or not ready:
+        raise RuntimeError(f"{mode_name}: the daemon did not warm up (exit {daemon.poll()})")
+    emu.set_graph_latency(latency_ms / 1000)
+    emu.set_notification_latency(latency_ms / 1000)
+    emu.clear_log()
+    polls_before = _metrics(port).get(_POLLS, 0)
+    notified_before = emu.notification_deliveries()[1]
+
+    # Delivery: a steady rate, or bursts every ten seconds.
+    filed: dict[str, float] = {}
+    started = time.monotonic()
+    sent = 0
+    batches = 0
+    while time.monotonic() - started < args.duration:
+        if args.burst:
+            size, period = args.burst, 10.0
+        else:
+            size, period = 1, 1.0 / args.rate
+        pairs = []
+        for _ in range(size):
+            address = addresses[sent % n]
+            [mime] = make_messages(1, address, tag=f"{mode_name}{latency_ms:g}.{sent}")
+            pairs.append((address, mime))
+            sent += 1
+        for (_, mime), at in zip(pairs, emu.deliver_timed(pairs), strict=True):
+            filed[_message_id(mime)] = at
+        batches += 1
+        time.sleep(max(0.0, started + batches * period - time.monotonic()))
+    # Every message handed over: within one interval (polling) plus a margin.
+    _wait(lambda: _count(stamps) >= sent, args.interval + 60, period=0.5)
+    busy = emu.stats("graph")
+
+    # Idle: no mail; what the mailboxes cost per minute (polls, renewals).
+    emu.clear_log()
+    time.sleep(args.idle)
+    idle = emu.stats("graph")
+    polls = _metrics(port).get(_POLLS, 0) - polls_before
+    notified = emu.notification_deliveries()[1] - notified_before
+
+    daemon.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        daemon.wait(60)
+    started_at = _read(stamps)
+    latencies = [started_at[m] - t for m, t in filed.items() if m in started_at]
+    return Run(
+        mode=mode_name,
+        latency_ms=latency_ms,
+        messages=sent,
+        handed=len(latencies),
+        latencies=latencies,
+        requests_per_message=busy.requests / sent if sent else float("nan"),
+        idle_requests_per_mailbox_minute=idle.requests / (n * args.idle / 60),
+        polls=polls,
+        notifications=notified,
+        exit_code=daemon.returncode if daemon.returncode is not None else -1,
+    )
+
+
+def _count(stamps: Path) -> int:
+    with stamps.open() as f:
+        return sum(1 for _ in f)
+
+
+def _read(stamps: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in stamps.read_text().splitlines():
+        message_id, _, at = line.partition("\t")
+        out.setdefault(message_id, float(at))  # the first start counts
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--mode", nargs="+", choices=sorted(MODES), default=["polling", "webhook"])
+    parser.add_argument("--mailboxes", type=int, default=10)
+    parser.add_argument("--latency", type=float, nargs="+", default=[0.0, 80.0], help="ms")
+    parser.add_argument("--interval", type=float, default=60.0, help="poll interval, s")
+    parser.add_argument("--healthy-interval", type=float, default=300.0)
+    parser.add_argument("--debounce", type=float, default=0.25)
+    parser.add_argument("--rate", type=float, default=1.0, help="messages per second")
+    parser.add_argument("--burst", type=int, default=0, help="N messages at once every 10 s")
+    parser.add_argument("--duration", type=float, default=120.0, help="delivery window, s")
+    parser.add_argument("--idle", type=float, default=120.0, help="idle window, s")
+    parser.add_argument("--quick", action="store_true", help="3 mailboxes, 5 s interval, 10 s")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--plot", type=Path, help="write the latency distributions as an SVG")
+    parser.add_argument("--csv", type=Path, help="write every latency (mode, ms, seconds)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.mailboxes, args.interval, args.duration, args.idle = 3, 5.0, 10.0, 10.0
+        args.rate, args.latency = 2.0, [0.0]
+    runs: list[Run] = []
+    with workdir(args.keep) as root:
+        for mode in args.mode:
+            for latency in args.latency:
+                print(f"-- {mode}, +{latency:g} ms ...", flush=True)
+                runs.append(run_one(args, mode, latency, root))
+    what = f"{args.burst} at once every 10 s" if args.burst else f"{args.rate:g} msg/s"
+    print(
+        f"\n{args.mailboxes} Graph mailboxes, interval {args.interval:g} s, {what} for "
+        f"{args.duration:g} s, idle window {args.idle:g} s\n"
+    )
+    rows = []
+    for run in runs:
+        lat = run.latencies
+        rows.append(
+            [
+                run.mode,
+                f"+{run.latency_ms:g} ms",
+                f"{run.handed}/{run.messages}",
+                f"{_percentile(lat, 50):.2f}",
+                f"{_percentile(lat, 95):.2f}",
+                f"{_percentile(lat, 99):.2f}",
+                f"{max(lat) if lat else float('nan'):.2f}",
+                f"{statistics.fmean(lat) if lat else float('nan'):.2f}",
+                f"{run.requests_per_message:.2f}",
+                f"{run.idle_requests_per_mailbox_minute:.2f}",
+                f"{run.polls:.0f}",
+                f"{run.notifications}",
+            ]
+        )
+    print_table(
+        [
+            "mode",
+            "latency",
+            "handed over",
+            "p50 s",
+            "p95 s",
+            "p99 s",
+            "max s",
+            "mean s",
+            "req/msg",
+            "idle req/mbx-min",
+            "polls",
+            "notifications",
+        ],
+        rows,
+    )
+    print(
+        "\nrequests: HTTP requests to Graph ($batch = 1); req/msg over the delivery window, "
+        "idle per mailbox-minute over the idle window; notifications: POSTs Graph made that the "
+        "daemon answered 2xx"
+    )
+    if args.csv:
+        with args.csv.open("w") as out:
+            out.write("mode,added_latency_ms,seconds\n")
+            for run in runs:
+                out.writelines(f"{run.mode},{run.latency_ms:g},{x:.4f}\n" for x in run.latencies)
+        print(f"latencies: {args.csv}")
+    if args.plot:
+        series = [
+            Series(
+                f"{run.mode} +{run.latency_ms:g} ms",
+                [(q, max(_percentile(run.latencies, q), 1e-3)) for q in range(1, 100)],
+                color=n,
+                dashed=run.latency_ms > 0,
+                markers=False,
+            )
+            for n, run in enumerate(runs)
+        ]
+        svg_line_chart(
+            args.plot,
+            series,
+            title="Delivery to handler start, by percentile",
+            x_label="percentile of messages",
+            y_label="seconds (log)",
+            x_ticks=[1, 25, 50, 75, 95, 99],
+        )
+        print(f"plot: {args.plot}")
+    lost = [r for r in runs if r.handed != r.messages or r.exit_code != 0]
+    return 1 if lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
