@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -52,9 +52,12 @@ from listener.notify import (
 )
 from listener.observability import HealthServer, HealthState, Metrics, poll_recorder, systemd
 from listener.poller import PollResult
-from listener.service import MailboxRunner, Scheduler, poll_all
+from listener.service import MailboxRunner, poll_all
 
 __all__ = ["ChannelWatch", "build_channels", "run_daemon", "run_once", "summary"]
+
+if TYPE_CHECKING:
+    from listener.scheduler import Scheduler
 
 log = structlog.get_logger("listener.daemon")
 
@@ -171,6 +174,9 @@ def run_daemon(
     stop_event: threading.Event | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT (or ``stop_event``); returns the exit code."""
+    # Here, not at the top: ``once`` (this module's other entry point) schedules nothing.
+    from listener.scheduler import Scheduler  # noqa: PLC0415
+
     service = settings.service
     metrics = Metrics()
     health = HealthState()

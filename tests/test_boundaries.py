@@ -10,6 +10,8 @@ The check reads every module's imports, so a new one that crosses a boundary fai
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,21 @@ def test_the_checker_sees_a_crossing(tmp_path: Path) -> None:
     assert _crossings(tmp_path) == [
         "listener/poller.py imports exchangelib (only listener/sources/ews/ may)"
     ]
+
+
+def test_once_does_not_import_the_scheduler() -> None:
+    """``ews-listener once`` schedules nothing: its modules leave APScheduler (whose import scans
+    every installed distribution's entry points) to ``listener.scheduler``, which ``run`` loads."""
+    code = (
+        "import sys, listener.cli._main, listener.daemon, listener.app, listener.cluster;"
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith('apscheduler')}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    assert out.strip() == "[]", out
+    code = "import sys, listener.scheduler; print('apscheduler' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    assert out.strip() == "True", out  # the check above can fail

@@ -8,7 +8,7 @@ import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -17,8 +17,11 @@ from listener.cluster._manager import LeaseListener, LeaseManager
 from listener.config import cluster_active
 from listener.observability import HealthState
 from listener.poller import PollResult
-from listener.service import MailboxRunner, Scheduler
+from listener.service import MailboxRunner
 from listener.store import SqlStateStore, StoreError
+
+if TYPE_CHECKING:
+    from listener.scheduler import Scheduler
 
 __all__ = ["Scheduling", "join", "replica_id", "share_caps"]
 

@@ -16,7 +16,8 @@ import pytest
 
 from listener.errors import Throttled
 from listener.poller import PollResult
-from listener.service import MailboxRunner, Scheduler
+from listener.scheduler import Scheduler
+from listener.service import MailboxRunner
 
 
 class GatedPoller:
