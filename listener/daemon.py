@@ -38,7 +38,7 @@ from typing import Any
 import structlog
 
 from listener.app import App
-from listener.cluster import LeaseManager, join, share_caps
+from listener.cluster import LeaseManager, Subscriptions, join, share_caps
 from listener.config.models import notification_mode
 from listener.errors import EXIT_OK, EXIT_TEMPFAIL, EXIT_UNAVAILABLE
 from listener.notify import (
@@ -135,9 +135,17 @@ class ChannelWatch(NotifyHooks):
 
 
 def build_channels(
-    app: App, names: list[str], wake: Wake, hooks: NotifyHooks
+    app: App,
+    names: list[str],
+    wake: Wake,
+    hooks: NotifyHooks,
+    *,
+    watched: dict[str, tuple[NotificationChannel, Watch]] | None = None,
 ) -> list[NotificationChannel]:
-    """One channel per protocol whose mailboxes (of ``names``) want push notifications."""
+    """One channel per protocol whose mailboxes (of ``names``) want push notifications.
+
+    With ``watched`` (several replicas), the channels start with no watches, and ``watched`` is
+    filled with each mailbox's channel and watch, to add while this replica holds its lease."""
     settings = app.settings
     by_kind: dict[str, list[Watch]] = {}
     for name in names:
@@ -157,8 +165,10 @@ def build_channels(
                 fallback="polling at the configured interval",
             )
             continue
-        channel: NotificationChannel = build(watches, wake, hooks)
+        channel: NotificationChannel = build(watches if watched is None else [], wake, hooks)
         channels.append(channel)
+        if watched is not None:
+            watched.update((w.name, (channel, w)) for w in watches)
     return channels
 
 
@@ -197,9 +207,17 @@ def run_daemon(
         scheduler.add(runner, cron=settings.mailboxes[runner.name].cron)
     # A notification for a mailbox another replica owns is passed to it (PostgreSQL NOTIFY).
     wake: Wake = cluster.forward if cluster is not None else scheduler.request_poll
+    # Several replicas: a mailbox's subscription is held by its lease owner (Subscriptions).
+    watched: dict[str, tuple[NotificationChannel, Watch]] | None = None if cluster is None else {}
     channels = build_channels(
-        app, [r.name for r in runners], wake, ChannelWatch(metrics, health, scheduler)
+        app,
+        [r.name for r in runners],
+        wake,
+        ChannelWatch(metrics, health, scheduler),
+        watched=watched,
     )
+    if cluster is not None and watched is not None:
+        cluster.subscribe(Subscriptions(watched))
     for channel in channels:
         for name, status in channel.status().items():
             health.set_channel(name, status)

@@ -83,6 +83,16 @@ class NotificationChannel(Protocol):
         """Per configured mailbox name, how its channel is doing."""
         ...
 
+    def add(self, watch: Watch) -> None:
+        """Watch one more folder (subscribe in the background; a poll follows the subscription).
+        Idempotent; safe from any thread while running (the lease manager's, with replicas)."""
+        ...
+
+    def remove(self, name: str, *, unsubscribe: bool = True) -> None:
+        """Stop watching ``name``'s folder and report it ``off``. ``unsubscribe=False`` only
+        forgets a subscription another process may now hold (a lost lease). Idempotent."""
+        ...
+
 
 class NotifyHooks:
     """No-op hooks of the notification channels; ``channel`` is a ``NotificationChannel.kind``."""
