@@ -332,6 +332,9 @@ class GraphWebhooks:
             for watched in list(self._watched.values()):
                 if self._stopping.is_set():
                     return
+                with self._lock:
+                    if watched.name in self._fresh:
+                        continue  # added during this round: adopted first, at the next
                 try:
                     self._tend(watched)
                 except Exception as e:  # the thread outlives one bad round
@@ -530,7 +533,7 @@ class GraphWebhooks:
             for page in client.pages(watched.address, "listSubscriptions", "subscriptions"):
                 for found in page.get("value", []):
                     mine = wanted.get(str(found.get("resource", "")).lower())
-                    if mine is None or mine.removed:
+                    if mine is None or mine.removed or found.get("id") == mine.subscription:
                         continue
                     url = str(found.get("notificationUrl"))
                     if url not in (self._url, self.url_for(mine.name)):
