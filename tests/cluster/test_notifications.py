@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 
 from listener.store import SqlStateStore
@@ -141,6 +142,11 @@ def test_subscriptions_live_with_their_leases_and_notifications_reach_the_owner(
         first = owners(state)
         of_a = sorted(n for n in NAMES if first[n] == "A")
         assert len(of_a) == 2
+        # B owned all four first: those it gave to A are off there, not degraded
+        ready = httpx.get(f"http://127.0.0.1:{ports['B']}/readyz", timeout=5).json()
+        assert [ready["mailboxes"][n]["notifications"]["state"] for n in of_a] == ["off", "off"]
+        assert [ready["mailboxes"][n]["state"] for n in of_a] == ["disabled", "disabled"]
+        assert ready["degraded"] == {}
         # (b) every notification goes to B; A's mailboxes are handed over by A
         round1 = {name: world.deliver_mail(address(name), f"round 1 {name}")[1] for name in NAMES}
         wait_for(lambda: len(world.receipts_log()) == 4, 60, "the four pushed messages")
