@@ -587,7 +587,7 @@ def test_watches_added_and_removed_while_streaming(
             ca_bundle=ca.ca_file,
             version="Exchange2016",
         )
-        return Watch(name=address.split("@")[0], mailbox=mailbox)
+        return Watch(name=address.partition("@")[0], mailbox=mailbox)
 
     made, seen = channel(MAILBOXES[:1], per_connection=2)
     made.start()
