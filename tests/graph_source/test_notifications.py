@@ -287,3 +287,20 @@ def test_a_notification_for_a_mailbox_watched_elsewhere_wakes_it(
     assert post({}) == 202
     assert woken == ["alice"]
     assert hooks.count("rejected:unknown_subscription") == 2
+
+
+def test_adoption_never_takes_the_watch_s_own_subscription_for_a_duplicate(
+    make: Make, graph: GraphEmulator, factory: GraphSources, server: HealthServer, world: World
+) -> None:
+    """A watch added while a round runs is subscribed in that round and adopted in the next:
+    the adoption finds its own new subscription and must keep it (two leases acquired at once
+    lost one subscription to this before)."""
+    channel, _, _ = build_empty(make, factory, server)
+    channel.add(Watch(name="alice", mailbox=mailbox_config(world, graph)))
+    watched = channel._watched["alice"]
+    channel._subscribe(watched)  # what the round did (the thread is not started: no race)
+    [subscription] = graph.subscriptions.ids()
+    channel._adopt([watched])  # what the next round does
+    assert graph.subscriptions.ids() == [subscription]
+    assert operations(graph, "DeleteSubscription") == []
+    assert connected(channel)
