@@ -227,8 +227,24 @@ def channel(emu: EwsEmulator, token_server: TokenServer, registry: Any, ca: Any)
     """Build (and afterwards stop) a channel of EwsSources over the emulator's mailboxes."""
     built: list[tuple[EwsStreamingChannel, EwsSources]] = []
 
+    def mailbox(address: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            address=address,
+            credential="ews",
+            endpoint=emu.url,
+            folder="inbox",
+            ca_bundle=ca.ca_file,
+            version="Exchange2016",
+            source="ews",
+            notifications="streaming",
+        )
+
     def build(
-        addresses: list[str] = MAILBOXES, *, per_connection: int = 200, minutes: int = 1
+        addresses: list[str] = MAILBOXES,
+        *,
+        per_connection: int = 200,
+        minutes: int = 1,
+        configured: list[str] | None = None,
     ) -> tuple[EwsStreamingChannel, Recorder]:
         settings = SimpleNamespace(
             credentials={"ews": SimpleNamespace(client_id=CLIENT_ID, max_connections=4)},
@@ -237,22 +253,13 @@ def channel(emu: EwsEmulator, token_server: TokenServer, registry: Any, ca: Any)
                     connection_minutes=minutes, subscriptions_per_connection=per_connection
                 )
             ),
+            # Every streaming mailbox of the configuration (the streams' pool is sized for all)
+            mailboxes={a.partition("@")[0]: mailbox(a) for a in configured or ()},
         )
         tokens = _Tokens(token_server)
         factory = EwsSources(SimpleNamespace(for_source=lambda c, e: tokens), settings)
         watches = [
-            Watch(
-                name=address.split("@")[0],
-                mailbox=SimpleNamespace(
-                    address=address,
-                    credential="ews",
-                    endpoint=emu.url,
-                    folder="inbox",
-                    ca_bundle=ca.ca_file,
-                    version="Exchange2016",
-                ),
-            )
-            for address in addresses
+            Watch(name=address.split("@")[0], mailbox=mailbox(address)) for address in addresses
         ]
         recorder = Recorder()
         made = factory.notifications(watches, recorder.wake, recorder, back_off=FAST)
@@ -589,7 +596,7 @@ def test_watches_added_and_removed_while_streaming(
         )
         return Watch(name=address.partition("@")[0], mailbox=mailbox)
 
-    made, seen = channel(MAILBOXES[:1], per_connection=2)
+    made, seen = channel(MAILBOXES[:1], per_connection=2, configured=MAILBOXES[:3])
     made.start()
     seen.wait(lambda: _connected(made), "user0 connected")
     first = _subscribed(registry)[MAILBOXES[0]]

@@ -68,7 +68,15 @@ from exchangelib.properties import CopiedEvent, MovedEvent
 from exchangelib.services import GetStreamingEvents, SubscribeToStreaming, Unsubscribe
 from exchangelib.util import MNS, TNS, get_xml_attrs
 
-from listener.notify import ChannelState, ChannelStatus, NotifyHooks, Wake, Watch
+from listener.notify import (
+    REMOVE_WAIT,
+    ChannelState,
+    ChannelStatus,
+    NotifyHooks,
+    Wake,
+    Watch,
+    bounded,
+)
 from listener.sources.ews._folders import FolderResolver
 
 __all__ = [
@@ -714,9 +722,16 @@ class EwsStreamingChannel:
         with self._lock:
             gone = [(r, r.remove_member(name)) for r in self.runners]
             self.runners = [r for r in self.runners if r.members]
-        for runner, members in gone:
-            for subscribed in members:
-                runner.drop(subscribed)
+        if not any(members for _, members in gone):
+            return
+
+        def drop() -> None:
+            for runner, members in gone:
+                for subscribed in members:
+                    runner.drop(subscribed)
+
+        if not bounded(drop, REMOVE_WAIT, "ews-unsubscribe"):
+            log.warning("EWS Unsubscribe of %s is slow; finishing in the background", name)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.stopping.is_set():

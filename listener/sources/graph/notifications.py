@@ -47,6 +47,7 @@ import structlog
 
 from listener.errors import Gone
 from listener.notify import (
+    REMOVE_WAIT,
     ChannelState,
     ChannelStatus,
     HttpAnswer,
@@ -55,6 +56,7 @@ from listener.notify import (
     Receiver,
     Wake,
     Watch,
+    bounded,
 )
 
 if TYPE_CHECKING:
@@ -201,9 +203,10 @@ class GraphWebhooks:
             self._changed.notify_all()
 
     def remove(self, name: str, *, unsubscribe: bool = True) -> None:
-        """Stop watching ``name``: delete its subscription now (in the caller's thread, so it
-        is gone before the lease is released), or with ``unsubscribe=False`` (the lease was
-        lost: the next owner may have adopted it) only forget it. Idempotent."""
+        """Stop watching ``name``: delete its subscription now (waiting up to ``REMOVE_WAIT``
+        seconds, so it is normally gone before the lease is released), or with
+        ``unsubscribe=False`` (the lease was lost: the next owner may have adopted it) only
+        forget it. Idempotent."""
         with self._changed:
             watched = self._watched.get(name)
             if watched is None:
@@ -214,8 +217,12 @@ class GraphWebhooks:
             if not unsubscribe and watched.subscription is not None:
                 self._by_subscription.pop(watched.subscription.lower(), None)
                 watched.subscription = None
-        if unsubscribe:
-            self._unsubscribe(watched)
+        if unsubscribe and not bounded(
+            lambda: self._unsubscribe(watched), REMOVE_WAIT, "graph-unsubscribe"
+        ):
+            # Graph is slow: the lease thread must go on renewing. The next owner adopts the
+            # subscription if it is still there when it acquires the lease.
+            log.warning("graph.unsubscribe_slow", mailbox=name, waited=REMOVE_WAIT)
         self._set(watched, ChannelState.OFF, "not watched by this replica")
 
     def _unsubscribe(self, watched: _Watched) -> None:
