@@ -4,6 +4,9 @@ Push notifications (issue 15): for each protocol with mailboxes whose ``notifica
 "off", its factory's ``notifications(watches, wake=scheduler.request_poll, hooks)`` builds one
 channel; its HTTP routes (Graph's webhook) are mounted on the service's HTTP server before that
 starts, and the channels start after the scheduler, so the first poll request finds it running.
+With several replicas the channels start with no watches: a mailbox's watch is added when this
+replica acquires its lease and removed before the lease goes (``listener.cluster.Subscriptions``),
+so each subscription is held by its mailbox's owner only.
 
 Shutdown happens in a fixed order (dramatiq's ``Worker.stop`` habit), each step for a reason:
 

@@ -42,8 +42,13 @@ Failures: ``ErrorSubscriptionNotFound``, ``ErrorExpiredSubscription``,
 stream subscribe again, without a watermark (streaming subscriptions have none), and wake the
 mailboxes concerned: the poll catches up on whatever the lost events were about. A mailbox is
 ``degraded`` from the failure until its subscription is back; its poll then runs at the
-configured interval. ``stop()`` shuts the streaming sockets (a ``close()`` from another thread does
-not wake a blocked read), joins the threads and unsubscribes.
+configured interval. ``add(watch)`` / ``remove(name)`` change the watched set while running (with
+several replicas, as leases come and go): an added folder joins a group of its (credential,
+endpoint) with room, or opens a group of its own; the group's stream is ended on purpose and
+started again on the new set of subscriptions (not a failure: nobody else is resubscribed); a
+removed folder is unsubscribed and reported ``off``, and a group left empty ends. ``stop()`` shuts
+the streaming sockets (a ``close()`` from another thread does not wake a blocked read), joins the
+threads and unsubscribes.
 """
 
 from __future__ import annotations
