@@ -4,6 +4,9 @@ Push notifications (issue 15): for each protocol with mailboxes whose ``notifica
 "off", its factory's ``notifications(watches, wake=scheduler.request_poll, hooks)`` builds one
 channel; its HTTP routes (Graph's webhook) are mounted on the service's HTTP server before that
 starts, and the channels start after the scheduler, so the first poll request finds it running.
+With several replicas the channels start with no watches: a mailbox's watch is added when this
+replica acquires its lease and removed before the lease goes (``listener.cluster.Subscriptions``),
+so each subscription is held by its mailbox's owner only.
 
 Shutdown happens in a fixed order (dramatiq's ``Worker.stop`` habit), each step for a reason:
 
@@ -38,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from listener.app import App
-from listener.cluster import LeaseManager, join, share_caps
+from listener.cluster import LeaseManager, Subscriptions, join, share_caps
 from listener.config.models import notification_mode
 from listener.errors import EXIT_OK, EXIT_TEMPFAIL, EXIT_UNAVAILABLE
 from listener.notify import (
@@ -138,9 +141,17 @@ class ChannelWatch(NotifyHooks):
 
 
 def build_channels(
-    app: App, names: list[str], wake: Wake, hooks: NotifyHooks
+    app: App,
+    names: list[str],
+    wake: Wake,
+    hooks: NotifyHooks,
+    *,
+    watched: dict[str, tuple[NotificationChannel, Watch]] | None = None,
 ) -> list[NotificationChannel]:
-    """One channel per protocol whose mailboxes (of ``names``) want push notifications."""
+    """One channel per protocol whose mailboxes (of ``names``) want push notifications.
+
+    With ``watched`` (several replicas), the channels start with no watches, and ``watched`` is
+    filled with each mailbox's channel and watch, to add while this replica holds its lease."""
     settings = app.settings
     by_kind: dict[str, list[Watch]] = {}
     for name in names:
@@ -160,8 +171,10 @@ def build_channels(
                 fallback="polling at the configured interval",
             )
             continue
-        channel: NotificationChannel = build(watches, wake, hooks)
+        channel: NotificationChannel = build(watches if watched is None else [], wake, hooks)
         channels.append(channel)
+        if watched is not None:
+            watched.update((w.name, (channel, w)) for w in watches)
     return channels
 
 
@@ -203,9 +216,17 @@ def run_daemon(
         scheduler.add(runner, cron=settings.mailboxes[runner.name].cron)
     # A notification for a mailbox another replica owns is passed to it (PostgreSQL NOTIFY).
     wake: Wake = cluster.forward if cluster is not None else scheduler.request_poll
+    # Several replicas: a mailbox's subscription is held by its lease owner (Subscriptions).
+    watched: dict[str, tuple[NotificationChannel, Watch]] | None = None if cluster is None else {}
     channels = build_channels(
-        app, [r.name for r in runners], wake, ChannelWatch(metrics, health, scheduler)
+        app,
+        [r.name for r in runners],
+        wake,
+        ChannelWatch(metrics, health, scheduler),
+        watched=watched,
     )
+    if cluster is not None and watched is not None:
+        cluster.subscribe(Subscriptions(watched))
     for channel in channels:
         for name, status in channel.status().items():
             health.set_channel(name, status)

@@ -21,12 +21,14 @@ The pieces:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
 __all__ = [
+    "REMOVE_WAIT",
     "ChannelState",
     "ChannelStatus",
     "HttpAnswer",
@@ -36,6 +38,7 @@ __all__ = [
     "Receiver",
     "Wake",
     "Watch",
+    "bounded",
     "routes_of",
 ]
 
@@ -81,6 +84,16 @@ class NotificationChannel(Protocol):
 
     def status(self) -> Mapping[str, ChannelStatus]:
         """Per configured mailbox name, how its channel is doing."""
+        ...
+
+    def add(self, watch: Watch) -> None:
+        """Watch one more folder (subscribe in the background; a poll follows the subscription).
+        Idempotent; safe from any thread while running (the lease manager's, with replicas)."""
+        ...
+
+    def remove(self, name: str, *, unsubscribe: bool = True) -> None:
+        """Stop watching ``name``'s folder and report it ``off``. ``unsubscribe=False`` only
+        forgets a subscription another process may now hold (a lost lease). Idempotent."""
         ...
 
 
@@ -134,3 +147,16 @@ def routes_of(channel: object) -> Mapping[str, Receiver]:
         return {}
     found: Mapping[str, Receiver] = routes()
     return found
+
+
+#: How long ``remove`` waits for an unsubscribe in the caller's thread (the lease manager's,
+#: which must keep renewing); a slower one finishes in the background.
+REMOVE_WAIT = 5.0
+
+
+def bounded(work: Callable[[], None], seconds: float, name: str) -> bool:
+    """Run ``work`` on a thread of its own and wait at most ``seconds``; True if it finished."""
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return not worker.is_alive()

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from listener.cluster._fenced import FencedStore
 from listener.cluster._manager import LeaseListener, LeaseManager, fair_share
-from listener.cluster._member import Scheduling, join, replica_id, share_caps
+from listener.cluster._member import Scheduling, Subscriptions, join, replica_id, share_caps
 
 __all__ = [
     "FencedStore",
     "LeaseListener",
     "LeaseManager",
     "Scheduling",
+    "Subscriptions",
     "fair_share",
     "join",
     "replica_id",

@@ -15,6 +15,7 @@ import structlog
 from listener.cluster._fenced import FencedStore
 from listener.cluster._manager import LeaseListener, LeaseManager
 from listener.config import cluster_active
+from listener.notify import NotificationChannel, Watch
 from listener.observability import HealthState
 from listener.poller import PollResult
 from listener.service import MailboxRunner
@@ -23,7 +24,7 @@ from listener.store import SqlStateStore, StoreError
 if TYPE_CHECKING:
     from listener.scheduler import Scheduler
 
-__all__ = ["Scheduling", "join", "replica_id", "share_caps"]
+__all__ = ["Scheduling", "Subscriptions", "join", "replica_id", "share_caps"]
 
 log = structlog.get_logger("listener.cluster")
 
@@ -91,6 +92,35 @@ class Scheduling(LeaseListener):
         self._scheduler.remove(mailbox)
         if self._health is not None:
             self._health.set_disabled(mailbox)
+
+
+class Subscriptions(LeaseListener):
+    """Each mailbox's push subscription lives with its lease (issue 16, item 4): its watch is
+    added to its channel when this replica acquires the lease and removed before the lease goes
+    (``releasing``, ``released``), so the next owner finds no subscription of ours; on ``lost``
+    it is only forgotten, as the new owner may already have adopted it."""
+
+    def __init__(self, watches: Mapping[str, tuple[NotificationChannel, Watch]]) -> None:
+        self._watches = watches
+
+    def acquired(self, mailbox: str, epoch: int) -> None:
+        found = self._watches.get(mailbox)
+        if found is not None:
+            found[0].add(found[1])
+
+    def releasing(self, mailbox: str) -> None:
+        self._remove(mailbox, unsubscribe=True)
+
+    def released(self, mailbox: str) -> None:
+        self._remove(mailbox, unsubscribe=True)
+
+    def lost(self, mailbox: str) -> None:
+        self._remove(mailbox, unsubscribe=False)
+
+    def _remove(self, mailbox: str, *, unsubscribe: bool) -> None:
+        found = self._watches.get(mailbox)
+        if found is not None:
+            found[0].remove(mailbox, unsubscribe=unsubscribe)
 
 
 class LeaseStop(threading.Event):

@@ -124,7 +124,9 @@ def test_a_notification_hands_a_message_over_before_the_interval_poll(world: Wor
     assert ready["mailboxes"]["orders"]["notifications"]["state"] == "connected"
     assert ready["degraded"] == {}
     assert subscription["changeType"] == "created"
-    assert subscription["notificationUrl"] == f"http://127.0.0.1:{port}/notifications/graph"
+    assert subscription["notificationUrl"] == (
+        f"http://127.0.0.1:{port}/notifications/graph?mailbox=orders"
+    )
     assert subscription["resource"].startswith(f"users/{BOX}/mailFolders('")
     assert world.graph.subscriptions.ids() == []  # deleted at shutdown
 

@@ -227,8 +227,24 @@ def channel(emu: EwsEmulator, token_server: TokenServer, registry: Any, ca: Any)
     """Build (and afterwards stop) a channel of EwsSources over the emulator's mailboxes."""
     built: list[tuple[EwsStreamingChannel, EwsSources]] = []
 
+    def mailbox(address: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            address=address,
+            credential="ews",
+            endpoint=emu.url,
+            folder="inbox",
+            ca_bundle=ca.ca_file,
+            version="Exchange2016",
+            source="ews",
+            notifications="streaming",
+        )
+
     def build(
-        addresses: list[str] = MAILBOXES, *, per_connection: int = 200, minutes: int = 1
+        addresses: list[str] = MAILBOXES,
+        *,
+        per_connection: int = 200,
+        minutes: int = 1,
+        configured: list[str] | None = None,
     ) -> tuple[EwsStreamingChannel, Recorder]:
         settings = SimpleNamespace(
             credentials={"ews": SimpleNamespace(client_id=CLIENT_ID, max_connections=4)},
@@ -237,22 +253,13 @@ def channel(emu: EwsEmulator, token_server: TokenServer, registry: Any, ca: Any)
                     connection_minutes=minutes, subscriptions_per_connection=per_connection
                 )
             ),
+            # Every streaming mailbox of the configuration (the streams' pool is sized for all)
+            mailboxes={a.partition("@")[0]: mailbox(a) for a in configured or ()},
         )
         tokens = _Tokens(token_server)
         factory = EwsSources(SimpleNamespace(for_source=lambda c, e: tokens), settings)
         watches = [
-            Watch(
-                name=address.split("@")[0],
-                mailbox=SimpleNamespace(
-                    address=address,
-                    credential="ews",
-                    endpoint=emu.url,
-                    folder="inbox",
-                    ca_bundle=ca.ca_file,
-                    version="Exchange2016",
-                ),
-            )
-            for address in addresses
+            Watch(name=address.split("@")[0], mailbox=mailbox(address)) for address in addresses
         ]
         recorder = Recorder()
         made = factory.notifications(watches, recorder.wake, recorder, back_off=FAST)
@@ -564,3 +571,53 @@ def _mime_bytes(address: str) -> bytes:
     msg["Subject"] = "filed elsewhere"
     msg.set_content("body")
     return msg.as_bytes()
+
+
+def _subscribed(registry: emulated.Subscriptions) -> dict[str, str]:
+    """The emulator's streaming subscriptions: mailbox address → subscription id."""
+    return {s.mailbox.address.lower(): s.subscription_id for s in registry.all()}
+
+
+def test_watches_added_and_removed_while_streaming(
+    channel: Build, emu: EwsEmulator, registry: emulated.Subscriptions, ca: Any
+) -> None:
+    """``add`` fills a group with room (its stream restarts on the new set, the others' stay
+    subscribed) or opens a new group; ``remove`` unsubscribes at once, reports the watch off,
+    and a group left empty ends; both are idempotent."""
+
+    def watch(address: str) -> Watch:
+        mailbox = SimpleNamespace(
+            address=address,
+            credential="ews",
+            endpoint=emu.url,
+            folder="inbox",
+            ca_bundle=ca.ca_file,
+            version="Exchange2016",
+        )
+        return Watch(name=address.partition("@")[0], mailbox=mailbox)
+
+    made, seen = channel(MAILBOXES[:1], per_connection=2, configured=MAILBOXES[:3])
+    made.start()
+    seen.wait(lambda: _connected(made), "user0 connected")
+    first = _subscribed(registry)[MAILBOXES[0]]
+    for address in MAILBOXES[1:3]:
+        made.add(watch(address))
+    made.add(watch(MAILBOXES[1]))
+    seen.wait(lambda: len(made.status()) == 3 and _connected(made), "three connected")
+    assert len(made.runners) == 2  # two a connection: user0 + user1, then user2 alone
+    assert sorted(_subscribed(registry)) == MAILBOXES[:3]
+    assert _subscribed(registry)[MAILBOXES[0]] == first  # a regroup is not a loss
+    assert seen.count("reconnected", "user0") == 0
+    _deliver(emu, MAILBOXES[1])
+    seen.wait(lambda: seen.count("event", "user1") == 1, "the event of the added user1")
+    made.remove("user0")
+    made.remove("user0")
+    assert sorted(_subscribed(registry)) == MAILBOXES[1:3]
+    assert "user0" not in made.status()
+    assert [s.state for n, s in seen.states if n == "user0"][-1] == ChannelState.OFF
+    _deliver(emu, MAILBOXES[1], "again")
+    seen.wait(lambda: seen.count("event", "user1") == 2, "user1 still streaming")
+    made.remove("user2")
+    assert len(made.runners) == 1
+    assert sorted(_subscribed(registry)) == MAILBOXES[1:2]
+    assert seen.count("event", "user0") == 0

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from ews_listener_emulators.graph.server import GraphEmulator
-from listener.notify import ChannelState, ChannelStatus, NotifyHooks, Watch
+from listener.notify import ChannelState, ChannelStatus, HttpRequest, NotifyHooks, Watch
 from listener.observability.health import HealthServer, HealthState
 from listener.secrets import InlineSecret
 from listener.sources.graph.factory import GraphSources
@@ -186,3 +186,121 @@ def test_a_killed_run_s_subscription_is_adopted(make: Make, graph: GraphEmulator
     assert graph.subscriptions.ids() == [subscription]
     assert operations(graph, "CreateSubscription") == [201]
     assert woken == ["alice"]
+
+
+def build_empty(
+    make: Make, factory: GraphSources, server: HealthServer
+) -> tuple[GraphWebhooks, Hooks, list[str]]:
+    """A channel with no watches yet, as a replica builds it before owning any lease."""
+    channel, _, _ = make()
+    channel.stop()
+    hooks, woken = Hooks(), []
+    empty = GraphWebhooks(factory, [], woken.append, hooks, channel._config, retry=0.05)
+    for path, receiver in empty.routes().items():
+        server.add_route(path, receiver)
+    return empty, hooks, woken
+
+
+def test_a_watch_added_and_removed_while_running(
+    make: Make, graph: GraphEmulator, factory: GraphSources, server: HealthServer, world: World
+) -> None:
+    """``add`` subscribes (once, however often called), the URL names the mailbox; ``remove``
+    deletes the subscription at once and reports the watch off."""
+    channel, hooks, woken = build_empty(make, factory, server)
+    channel.start()
+    assert channel.status() == {}
+    watch = Watch(name="alice", mailbox=mailbox_config(world, graph))
+    channel.add(watch)
+    channel.add(watch)
+    wait_for(lambda: connected(channel), "the subscription")
+    [subscription] = graph.subscriptions.ids()
+    assert graph.subscriptions._subscriptions[subscription].notification_url.endswith(
+        f"{PATH}?mailbox=alice"
+    )
+    assert woken == ["alice"]
+    channel.remove("alice")
+    channel.remove("alice")
+    assert graph.subscriptions.ids() == []
+    assert "alice" not in channel.status()
+    assert hooks.states[-1].state == ChannelState.OFF
+    channel.add(watch)  # acquired again later
+    wait_for(lambda: connected(channel), "the second subscription")
+    assert len(graph.subscriptions.ids()) == 1
+    channel.stop()
+    assert graph.subscriptions.ids() == []
+
+
+def test_a_leftover_is_adopted_only_by_the_watch_added_for_it(
+    make: Make, graph: GraphEmulator, factory: GraphSources, server: HealthServer, world: World
+) -> None:
+    """A dead owner's subscription stays untouched by a replica that does not watch the
+    mailbox, and is adopted (not duplicated) when the mailbox's watch is added there."""
+    first, _, _ = make()
+    first.start()
+    wait_for(lambda: connected(first), "the first subscription")
+    [subscription] = graph.subscriptions.ids()
+    first._stopping.set()  # as if killed: nothing is deleted
+    with first._lock:
+        first._watched["alice"].subscription = None
+    channel, _, woken = build_empty(make, factory, server)
+    channel.start()
+    time.sleep(0.3)  # a round of the thread: it must not touch what it does not watch
+    assert graph.subscriptions.ids() == [subscription]
+    channel.add(Watch(name="alice", mailbox=mailbox_config(world, graph)))
+    wait_for(lambda: connected(channel), "the adopted subscription")
+    assert graph.subscriptions.ids() == [subscription]
+    assert operations(graph, "CreateSubscription") == [201]
+    assert woken == ["alice"]
+
+
+def test_lost_lease_forgets_without_deleting(
+    make: Make, graph: GraphEmulator, factory: GraphSources, server: HealthServer, world: World
+) -> None:
+    """``remove(unsubscribe=False)``: the next owner may have adopted it, so it stays."""
+    channel, _, _ = build_empty(make, factory, server)
+    channel.start()
+    channel.add(Watch(name="alice", mailbox=mailbox_config(world, graph)))
+    wait_for(lambda: connected(channel), "the subscription")
+    [subscription] = graph.subscriptions.ids()
+    channel.remove("alice", unsubscribe=False)
+    channel.stop()
+    assert graph.subscriptions.ids() == [subscription]
+
+
+def test_a_notification_for_a_mailbox_watched_elsewhere_wakes_it(
+    make: Make, factory: GraphSources, server: HealthServer
+) -> None:
+    """Another replica's subscription: the clientState is right, the URL names the mailbox, so
+    it is woken (``wake`` forwards it to the owner); an unknown name still wakes nothing."""
+    channel, hooks, woken = build_empty(make, factory, server)
+    channel._known = frozenset({"alice"})
+    body = b'{"value": [{"subscriptionId": "elsewhere", "clientState": "s3cret-state"}]}'
+
+    def post(query: dict[str, str]) -> int:
+        answer = channel.receive(HttpRequest(path=PATH, query=query, headers={}, body=body))
+        if answer.after is not None:
+            answer.after()
+        return answer.status
+
+    assert post({"mailbox": "alice"}) == 202
+    assert post({"mailbox": "mallory"}) == 202
+    assert post({}) == 202
+    assert woken == ["alice"]
+    assert hooks.count("rejected:unknown_subscription") == 2
+
+
+def test_adoption_never_takes_the_watch_s_own_subscription_for_a_duplicate(
+    make: Make, graph: GraphEmulator, factory: GraphSources, server: HealthServer, world: World
+) -> None:
+    """A watch added while a round runs is subscribed in that round and adopted in the next:
+    the adoption finds its own new subscription and must keep it (two leases acquired at once
+    lost one subscription to this before)."""
+    channel, _, _ = build_empty(make, factory, server)
+    channel.add(Watch(name="alice", mailbox=mailbox_config(world, graph)))
+    watched = channel._watched["alice"]
+    channel._subscribe(watched)  # what the round did (the thread is not started: no race)
+    [subscription] = graph.subscriptions.ids()
+    channel._adopt([watched])  # what the next round does
+    assert graph.subscriptions.ids() == [subscription]
+    assert operations(graph, "DeleteSubscription") == []
+    assert connected(channel)

@@ -9,6 +9,7 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
+from listener.cluster import Subscriptions
 from listener.config.models import MailboxConfig, NotificationsConfig
 from listener.daemon import build_channels
 from listener.notify import NotifyHooks, Wake, Watch
@@ -69,4 +70,52 @@ def test_a_source_without_a_push_channel_keeps_polling() -> None:
     assert built == []
     assert [(e["event"], e["mailboxes"]) for e in logs] == [
         ("notifications.unavailable", ["a", "b"])
+    ]
+
+
+class Recording:
+    """A channel that records ``add`` / ``remove``."""
+
+    kind = "test"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, bool]] = []
+
+    def add(self, watch: Watch) -> None:
+        self.calls.append(("add", watch.name, True))
+
+    def remove(self, name: str, *, unsubscribe: bool = True) -> None:
+        self.calls.append(("remove", name, unsubscribe))
+
+
+def test_with_replicas_channels_start_empty_and_watches_follow_the_lease() -> None:
+    """``watched``: the channel is built with no watches and each push mailbox is listed with
+    its channel; ``Subscriptions`` adds a watch on ``acquired``, removes (unsubscribing) on
+    ``releasing`` / ``released`` and only forgets it on ``lost``; other mailboxes are ignored."""
+    graph = PushFactory()
+    watched: dict[str, Any] = {}
+    built = build_channels(
+        app({"graph": graph}, a=mailbox(source="graph"), b=mailbox(source="graph")),
+        ["a", "b"],
+        lambda name: None,
+        NotifyHooks(),
+        watched=watched,
+    )
+    assert graph.built == [[]]
+    assert sorted(watched) == ["a", "b"]
+    assert all(channel is built[0] and w.name == n for n, (channel, w) in watched.items())
+    channel = Recording()
+    listener = Subscriptions({n: (channel, w) for n, (_, w) in watched.items()})
+    listener.acquired("a", 1)
+    listener.acquired("zzz", 1)  # not a push mailbox
+    listener.releasing("a")
+    listener.released("a")
+    listener.acquired("b", 2)
+    listener.lost("b")
+    assert channel.calls == [
+        ("add", "a", True),
+        ("remove", "a", True),
+        ("remove", "a", True),
+        ("add", "b", True),
+        ("remove", "b", False),
     ]

@@ -20,6 +20,7 @@ from exchangelib.protocol import Protocol
 from exchangelib.version import Build
 
 from listener.abc import TokenProvider
+from listener.config.models import notification_mode
 from listener.errors import SourceError, Throttled, Unavailable
 from listener.notify import NotificationChannel, NotifyHooks, Wake, Watch
 from listener.sources.ews._transport import (
@@ -301,28 +302,72 @@ class EwsSources:
         """Streaming subscriptions for ``watches``, as few connections as Exchange allows
         (``notifications.py``); built, not started."""
         config = self._settings.notifications.ews
+        per = config.subscriptions_per_connection
         targets = {watch.name: self.target(watch.name, watch.mailbox) for watch in watches}
         groups = plan_groups(
             (
                 (Member(name, t.address, t.folder), t.credential, t.endpoint)
                 for name, t in targets.items()
             ),
-            config.subscriptions_per_connection,
+            per,
         )
-        by_group = {id(group): targets[group.members[0].name] for group in groups}
-        per_key: dict[tuple[str, str], int] = {}
+        # Each (credential, endpoint)'s streams share one session pool, sized once: for every
+        # streaming mailbox of the configuration, as watches may be added later (replicas).
+        by_key: dict[tuple[str, str], MailboxTarget] = {}
+        counts: dict[tuple[str, str], int] = {}
+        for name, mailbox in self._streaming_mailboxes().items():
+            target = self.target(name, mailbox)
+            key = (target.credential, target.endpoint.lower())
+            by_key.setdefault(key, target)
+            counts[key] = counts.get(key, 0) + 1
+        for target in targets.values():
+            by_key.setdefault((target.credential, target.endpoint.lower()), target)
+        planned: dict[tuple[str, str], int] = {}
         for group in groups:
             key = (group.credential, group.endpoint.lower())
-            per_key[key] = per_key.get(key, 0) + 1
+            planned[key] = planned.get(key, 0) + 1
+        lock = threading.Lock()
+
+        def sized(key: tuple[str, str]) -> int:
+            return max(planned.get(key, 0), -(-counts.get(key, 0) // int(per)), 1)
 
         def account(group: StreamGroup, address: str) -> Any:
-            target = by_group[id(group)]
             key = (group.credential, group.endpoint.lower())
-            return impersonating(self.connections.streaming(target, per_key[key]))(address)
+            with lock:
+                target = by_key[key]
+            return impersonating(self.connections.streaming(target, sized(key)))(address)
+
+        def resolve(watch: Watch) -> tuple[Member, str, str]:
+            target = self.target(watch.name, watch.mailbox)
+            with lock:
+                by_key.setdefault((target.credential, target.endpoint.lower()), target)
+            return (
+                Member(watch.name, target.address, target.folder),
+                target.credential,
+                (target.endpoint),
+            )
 
         return EwsStreamingChannel(
-            groups, account=account, wake=wake, hooks=hooks, config=config, back_off=back_off
+            groups,
+            account=account,
+            wake=wake,
+            hooks=hooks,
+            config=config,
+            back_off=back_off,
+            resolve=resolve,
         )
+
+    def _streaming_mailboxes(self) -> dict[str, Any]:
+        """Every configured EWS mailbox with streaming notifications (on any replica)."""
+        notifications = getattr(self._settings, "notifications", None)
+        mailboxes = getattr(self._settings, "mailboxes", None) or {}
+        if notifications is None:
+            return {}
+        return {
+            name: mailbox
+            for name, mailbox in mailboxes.items()
+            if mailbox.source == "ews" and notification_mode(notifications, mailbox) == "streaming"
+        }
 
     def close(self) -> None:
         self.connections.close()

@@ -42,8 +42,13 @@ Failures: ``ErrorSubscriptionNotFound``, ``ErrorExpiredSubscription``,
 stream subscribe again, without a watermark (streaming subscriptions have none), and wake the
 mailboxes concerned: the poll catches up on whatever the lost events were about. A mailbox is
 ``degraded`` from the failure until its subscription is back; its poll then runs at the
-configured interval. ``stop()`` shuts the streaming sockets (a ``close()`` from another thread does
-not wake a blocked read), joins the threads and unsubscribes.
+configured interval. ``add(watch)`` / ``remove(name)`` change the watched set while running (with
+several replicas, as leases come and go): an added folder joins a group of its (credential,
+endpoint) with room, or opens a group of its own; the group's stream is ended on purpose and
+started again on the new set of subscriptions (not a failure: nobody else is resubscribed); a
+removed folder is unsubscribed and reported ``off``, and a group left empty ends. ``stop()`` shuts
+the streaming sockets (a ``close()`` from another thread does not wake a blocked read), joins the
+threads and unsubscribes.
 """
 
 from __future__ import annotations
@@ -68,7 +73,15 @@ from exchangelib.properties import CopiedEvent, MovedEvent
 from exchangelib.services import GetStreamingEvents, SubscribeToStreaming, Unsubscribe
 from exchangelib.util import MNS, TNS, get_xml_attrs
 
-from listener.notify import ChannelState, ChannelStatus, NotifyHooks, Wake
+from listener.notify import (
+    REMOVE_WAIT,
+    ChannelState,
+    ChannelStatus,
+    NotifyHooks,
+    Wake,
+    Watch,
+    bounded,
+)
 from listener.sources.ews._folders import FolderResolver
 
 __all__ = [
@@ -267,6 +280,7 @@ class _Subscribed:
     account: Any
     folder: Any = None  # the resolved folder (its id filters MovedEvents)
     subscription_id: str | None = None
+    removed: bool = False  # no longer watched (``EwsStreamingChannel.remove``)
     status: ChannelStatus = field(
         default_factory=lambda: ChannelStatus(state=ChannelState.DEGRADED, reason="subscribing")
     )
@@ -302,6 +316,10 @@ class _GroupRunner:
         self._stream: _Stream | None = None
         self._lock = threading.Lock()
         self._failures = 0
+        # Set by the channel's stop, or when the group's last member is removed.
+        self.stopping = threading.Event()
+        # The members changed: end the stream and start one on the new set (not a failure).
+        self._regroup = threading.Event()
         self.thread = threading.Thread(
             target=self.run, name=f"ews-stream-{group.anchor}", daemon=True
         )
@@ -309,7 +327,7 @@ class _GroupRunner:
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        stop = self._channel.stopping
+        stop = self.stopping
         while not stop.is_set():
             try:
                 self._subscribe_missing()
@@ -318,7 +336,52 @@ class _GroupRunner:
             except Exception as error:  # handled and retried: the thread never dies of one
                 if stop.is_set():
                     break
+                if self._regroup.is_set():
+                    continue  # the stream was ended on purpose: listen on the new members
                 self._failed(error)
+
+    # --- membership (from other threads) --------------------------------------------------------
+
+    def add_member(self, member: Member) -> None:
+        with self._lock:
+            self.members = [*self.members, _Subscribed(member, None)]
+            self._regroup.set()
+        self.shut()
+
+    def remove_member(self, name: str) -> list[_Subscribed]:
+        """Take ``name``'s folders out of the group (the stream restarts without them); the
+        group retires when nothing is left. Returns what was removed (still subscribed)."""
+        with self._lock:
+            gone = [s for s in self.members if s.member.name == name]
+            if not gone:
+                return []
+            self.members = [s for s in self.members if s.member.name != name]
+            for subscribed in gone:
+                subscribed.removed = True
+            self._regroup.set()
+            if not self.members:
+                self.stopping.set()
+        self.shut()
+        return gone
+
+    def drop(self, subscribed: _Subscribed) -> None:
+        """Unsubscribe one removed member (best effort) and report it off."""
+        old, subscribed.subscription_id = subscribed.subscription_id, None
+        if old is not None and subscribed.account is not None:
+            with contextlib.suppress(Exception):
+                list(
+                    _Unsubscribe(account=subscribed.account, affinity=self.affinity).call(
+                        subscription_id=old
+                    )
+                )
+        status = ChannelStatus(
+            state=ChannelState.OFF,
+            reason="not watched by this replica",
+            last_event=subscribed.status.last_event,
+        )
+        before, subscribed.status = subscribed.status, status
+        if before.state != ChannelState.OFF:
+            self._channel.hooks.state_changed(self._channel.kind, subscribed.member.name, status)
 
     def _subscribe_missing(self) -> None:
         """Subscribe every member without a subscription. A member the server refuses (its
@@ -326,7 +389,7 @@ class _GroupRunner:
         tried again at the next rollover, so one bad mailbox does not keep its group off the
         stream; a spent budget (``_BUSY``) stops the round for all."""
         for subscribed in self.members:
-            if self._channel.stopping.is_set():
+            if self.stopping.is_set():
                 return
             if subscribed.subscription_id is not None:
                 continue
@@ -337,7 +400,7 @@ class _GroupRunner:
             except (*_BUSY, ews_errors.UnauthorizedError):
                 raise  # the credential's or the server's: the whole round waits
             except Exception as error:
-                if self._channel.stopping.is_set():
+                if self.stopping.is_set():
                     return
                 self._refused(subscribed, error)
 
@@ -352,6 +415,9 @@ class _GroupRunner:
             raise found
         reconnect = subscribed.status.reason != "subscribing"
         subscribed.subscription_id = str(found)
+        if subscribed.removed:
+            self.drop(subscribed)  # removed while subscribing: give it back at once
+            return
         self._set(subscribed, ChannelStatus(state=ChannelState.CONNECTED))
         if reconnect:
             self._channel.hooks.reconnected(self._channel.kind, subscribed.member.name)
@@ -377,15 +443,20 @@ class _GroupRunner:
                 self.affinity.anchor = others[0]
 
     def _listen(self) -> None:
-        by_id = {s.subscription_id: s for s in self.members if s.subscription_id}
+        with self._lock:
+            self._regroup.clear()
+            by_id = {s.subscription_id: s for s in self.members if s.subscription_id}
         if not by_id:
             raise _NoneSubscribed("no mailbox of this group could subscribe")
-        anchor = next(s for s in self.members if s.subscription_id).account
+        anchor = next(iter(by_id.values())).account
         stream = _Stream(account=anchor, affinity=self.affinity)
         stream.on_ok = functools.partial(self._up, list(by_id.values()))
         with self._lock:
             self._stream = stream
-        if self._channel.stopping.is_set():
+            regroup = self._regroup.is_set()
+        if self.stopping.is_set() or regroup:
+            with self._lock:
+                self._stream = None
             return
         minutes = self._channel.config.connection_minutes
         try:
@@ -407,7 +478,7 @@ class _GroupRunner:
                 self._stream = None
             with contextlib.suppress(Exception):
                 stream.stop_streaming()
-        if self._channel.stopping.is_set():
+        if self.stopping.is_set() or self._regroup.is_set():
             return
         if not closed:
             raise _Dropped("the stream ended without ConnectionStatus Closed")
@@ -448,7 +519,7 @@ class _GroupRunner:
         code = type(error).__name__
         if isinstance(error, _NoneSubscribed):
             # Each member already says why; wait before asking again.
-            self._channel.stopping.wait(self._channel.back_off.delay(self._failures))
+            self.stopping.wait(self._channel.back_off.delay(self._failures))
             return
         if isinstance(error, _Named):
             lost = [s for s in self.members if s.subscription_id in error.ids] or self.members
@@ -480,7 +551,7 @@ class _GroupRunner:
             wait = self._channel.back_off.delay(self._failures)
             self._degrade(f"{code}: {error}; retrying in {wait:.0f} s, polling meanwhile")
         if wait:
-            self._channel.stopping.wait(wait)
+            self.stopping.wait(wait)
 
     def _token_rejected(self) -> None:
         account = next((s.account for s in self.members if s.account is not None), None)
@@ -528,6 +599,8 @@ class _GroupRunner:
             )
 
     def _set(self, subscribed: _Subscribed, status: ChannelStatus) -> None:
+        if subscribed.removed:
+            return  # a late report of a member removed meanwhile (``drop`` reported it off)
         before = subscribed.status
         subscribed.status = status
         if before.state != status.state:
@@ -594,6 +667,7 @@ class EwsStreamingChannel:
         config: Any,  # EwsStreamingConfig
         back_off: BackOff | None = None,
         on_close: Callable[[], None] | None = None,
+        resolve: Callable[[Watch], tuple[Member, str, str]] | None = None,
     ) -> None:
         self.config = config
         self.wake = wake
@@ -601,23 +675,76 @@ class EwsStreamingChannel:
         self.back_off = back_off or BackOff()
         self.stopping = threading.Event()
         self._on_close = on_close
+        self._account = account
+        self._resolve = resolve  # a watch → (member, credential, endpoint), for ``add``
+        self._lock = threading.Lock()  # membership changes
+        # Replaced, never changed in place (``status`` and ``stop`` read a snapshot).
         self.runners = [
             _GroupRunner(group, functools.partial(account, group), self) for group in groups
         ]
         self._started = False
 
     def start(self) -> None:
-        if self._started:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            for runner in self.runners:
+                runner.thread.start()
+
+    def add(self, watch: Watch) -> None:
+        """Subscribe one more folder: into a group of its (credential, endpoint) with room (its
+        stream restarts with the new subscription), or a new group on a thread of its own."""
+        if self._resolve is None:
+            raise TypeError("this channel was built without a resolver: it cannot add watches")
+        with self._lock:
+            if self.stopping.is_set() or any(
+                s.member.name == watch.name for r in self.runners for s in r.members
+            ):
+                return
+            member, credential, endpoint = self._resolve(watch)
+            key = (credential, endpoint.rstrip("/").lower())
+            per = self.config.subscriptions_per_connection
+            for runner in self.runners:
+                group = runner.group
+                if (
+                    (group.credential, group.endpoint.rstrip("/").lower()) == key
+                    and not runner.stopping.is_set()
+                    and len(runner.members) < per
+                ):
+                    runner.add_member(member)
+                    return
+            group = StreamGroup(credential, endpoint, (member,))
+            runner = _GroupRunner(group, functools.partial(self._account, group), self)
+            self.runners = [*self.runners, runner]
+            if self._started:
+                runner.thread.start()
+
+    def remove(self, name: str, *, unsubscribe: bool = True) -> None:
+        """Unsubscribe ``name``'s folders (always: a streaming subscription belongs to the
+        connection that made it, no other process can take it over) and report them off; a group
+        left empty ends its stream."""
+        with self._lock:
+            gone = [(r, r.remove_member(name)) for r in self.runners]
+            self.runners = [r for r in self.runners if r.members]
+        if not any(members for _, members in gone):
             return
-        self._started = True
-        for runner in self.runners:
-            runner.thread.start()
+
+        def drop() -> None:
+            for runner, members in gone:
+                for subscribed in members:
+                    runner.drop(subscribed)
+
+        if not bounded(drop, REMOVE_WAIT, "ews-unsubscribe"):
+            log.warning("EWS Unsubscribe of %s is slow; finishing in the background", name)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.stopping.is_set():
             return
-        self.stopping.set()
+        with self._lock:
+            self.stopping.set()
         for runner in self.runners:
+            runner.stopping.set()
             runner.shut()
         deadline = time.monotonic() + timeout
         for runner in self.runners:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from listener.abc import TokenProvider
+from listener.config.models import notification_mode
 from listener.notify import NotifyHooks, Wake, Watch
 from listener.sources.graph._client import GraphClient, MailboxGates
 from listener.sources.graph.notifications import GraphWebhooks
@@ -121,6 +122,19 @@ class GraphSources:
                 "Graph change notifications need [notifications.graph] public_url and client_state"
             )
         return GraphWebhooks(self, watches, wake, hooks, config)
+
+    def webhook_names(self) -> list[str]:
+        """Every configured Graph mailbox with webhook notifications (on any replica): whose
+        notifications the receiver accepts by name (``GraphWebhooks.receive``)."""
+        notifications = getattr(self._settings, "notifications", None)
+        mailboxes = getattr(self._settings, "mailboxes", {})
+        if notifications is None:
+            return []
+        return [
+            name
+            for name, mailbox in mailboxes.items()
+            if mailbox.source == "graph" and notification_mode(notifications, mailbox) == "webhook"
+        ]
 
     def _observe(self, operation: str, outcome: str) -> None:
         if self.on_request is not None:

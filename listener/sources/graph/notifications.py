@@ -15,9 +15,15 @@ what each part here answers (../shared/graph-samples/, the webhook and lifecycle
   → ``POST /subscriptions/{id}/reauthorize`` (a 404 subscribes again); ``missed`` → poll.
 - **Expiry**: a subscription lives ``lifetime_minutes``; it is renewed (``PATCH
   expirationDateTime``) ``renew_before_minutes`` before that; a 404 on renewal subscribes again.
-- **Restart**: the app's subscriptions to the same resource and URL are adopted at start
-  (``GET /subscriptions``), so a killed daemon leaves no orphan that keeps notifying; ``stop()``
-  deletes them.
+- **Restart**: when a watch is added (all of them at start in one process; with several
+  replicas, a mailbox's when this replica acquires its lease), the app's subscriptions to the
+  same resource and URL are adopted (``GET /subscriptions``), so a killed owner leaves no orphan
+  that keeps notifying; ``stop()`` and ``remove()`` delete them. Only a watch's own resource is
+  ever adopted, and only by the replica that holds its lease: never another replica's live one.
+- **Routing**: each subscription's ``notificationUrl`` is ``public_url`` with ``?mailbox=<name>``,
+  so any replica (behind one Service) can tell whose folder changed without holding the
+  subscription; once ``clientState`` checks out, it wakes that mailbox (``wake``: with several
+  replicas, ``LeaseManager.forward`` passes it to the owner over PostgreSQL NOTIFY).
 
 A notification only asks for a poll; the delta link stays the truth, so a lost, late, repeated
 or forged notification costs latency or one poll, never a message. A watch that cannot subscribe
@@ -26,6 +32,7 @@ is ``degraded`` (its mailbox is polled at its configured interval) and is retrie
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import threading
@@ -34,11 +41,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import structlog
 
 from listener.errors import Gone
 from listener.notify import (
+    REMOVE_WAIT,
     ChannelState,
     ChannelStatus,
     HttpAnswer,
@@ -47,6 +56,7 @@ from listener.notify import (
     Receiver,
     Wake,
     Watch,
+    bounded,
 )
 
 if TYPE_CHECKING:
@@ -93,6 +103,7 @@ class _Watched:
     failures: int = 0
     next_attempt: float = 0.0  # time.monotonic() of the next (re)subscription attempt
     ever_connected: bool = False
+    removed: bool = False  # no longer watched (``GraphWebhooks.remove``)
 
     @property
     def name(self) -> str:
@@ -129,10 +140,13 @@ class GraphWebhooks:
         self._lifetime = timedelta(minutes=config.lifetime_minutes)
         self._renew_before = timedelta(minutes=config.renew_before_minutes)
         self._url = str(config.public_url)
-        self._watched = {
-            w.name: _Watched(w, factory.source(w.name, w.mailbox), factory.client(w.mailbox))
-            for w in watches
-        }
+        self._factory = factory
+        # Mailboxes whose notifications this receiver accepts by name (``?mailbox=``): every
+        # webhook mailbox of the configuration, watched here or by another replica.
+        self._known: frozenset[str] = frozenset(getattr(factory, "webhook_names", lambda: ())())
+        # Replaced, never changed in place: the thread iterates a snapshot.
+        self._watched: dict[str, _Watched] = {w.name: self._new(w) for w in watches}
+        self._fresh: set[str] = set(self._watched)  # to adopt leftovers for, then subscribe
         self._by_subscription: dict[str, str] = {}  # subscription id (lower case) → mailbox name
         self._lifecycle: list[tuple[str, str, str]] = []  # (mailbox, subscription id, event)
         self._lock = threading.Lock()
@@ -143,6 +157,18 @@ class GraphWebhooks:
 
     def __repr__(self) -> str:
         return f"GraphWebhooks({len(self._watched)} watch(es), url={self._url!r})"
+
+    def _new(self, watch: Watch) -> _Watched:
+        return _Watched(
+            watch,
+            self._factory.source(watch.name, watch.mailbox),
+            self._factory.client(watch.mailbox),
+        )
+
+    def url_for(self, name: str) -> str:
+        """The ``notificationUrl`` of ``name``'s subscription: ``public_url?mailbox=<name>``."""
+        joiner = "&" if "?" in self._url else "?"
+        return f"{self._url}{joiner}mailbox={quote(name, safe='')}"
 
     # --- NotificationChannel ---------------------------------------------------------------
 
@@ -162,18 +188,54 @@ class GraphWebhooks:
             self._changed.notify_all()
         if thread is not None:
             thread.join(timeout=30)
-        for watched in self._watched.values():
-            with self._lock:
-                subscription, watched.subscription = watched.subscription, None
-            if subscription is None:
-                continue
-            try:
-                self._request(
-                    watched, "deleteSubscription", "DELETE", f"subscriptions/{subscription}"
-                )
-            except Exception as e:
-                log.info("graph.unsubscribe_failed", mailbox=watched.name, error=str(e))
+        for watched in list(self._watched.values()):
+            self._unsubscribe(watched)
             self._set(watched, ChannelState.OFF, "stopped")
+
+    def add(self, watch: Watch) -> None:
+        """Watch one more folder: adopt its leftover subscription or create one, in the
+        background (a poll follows). Idempotent; safe from any thread."""
+        with self._changed:
+            if watch.name in self._watched:
+                return
+            self._watched = {**self._watched, watch.name: self._new(watch)}
+            self._fresh.add(watch.name)
+            self._changed.notify_all()
+
+    def remove(self, name: str, *, unsubscribe: bool = True) -> None:
+        """Stop watching ``name``: delete its subscription now (waiting up to ``REMOVE_WAIT``
+        seconds, so it is normally gone before the lease is released), or with
+        ``unsubscribe=False`` (the lease was lost: the next owner may have adopted it) only
+        forget it. Idempotent."""
+        with self._changed:
+            watched = self._watched.get(name)
+            if watched is None:
+                return
+            self._watched = {n: w for n, w in self._watched.items() if n != name}
+            self._fresh.discard(name)
+            watched.removed = True
+            if not unsubscribe and watched.subscription is not None:
+                self._by_subscription.pop(watched.subscription.lower(), None)
+                watched.subscription = None
+        if unsubscribe and not bounded(
+            lambda: self._unsubscribe(watched), REMOVE_WAIT, "graph-unsubscribe"
+        ):
+            # Graph is slow: the lease thread must go on renewing. The next owner adopts the
+            # subscription if it is still there when it acquires the lease.
+            log.warning("graph.unsubscribe_slow", mailbox=name, waited=REMOVE_WAIT)
+        self._set(watched, ChannelState.OFF, "not watched by this replica")
+
+    def _unsubscribe(self, watched: _Watched) -> None:
+        with self._lock:
+            subscription, watched.subscription = watched.subscription, None
+            if subscription is not None:
+                self._by_subscription.pop(subscription.lower(), None)
+        if subscription is None:
+            return
+        try:
+            self._request(watched, "deleteSubscription", "DELETE", f"subscriptions/{subscription}")
+        except Exception as e:
+            log.info("graph.unsubscribe_failed", mailbox=watched.name, error=str(e))
 
     def status(self) -> Mapping[str, ChannelStatus]:
         with self._lock:
@@ -220,6 +282,11 @@ class GraphWebhooks:
             subscription = str(entry.get("subscriptionId") or "").lower()
             with self._lock:
                 name = self._by_subscription.get(subscription)
+                held = name is not None
+            if name is None and request.query.get("mailbox") in self._known:
+                # Another replica's subscription (or one just made here): the clientState says
+                # it is ours, the URL says whose folder; ``wake`` reaches the owner.
+                name = request.query["mailbox"]
             if name is None:
                 # Ours (the clientState says so), but not one we hold now: one just replaced,
                 # or one created a moment ago whose id is not recorded yet (a poll follows
@@ -227,9 +294,11 @@ class GraphWebhooks:
                 self._hooks.rejected(self.kind, "unknown_subscription")
                 continue
             event = entry.get("lifecycleEvent")
-            if isinstance(event, str):
+            if isinstance(event, str) and held:
                 lifecycle.append((name, subscription, event))
             else:
+                # Not held here, a lifecycle event can only ask the owner for a poll; the owner
+                # notices a removed subscription at its renewal.
                 woken.append(name)
         if entries and refused == len(entries):
             log.warning("graph.notification_refused", reason="clientState mismatch", count=refused)
@@ -239,7 +308,9 @@ class GraphWebhooks:
             now = time.monotonic()
             for name in woken:
                 with self._lock:
-                    self._watched[name].last_event = now
+                    watched = self._watched.get(name)
+                    if watched is not None:
+                        watched.last_event = now
                 self._hooks.event(self.kind, name)
                 self._wake(name)
             if lifecycle:
@@ -252,18 +323,25 @@ class GraphWebhooks:
     # --- the subscription thread -----------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            self._adopt()
-        except Exception:
-            log.warning("graph.adopt_failed", exc_info=True)
         while not self._stopping.is_set():
             with self._changed:
                 events, self._lifecycle = self._lifecycle, []
+                fresh, self._fresh = [self._watched[n] for n in sorted(self._fresh)], set()
+            if fresh:
+                try:
+                    self._adopt(fresh)
+                except Exception:
+                    log.warning("graph.adopt_failed", exc_info=True)
             for name, subscription, event in events:
-                self._on_lifecycle(self._watched[name], subscription, event)
-            for watched in self._watched.values():
+                found = self._watched.get(name)
+                if found is not None:
+                    self._on_lifecycle(found, subscription, event)
+            for watched in list(self._watched.values()):
                 if self._stopping.is_set():
                     return
+                with self._lock:
+                    if watched.name in self._fresh:
+                        continue  # added during this round: adopted first, at the next
                 try:
                     self._tend(watched)
                 except Exception as e:  # the thread outlives one bad round
@@ -272,7 +350,7 @@ class GraphWebhooks:
                         "graph.subscription_round_failed", mailbox=watched.name, exc_info=True
                     )
             with self._changed:
-                if not self._lifecycle and not self._stopping.is_set():
+                if not self._lifecycle and not self._fresh and not self._stopping.is_set():
                     self._changed.wait(self._next_wait())
 
     def _next_wait(self) -> float:
@@ -321,8 +399,8 @@ class GraphWebhooks:
                 "subscriptions",
                 json_body={
                     "changeType": "created",
-                    "notificationUrl": self._url,
-                    "lifecycleNotificationUrl": self._url,
+                    "notificationUrl": self.url_for(watched.name),
+                    "lifecycleNotificationUrl": self.url_for(watched.name),
                     "resource": resource,
                     "expirationDateTime": _timestamp(expires),
                     "clientState": self._client_state().decode(),
@@ -332,7 +410,10 @@ class GraphWebhooks:
         except Exception as e:
             self._failed(watched, f"cannot subscribe: {e}")
             return
-        self._connected(watched, str(made["id"]), _parse(made.get("expirationDateTime"), expires))
+        if not self._connected(
+            watched, str(made["id"]), _parse(made.get("expirationDateTime"), expires)
+        ):
+            return
         # Mail that arrived before the subscription existed (or while it was gone) is found by
         # one poll; from now on notifications cover the folder.
         self._wake(watched.name)
@@ -398,9 +479,20 @@ class GraphWebhooks:
         self._set(watched, ChannelState.DEGRADED, f"subscription {why}; subscribing again")
         self._wake(watched.name)
 
-    def _connected(self, watched: _Watched, subscription: str, expires: datetime) -> None:
+    def _connected(self, watched: _Watched, subscription: str, expires: datetime) -> bool:
+        """Record the subscription; False (and deleted again) if the watch was removed
+        meanwhile."""
         with self._lock:
-            watched.subscription, watched.expires = subscription, expires
+            removed = watched.removed
+            if not removed:
+                watched.subscription, watched.expires = subscription, expires
+        if removed:
+            with contextlib.suppress(Exception):
+                self._request(
+                    watched, "deleteSubscription", "DELETE", f"subscriptions/{subscription}"
+                )
+            return False
+        with self._lock:
             watched.renew_at = expires - self._renew_before
             watched.failures = 0
             self._by_subscription[subscription.lower()] = watched.name
@@ -408,6 +500,7 @@ class GraphWebhooks:
         if again:
             self._hooks.reconnected(self.kind, watched.name)
         self._set(watched, ChannelState.CONNECTED, "")
+        return True
 
     def _failed(self, watched: _Watched, reason: str) -> None:
         with self._lock:
@@ -420,18 +513,21 @@ class GraphWebhooks:
         """Record the state; the hooks hear of a change only (one log line per change, not one
         per retry)."""
         with self._lock:
+            if watched.removed and state != ChannelState.OFF:
+                return  # a late report of a watch removed meanwhile
             changed = watched.state != state
             watched.state, watched.reason = state, reason
             status = ChannelStatus(state=state, reason=reason, last_event=watched.last_event)
         if changed:
             self._hooks.state_changed(self.kind, watched.name, status)
 
-    def _adopt(self) -> None:
-        """Take over the subscriptions a previous run of this app left for the same folders and
-        URL (and delete any duplicates), instead of adding one more per restart."""
+    def _adopt(self, fresh: Sequence[_Watched]) -> None:
+        """Take over the subscriptions a previous owner of these (just added) watches left for
+        the same folders and URL, and delete any duplicates or old-style ones (``public_url``
+        without ``?mailbox=``), instead of adding one more per restart or takeover."""
         seen: set[int] = set()
         wanted: dict[str, _Watched] = {}
-        for watched in self._watched.values():
+        for watched in fresh:
             try:
                 wanted[self._resource(watched).lower()] = watched
             except Exception as e:
@@ -443,15 +539,16 @@ class GraphWebhooks:
             seen.add(id(client))
             for page in client.pages(watched.address, "listSubscriptions", "subscriptions"):
                 for found in page.get("value", []):
-                    if str(found.get("notificationUrl")) != self._url:
-                        continue
                     mine = wanted.get(str(found.get("resource", "")).lower())
-                    if mine is None:
+                    if mine is None or mine.removed or found.get("id") == mine.subscription:
                         continue
-                    if mine.subscription is None:
+                    url = str(found.get("notificationUrl"))
+                    if url not in (self._url, self.url_for(mine.name)):
+                        continue
+                    if mine.subscription is None and url != self._url:
                         expires = _parse(found.get("expirationDateTime"), datetime.now(UTC))
-                        self._connected(mine, str(found["id"]), expires)
-                        self._wake(mine.name)
+                        if self._connected(mine, str(found["id"]), expires):
+                            self._wake(mine.name)
                     else:
                         self._request(
                             mine, "deleteSubscription", "DELETE", f"subscriptions/{found['id']}"

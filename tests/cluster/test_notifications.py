@@ -1,0 +1,185 @@
+"""Graph webhooks across two real replicas (issue 16, item 4): each mailbox's subscription is
+held by its lease owner and moves with the lease; a notification Graph posts to the replica that
+does not own the mailbox reaches the owner through PostgreSQL NOTIFY.
+
+Both replicas name replica B's port as ``public_url``, so every notification arrives at B: the
+mailboxes A owns are handed over by A only because B forwarded their notifications. Mailboxes
+poll hourly: a message handed over within the test was handed over because of a notification.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from listener.store import SqlStateStore
+from tests.cluster.test_replicas import CLUSTER, owners, spread, state
+from tests.e2e.conftest import (
+    World,
+    free_port,
+    graph_schema_required,
+    metric,
+    polls_ok,
+    stop,
+    wait_for,
+    world,
+)
+
+__all__ = ["graph_schema_required", "state", "world"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.postgres,
+    pytest.mark.usefixtures("graph_schema_required"),
+]
+
+HOUR = 3600
+NAMES = [f"m{i}" for i in range(4)]
+
+
+def address(name: str) -> str:
+    return f"{name}@contoso.com"
+
+
+def configure(world: World, pg_url: str, port: int, public_port: int, name: str) -> Path:
+    extra = "\n".join(
+        [
+            f"http_port = {port}",
+            "",
+            "[notifications]",
+            "debounce = 0.2",
+            f"healthy_interval = {HOUR}",
+            "",
+            "[notifications.graph]",
+            f'public_url = "http://127.0.0.1:{public_port}/notifications/graph"',
+            'client_state = { source = "env", name = "E2E_CLIENT_STATE" }',
+            CLUSTER,
+        ]
+    )
+    boxes: dict[str, dict[str, object]] = {
+        name_: {
+            "address": address(name_),
+            "credential": "sales",
+            "source": "graph",
+            "interval": HOUR,
+            "notifications": "webhook",
+        }
+        for name_ in NAMES
+    }
+    path = world.config(boxes, extra=extra, name=f"{name}.toml")
+    text = path.read_text().replace(f'url = "sqlite:///{world.state}"', f'url = "{pg_url}"')
+    path.write_text(text)
+    return path
+
+
+def subscriptions(world: World) -> collections.Counter[str]:
+    """The emulator's subscriptions: how many of each mailbox (by its notificationUrl)."""
+    found: collections.Counter[str] = collections.Counter()
+    for sub in list(world.graph.subscriptions._subscriptions.values()):
+        found[sub.notification_url.rpartition("?mailbox=")[2]] += 1
+    return found
+
+
+def connected(port: int, name: str) -> bool:
+    labels = f'channel="graph_webhook",mailbox="{name}",state="connected"'
+    return metric(port, f"ews_listener_notification_channel_state{{{labels}}}") == 1.0
+
+
+def events(port: int, name: str) -> float:
+    labels = f'channel="graph_webhook",mailbox="{name}"'
+    return metric(port, f"ews_listener_notification_events_total{{{labels}}}")
+
+
+def settled(world: World, state: SqlStateStore, ports: dict[str, int]) -> bool:
+    """One subscription per mailbox, connected at its owner and not elsewhere, first poll done."""
+    own = owners(state)
+    if any(own.get(n) not in ports for n in NAMES) or subscriptions(world) != dict.fromkeys(
+        NAMES, 1
+    ):
+        return False
+    for name in NAMES:
+        for replica, port in ports.items():
+            if connected(port, name) != (own[name] == replica):
+                return False
+        if polls_ok(ports[str(own[name])], name) < 1:
+            return False
+    return True
+
+
+def test_subscriptions_live_with_their_leases_and_notifications_reach_the_owner(
+    world: World, pg_url: str, state: SqlStateStore
+) -> None:
+    subs = world.graph.subscriptions
+    subs.settings = replace(subs.settings, first_retry=0.2, max_retry=0.5)
+    for name in NAMES:
+        world.ews.add_mailbox(address(name))
+    ports = {"A": free_port(), "B": free_port()}
+    configs = {r: configure(world, pg_url, p, ports["B"], r) for r, p in ports.items()}
+    procs: dict[str, subprocess.Popen[str]] = {}
+    outputs: dict[str, str] = {}
+
+    def start(replica: str) -> None:
+        procs[replica] = world.daemon(
+            configs[replica],
+            E2E_CLIENT_STATE="c1ient-state/+=secret",
+            EWS_LISTENER_CLUSTER__REPLICA_ID=replica,
+        )
+
+    try:
+        start("B")  # the receiver first: A's subscriptions are validated at B's port
+        wait_for(lambda: spread(state) == [("B", 4)], 60, "B owning the four mailboxes")
+        start("A")
+        wait_for(lambda: spread(state) == [("A", 2), ("B", 2)], 60, "the mailboxes shared 2/2")
+        live = dict(ports)
+        wait_for(lambda: settled(world, state, live), 60, "one subscription each, at its owner")
+        # (a) exactly one subscription per mailbox, held (connected) by its owner only
+        assert subscriptions(world) == dict.fromkeys(NAMES, 1)
+        first = owners(state)
+        of_a = sorted(n for n in NAMES if first[n] == "A")
+        assert len(of_a) == 2
+        # B owned all four first: those it gave to A are off there, not degraded
+        ready = httpx.get(f"http://127.0.0.1:{ports['B']}/readyz", timeout=5).json()
+        assert [ready["mailboxes"][n]["notifications"]["state"] for n in of_a] == ["off", "off"]
+        assert [ready["mailboxes"][n]["state"] for n in of_a] == ["disabled", "disabled"]
+        assert ready["degraded"] == {}
+        # (b) every notification goes to B; A's mailboxes are handed over by A
+        round1 = {name: world.deliver_mail(address(name), f"round 1 {name}")[1] for name in NAMES}
+        wait_for(lambda: len(world.receipts_log()) == 4, 60, "the four pushed messages")
+        pids = {name: procs[str(first[name])].pid for name in NAMES}
+        handed = {str(r["key"]): r["pid"] for r in world.receipts_log()}
+        assert sorted(handed.values()) == sorted(pids.values())
+        assert all(events(ports["B"], name) >= 1 for name in NAMES)  # all arrived at B
+        assert all(events(ports["A"], name) == 0 for name in NAMES)
+        # (c) SIGTERM A: B takes its leases and its subscriptions over
+        outputs["A"] = stop(procs.pop("A"))
+        assert "cluster.left" in outputs["A"]
+        wait_for(lambda: spread(state) == [("B", 4)], 30, "B owning all four again")
+        wait_for(
+            lambda: settled(world, state, {"B": ports["B"]}), 60, "B holding four subscriptions"
+        )
+        round2 = {name: world.deliver_mail(address(name), f"round 2 {name}")[1] for name in NAMES}
+        wait_for(lambda: len(world.receipts_log()) == 8, 60, "the four messages after takeover")
+        late = world.receipts_log()[4:]
+        assert {r["pid"] for r in late} == {procs["B"].pid}
+    except BaseException:
+        print("subscriptions", subscriptions(world), "owners", owners(state))
+        for replica, port in ports.items():
+            print(replica, {n: (connected(port, n), polls_ok(port, n)) for n in NAMES})
+        for name, proc in procs.items():
+            print(name, stop(proc)[-6000:])
+        procs.clear()
+        raise
+    finally:
+        for name, proc in procs.items():
+            outputs[name] = stop(proc)
+    keys = collections.Counter(str(r["key"]) for r in world.receipts_log())
+    assert len(keys) == 8  # exactly once overall
+    assert set(keys.values()) == {1}, keys
+    assert len(state.ledger()) == 8
+    assert len(round1) == len(round2) == 4
+    assert subs.ids() == []  # every subscription deleted at shutdown
