@@ -134,7 +134,7 @@ def run_daemon(
     runners = _wire(app, metrics, health)
     scheduler = Scheduler(max_workers=service.max_workers, jitter=service.jitter)
     # Several replicas: a mailbox is scheduled while this replica holds its lease.
-    cluster = join(app, runners, scheduler, health)
+    cluster = join(app, runners, scheduler, health, metrics)
     for runner in runners if cluster is None else ():
         scheduler.add(runner, cron=settings.mailboxes[runner.name].cron)
 

@@ -15,12 +15,12 @@ import structlog
 from listener.cluster._fenced import FencedStore
 from listener.cluster._manager import LeaseListener, LeaseManager
 from listener.config import cluster_active
-from listener.observability import HealthState
+from listener.observability import HealthState, Metrics
 from listener.poller import PollResult
 from listener.service import MailboxRunner, Scheduler
 from listener.store import SqlStateStore, StoreError
 
-__all__ = ["Scheduling", "join", "replica_id", "share_caps"]
+__all__ = ["LeaseMetrics", "Scheduling", "join", "replica_id", "share_caps"]
 
 log = structlog.get_logger("listener.cluster")
 
@@ -90,6 +90,24 @@ class Scheduling(LeaseListener):
             self._health.set_disabled(mailbox)
 
 
+class LeaseMetrics(LeaseListener):
+    """The lease events as Prometheus series: leases owned, acquired (takeovers apart), released
+    and lost. A claim under an epoch above 1 is a takeover: the mailbox had an owner before (one
+    that left, was killed or paused, or handed it over while rebalancing)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def acquired(self, mailbox: str, epoch: int) -> None:
+        self._metrics.lease_acquired(takeover=epoch > 1)
+
+    def released(self, mailbox: str) -> None:
+        self._metrics.lease_released()
+
+    def lost(self, mailbox: str) -> None:
+        self._metrics.lease_lost()
+
+
 class LeaseStop(threading.Event):
     """A poller's stop signal that is also set while its poll's lease no longer holds.
 
@@ -123,6 +141,7 @@ def join(
     runners: Sequence[MailboxRunner],
     scheduler: Scheduler,
     health: HealthState | None,
+    metrics: Metrics | None = None,
 ) -> LeaseManager | None:
     """Make this daemon a replica when the configuration says so (``cluster_active``): every
     poller commits through a ``FencedStore``, every runner polls only under its lease, and the
@@ -168,6 +187,8 @@ def join(
             health,
         )
     )
+    if metrics is not None:
+        manager.subscribe(LeaseMetrics(metrics))
     log.info(
         "cluster.joining",
         replica=manager.replica,
