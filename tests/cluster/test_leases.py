@@ -325,3 +325,24 @@ def test_lease_metrics_count_owned_acquired_takeovers_released_and_lost(
     b.leave()
     assert _sample(mb, "leases_owned") == 0
     assert _sample(mb, "leases_released_total") == 4
+
+
+def test_claims_come_in_batches_and_a_full_batch_asks_for_the_next_tick(
+    pg_store: SqlStateStore,
+) -> None:
+    """With ``claim_batch`` 3, a lone replica claims 3 mailboxes a tick and wakes itself after a
+    full batch (its next tick renews first); a short last batch does not wake it."""
+    boxes = [f"m{i}" for i in range(7)]
+    pg_store.leases.join("a", host="test", pid=1, mailboxes=boxes)
+    a = LeaseManager(pg_store.leases, boxes, replica="a", host="test", pid=1, claim_batch=3)
+    a.tick()
+    assert len(a.owned()) == 3
+    assert a._wake.is_set()
+    a._wake.clear()
+    a.tick()
+    assert len(a.owned()) == 6
+    assert a._wake.is_set()
+    a._wake.clear()
+    a.tick()
+    assert sorted(a.owned()) == boxes
+    assert not a._wake.is_set()
