@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
 def _scrape(port: int) -> dict[str, float]:
     """A replica's ``/metrics``, summed per metric name over labels ({} when unreachable)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as r:
             text = r.read().decode()
     except OSError:
         return {}
