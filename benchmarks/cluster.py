@@ -22,16 +22,19 @@ paused; timings are figures, not verdicts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,10 +70,23 @@ def _parser() -> argparse.ArgumentParser:
         "--settle", type=float, help="seconds of feed between changes (default 2 leases, quick 2)"
     )
     parser.add_argument(
+        "--interval", type=float, default=1.0, help="poll interval of every mailbox (default 1 s)"
+    )
+    parser.add_argument(
         "--kills", type=int, default=1, help="SIGKILL-and-replace rounds (each one a new victim)"
     )
     parser.add_argument("--postgres", default=POSTGRES, help="database (a schema is made in it)")
     parser.add_argument("--drain-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--scale",
+        type=int,
+        metavar="N",
+        help="N idle mailboxes over --replicas daemons (interval --interval, 60 s unless given): "
+        "RSS, CPU, PostgreSQL statements and EWS requests per idle poll over --window seconds",
+    )
+    parser.add_argument(
+        "--window", type=float, default=120.0, help="--scale: seconds measured after warm-up"
+    )
     parser.add_argument(
         "--leases-only",
         type=int,
@@ -79,6 +95,188 @@ def _parser() -> argparse.ArgumentParser:
         "(the cost of a tick at scale: statements, rows, milliseconds)",
     )
     return parser
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """A replica's ``/metrics``, summed per metric name over labels ({} when unreachable)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name_labels, _, value = line.rpartition(" ")
+            name = name_labels.split("{", 1)[0]
+            with contextlib.suppress(ValueError):
+                totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (its threads included) from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _memory_mb(pid: int) -> tuple[float, float]:
+    """VmRSS and VmHWM (peak RSS, what ru_maxrss reports after the end) of ``pid``, in MB."""
+    found = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            found[key] = int(value.split()[0]) / 1024
+    return found["VmRSS"], found["VmHWM"]
+
+
+def _pg_counters(conn: sa.Connection, schema: str) -> dict[str, float]:
+    """Cumulative statistics: this schema's tables (scans, rows written) and the database's
+    transactions (the whole database: other users of it count too)."""
+    tables = conn.execute(
+        sa.text(
+            "SELECT coalesce(sum(seq_scan + coalesce(idx_scan, 0)), 0),"
+            " coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)"
+            " FROM pg_stat_user_tables WHERE schemaname = :s"
+        ),
+        {"s": schema},
+    ).one()
+    db = conn.execute(
+        sa.text(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database"
+            " WHERE datname = current_database()"
+        )
+    ).scalar_one()
+    return {"scans": float(tables[0]), "rows": float(tables[1]), "xacts": float(db)}
+
+
+def scale(args: argparse.Namespace) -> int:
+    """``--replicas`` real daemons over ``--scale`` idle mailboxes: what they cost once warm."""
+    count, interval = args.scale, args.interval if args.interval != 1.0 else 60.0
+    lease = args.lease or 15.0
+    renew = args.renew or 5.0
+    root = Path(tempfile.mkdtemp(prefix="ews-scale-"))
+    admin = sa.create_engine(args.postgres)
+    schema = f"ews_bench_{uuid.uuid4().hex[:8]}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = admin.url.set(query={"options": f"-csearch_path={schema}"}).render_as_string(
+        hide_password=False
+    )
+    ca = EmulatorCA(root / "ca")
+    tokens = TokenServer(ca=ca, token_lifetime=24 * 3600)
+    tokens.start()
+    tokens.add_tenant(TENANT)
+    for client_id, secret in APPS.values():
+        tokens.register_app(TENANT, client_id, secret=secret)
+    ews = EwsEmulator(tokens, ca)
+    ews.request_log = deque(maxlen=5_000_000)
+    graph = GraphEmulator.beside(ews, tokens, ca)
+    ews.start()
+    graph.start()
+    world = World(ca, tokens, ews, graph, root)
+    boxes: dict[str, dict[str, object]] = {}
+    for i in range(count):
+        ews.add_mailbox(f"user{i}@contoso.com")
+        boxes[f"box{i:05d}"] = {
+            "address": f"user{i}@contoso.com",
+            "credential": "sales" if i % 2 else "support",
+            "start_from": "all",
+            "version": "Exchange2016",
+            "interval": interval,
+        }
+    config = world.config(
+        boxes, extra=f"\n[cluster]\nlease_seconds = {lease}\nrenew_seconds = {renew}\n"
+    )
+    text = config.read_text().replace(f'url = "sqlite:///{world.state}"', f'url = "{url}"')
+    config.write_text(text.replace("jitter = 0", f"jitter = {interval:g}"))
+    replicas = Replicas(world, config)
+    ports: dict[str, int] = {}
+    began = time.monotonic()
+
+    def polls() -> float:
+        return sum(_scrape(p).get("ews_listener_polls_total", 0.0) for p in ports.values())
+
+    try:
+        for _ in range(args.replicas):
+            port = _free_port()
+            name = replicas.start(EWS_LISTENER_SERVICE__HTTP_PORT=str(port))
+            ports[name] = port
+        # Warm-up: every mailbox leased and polled once (its first poll resolves the folder).
+        deadline = time.monotonic() + max(900.0, 3 * interval)
+        synced: set[str | None] = set()
+        seen = 0
+        while time.monotonic() < deadline and len(synced) < count:
+            for name, proc in replicas.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited: see {replicas.logs[name]}")
+            time.sleep(2)
+            log_now = list(ews.request_log)
+            synced.update(r.mailbox for r in log_now[seen:] if r.operation == "SyncFolderItems")
+            seen = len(log_now)
+        warm = time.monotonic() - began
+        warm_requests = len(ews.request_log)
+        if len(synced) < count:
+            print(f"warm-up unfinished after {warm:.0f} s: {len(synced)} of {count} synced")
+        time.sleep(min(10.0, interval / 6))  # the first polls' tidy-ups and lease ticks settle
+        with admin.connect() as conn:
+            pg0 = _pg_counters(conn, schema)
+        cpu0 = {n: _cpu_seconds(replicas.pids[n]) for n in replicas.procs}
+        polls0, log0, t0 = polls(), len(ews.request_log), time.monotonic()
+        time.sleep(args.window)
+        window = time.monotonic() - t0
+        polls1, log1 = polls(), len(ews.request_log)
+        cpu1 = {n: _cpu_seconds(replicas.pids[n]) for n in replicas.procs}
+        memory = {n: _memory_mb(replicas.pids[n]) for n in replicas.procs}
+        owned = {n: _scrape(p).get("ews_listener_leases_owned", 0.0) for n, p in ports.items()}
+        with admin.connect() as conn:
+            pg1 = _pg_counters(conn, schema)
+        records = list(ews.request_log)[log0:log1]
+        warm_ops = Counter(r.operation for r in list(ews.request_log)[:warm_requests])
+    finally:
+        replicas.stop_all()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+        graph.stop()
+        ews.stop()
+        tokens.stop()
+    ops = Counter(r.operation for r in records)
+    idle_polls = polls1 - polls0
+    print(
+        f"scale: {count} idle mailboxes, {args.replicas} replica(s), interval {interval:g} s "
+        f"(jitter {interval:g} s), lease {lease:g} s / renew {renew:g} s, state on PostgreSQL"
+    )
+    print(
+        f"warm-up: {warm:.0f} s until every mailbox was polled once; {warm_requests} EWS requests "
+        f"({', '.join(f'{k} {v}' for k, v in warm_ops.most_common())})"
+    )
+    print(
+        f"window {window:.0f} s: {idle_polls:.0f} polls ({idle_polls / window:.1f}/s), "
+        f"{len(records)} EWS requests ({', '.join(f'{k} {v}' for k, v in ops.most_common())}): "
+        f"{len(records) / idle_polls if idle_polls else float('nan'):.3f} requests per idle poll"
+    )
+    for name in sorted(cpu1):
+        rss, hwm = memory[name]
+        busy = (cpu1[name] - cpu0[name]) / window
+        print(
+            f"{name}: {owned[name]:.0f} leases, RSS {rss:.0f} MB (peak {hwm:.0f} MB), "
+            f"CPU {100 * busy:.1f} % of one core over the window"
+        )
+    print(
+        f"PostgreSQL over the window (pg_stat_user_tables of this run's schema): "
+        f"{(pg1['scans'] - pg0['scans']) / window:.1f} table scans/s (seq + index: about one "
+        f"per statement touching a table), {(pg1['rows'] - pg0['rows']) / window:.1f} rows "
+        f"written/s; pg_stat_database: {(pg1['xacts'] - pg0['xacts']) / window:.1f} "
+        f"transactions/s in the whole database (other users of it included)"
+    )
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def leases_only(args: argparse.Namespace) -> int:
@@ -151,6 +349,10 @@ class Owners:
         self.now: dict[str, str | None] = dict.fromkeys(mailboxes)
         self.unowned_since: dict[str, float | None] = dict.fromkeys(mailboxes, time.monotonic())
         self.longest_unowned = 0.0
+        # Replicas SIGKILLed or SIGSTOPped: their leases, until they expire, own nothing polled.
+        self.dead: set[str] = set()
+        self.dead_since: dict[str, float | None] = dict.fromkeys(mailboxes)
+        self.longest_unpolled = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="owners", daemon=True)
@@ -174,6 +376,25 @@ class Owners:
                     elif owner is not None and since is not None:
                         self.longest_unowned = max(self.longest_unowned, at - since)
                         self.unowned_since[row.mailbox] = None
+                    gone = owner is None or owner in self.dead
+                    since = self.dead_since.get(row.mailbox)
+                    if gone and since is None:
+                        self.dead_since[row.mailbox] = at
+                    elif not gone and since is not None:
+                        self.longest_unpolled = max(self.longest_unpolled, at - since)
+                        self.dead_since[row.mailbox] = None
+
+    def died(self, replica: str, at: float) -> None:
+        """``replica`` was SIGKILLed or SIGSTOPped at ``at``: its mailboxes are unowned since."""
+        with self._lock:
+            self.dead.add(replica)
+            for mailbox, owner in self.now.items():
+                if owner == replica and self.dead_since.get(mailbox) is None:
+                    self.dead_since[mailbox] = at
+
+    def resumed(self, replica: str) -> None:
+        with self._lock:
+            self.dead.discard(replica)
 
     def reset(self) -> None:
         """Count unowned time from now on (not the replicas' start-up)."""
@@ -181,6 +402,8 @@ class Owners:
             at = time.monotonic()
             self.unowned_since = {m: (at if o is None else None) for m, o in self.now.items()}
             self.longest_unowned = 0.0
+            self.dead_since = dict(self.unowned_since)
+            self.longest_unpolled = 0.0
 
     def snapshot(self) -> dict[str, str | None]:
         with self._lock:
@@ -231,7 +454,7 @@ class Replicas:
         self.pids: dict[str, int] = {}
         self._n = 0
 
-    def start(self) -> str:
+    def start(self, **env: str) -> str:
         self._n += 1
         name = f"r{self._n:02d}"
         log = self.world.root / f"{name}.log"
@@ -249,7 +472,7 @@ class Replicas:
                     str(self.config),
                 ],
                 cwd=REPO,
-                env=self.world.env(EWS_LISTENER_CLUSTER__REPLICA_ID=name),
+                env=self.world.env(EWS_LISTENER_CLUSTER__REPLICA_ID=name, **env),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -290,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.leases_only:
         return leases_only(args)
+    if args.scale:
+        return scale(args)
     mailbox_count = args.mailboxes or (9 if args.quick else 30)
     lease = args.lease or (3.0 if args.quick else 15.0)
     renew = args.renew or (1.0 if args.quick else 5.0)
@@ -323,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "credential": "sales" if i % 2 else "support",
             "start_from": "all",
             "batch_size": 10,
-            "interval": 1,
+            "interval": args.interval,
         }
     config = world.config(
         boxes, extra=f"\n[cluster]\nlease_seconds = {lease}\nrenew_seconds = {renew}\n"
@@ -391,6 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             suspects.add(replicas.pids[victim])
             held = [m for m, o in owners.snapshot().items() if o == victim]
             at = replicas.signal(victim, signal.SIGKILL)
+            owners.died(victim, at)
             replicas.reap(victim)
             takeovers["SIGKILL"] += owners.takeover(held, victim, at, goal * 3)
             balanced("after SIGKILL", args.replicas - 1)
@@ -402,9 +628,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         suspects.add(replicas.pids[victim])
         held = [m for m, o in owners.snapshot().items() if o == victim]
         at = replicas.signal(victim, signal.SIGSTOP)
+        owners.died(victim, at)
         takeovers["SIGSTOP"] += owners.takeover(held, victim, at, goal * 3)
         time.sleep(renew)
         replicas.signal(victim, signal.SIGCONT)
+        owners.resumed(victim)
         balanced("after SIGSTOP + SIGCONT", args.replicas)
         # One more, then remove it.
         extra = replicas.start()
@@ -460,6 +688,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"longest without a live lease: {owners.longest_unowned:.2f} s (a dead replica's lease "
         f"counts until it expires; with it, under lease + renewal = {goal:g} s is the goal, "
         f"see the takeover figures)"
+    )
+    unpolled_goal = lease + args.interval
+    print(
+        f"longest unowned (no live lease, or held by a SIGKILLed or SIGSTOPped replica): "
+        f"{owners.longest_unpolled:.2f} s (goal: at most lease + one interval = "
+        f"{unpolled_goal:g} s: {'met' if owners.longest_unpolled <= unpolled_goal else 'MISSED'})"
     )
     for label, spread, ok in balance:
         print(f"balance {label}: {spread} (within ±10 % or ±1 of N/R: {ok})")

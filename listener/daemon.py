@@ -211,7 +211,7 @@ def run_daemon(
     )
     scheduler.on_request = metrics.poll_requested
     # Several replicas: a mailbox is scheduled while this replica holds its lease.
-    cluster = join(app, runners, scheduler, health)
+    cluster = join(app, runners, scheduler, health, metrics)
     for runner in runners if cluster is None else ():
         scheduler.add(runner, cron=settings.mailboxes[runner.name].cron)
     # A notification for a mailbox another replica owns is passed to it (PostgreSQL NOTIFY).

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 from listener.cluster._fenced import FencedStore
 from listener.cluster._manager import LeaseListener, LeaseManager, fair_share
-from listener.cluster._member import Scheduling, Subscriptions, join, replica_id, share_caps
+from listener.cluster._member import (
+    LeaseMetrics,
+    Scheduling,
+    Subscriptions,
+    join,
+    replica_id,
+    share_caps,
+)
 
 __all__ = [
     "FencedStore",
     "LeaseListener",
     "LeaseManager",
+    "LeaseMetrics",
     "Scheduling",
     "Subscriptions",
     "fair_share",

@@ -90,6 +90,7 @@ class LeaseManager:
         renew: float = 5.0,
         busy: Callable[[str], bool] = lambda mailbox: False,
         monotonic: Callable[[], float] = time.monotonic,
+        claim_batch: int = 500,
     ) -> None:
         self.replica = replica
         self.lease = lease
@@ -100,6 +101,12 @@ class LeaseManager:
         self._pid = pid
         self._busy = busy
         self._monotonic = monotonic
+        # Claims per tick: each claimed mailbox's ``acquired`` runs on this thread (scheduling,
+        # health, a log line), and the next renewal waits for them all. 10,000 claimed at once
+        # took longer than a lease on a busy 2-core machine and were all lost again at the next
+        # tick, over and over (benchmarks/README.md); in batches, the next tick (renewing first)
+        # follows at once until the share is claimed.
+        self._claim_batch = claim_batch
         self._listeners: list[LeaseListener] = []
         self._lock = threading.Lock()
         self._owned: dict[str, int] = {}  # mailbox → epoch
@@ -284,9 +291,13 @@ class LeaseManager:
         with self._lock:
             room = 0 if self._draining or self._frozen else share - len(self._owned)
             polls, self._polls = self._polls, {}
+        capped = room > self._claim_batch
+        room = min(room, self._claim_batch)
         if room > 0:
             free = [m for m in self._mailboxes if m not in held]
             got = self._leases.claim(self.replica, free, limit=room, lease=self.lease)
+            if capped and len(got) == room:
+                self._wake.set()  # a full batch: tick again at once (renew, claim the next)
             with self._lock:
                 self._owned.update(got)
             for mailbox, epoch in sorted(got.items()):

@@ -16,7 +16,7 @@ from listener.cluster._fenced import FencedStore
 from listener.cluster._manager import LeaseListener, LeaseManager
 from listener.config import cluster_active
 from listener.notify import NotificationChannel, Watch
-from listener.observability import HealthState
+from listener.observability import HealthState, Metrics
 from listener.poller import PollResult
 from listener.service import MailboxRunner
 from listener.store import SqlStateStore, StoreError
@@ -24,7 +24,7 @@ from listener.store import SqlStateStore, StoreError
 if TYPE_CHECKING:
     from listener.scheduler import Scheduler
 
-__all__ = ["Scheduling", "Subscriptions", "join", "replica_id", "share_caps"]
+__all__ = ["LeaseMetrics", "Scheduling", "Subscriptions", "join", "replica_id", "share_caps"]
 
 log = structlog.get_logger("listener.cluster")
 
@@ -123,6 +123,24 @@ class Subscriptions(LeaseListener):
             found[0].remove(mailbox, unsubscribe=unsubscribe)
 
 
+class LeaseMetrics(LeaseListener):
+    """The lease events as Prometheus series: leases owned, acquired (takeovers apart), released
+    and lost. A claim under an epoch above 1 is a takeover: the mailbox had an owner before (one
+    that left, was killed or paused, or handed it over while rebalancing)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def acquired(self, mailbox: str, epoch: int) -> None:
+        self._metrics.lease_acquired(takeover=epoch > 1)
+
+    def released(self, mailbox: str) -> None:
+        self._metrics.lease_released()
+
+    def lost(self, mailbox: str) -> None:
+        self._metrics.lease_lost()
+
+
 class LeaseStop(threading.Event):
     """A poller's stop signal that is also set while its poll's lease no longer holds.
 
@@ -156,6 +174,7 @@ def join(
     runners: Sequence[MailboxRunner],
     scheduler: Scheduler,
     health: HealthState | None,
+    metrics: Metrics | None = None,
 ) -> LeaseManager | None:
     """Make this daemon a replica when the configuration says so (``cluster_active``): every
     poller commits through a ``FencedStore``, every runner polls only under its lease, and the
@@ -201,6 +220,8 @@ def join(
             health,
         )
     )
+    if metrics is not None:
+        manager.subscribe(LeaseMetrics(metrics))
     log.info(
         "cluster.joining",
         replica=manager.replica,

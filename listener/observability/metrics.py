@@ -188,6 +188,30 @@ class Metrics(PollHooks, NotifyHooks):
             "one), ignored (unknown mailbox or stopping).",
             ("mailbox", "outcome"),
         )
+        # Several replicas (listener.cluster): unlabelled, one replica per process; a mailbox
+        # label would be 10,000 series in a large cluster, and ``cluster status`` names them.
+        self.leases_owned = gauge(
+            "leases_owned",
+            "Mailbox leases this replica holds now (draining ones included).",
+            (),
+        )
+        self.leases_acquired = counter(
+            "leases_acquired",
+            "Mailbox leases this replica claimed; takeover says whether another replica held "
+            "the mailbox before (yes) or nobody ever did (no).",
+            ("takeover",),
+        )
+        self.leases_released = counter(
+            "leases_released",
+            "Mailbox leases this replica gave up, its work committed (rebalancing, shutdown).",
+            (),
+        )
+        self.lease_losses = counter(
+            "lease_losses",
+            "Mailbox leases this replica lost: expired (a pause, the database out of reach) or "
+            "taken by another replica before it could renew.",
+            (),
+        )
         self.build_info = gauge(
             "build_info",
             "Always 1; the version label says which release runs.",
@@ -239,6 +263,18 @@ class Metrics(PollHooks, NotifyHooks):
     def backed_off(self, credential: str, seconds: float) -> None:
         if seconds > 0:
             self.throttle_backoff.labels(_label(credential)).inc(seconds)
+
+    def lease_acquired(self, *, takeover: bool) -> None:
+        self.leases_acquired.labels("yes" if takeover else "no").inc()
+        self.leases_owned.inc()
+
+    def lease_released(self) -> None:
+        self.leases_released.inc()
+        self.leases_owned.dec()
+
+    def lease_lost(self) -> None:
+        self.lease_losses.inc()
+        self.leases_owned.dec()
 
     # -- PollHooks: what a poll reports (listener.pipeline.hooks) --------------------------------
 

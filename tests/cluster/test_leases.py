@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 import pytest
 
 from listener.abc import LedgerEntry
-from listener.cluster import FencedStore, LeaseListener, LeaseManager, fair_share
+from listener.cluster import FencedStore, LeaseListener, LeaseManager, LeaseMetrics, fair_share
 from listener.cluster._member import LeaseStop
+from listener.observability import Metrics
 from listener.store import Fence, LeaseLost, SqlStateStore, StoreError, open_store
 
 pytestmark = pytest.mark.postgres
@@ -282,3 +283,66 @@ def test_a_poll_outliving_its_lease_by_the_local_clock_is_told_to_stop(
     assert not stop.is_set()
     app_stop.set()
     assert stop.is_set()
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(f"ews_listener_{name}", labels)
+    return 0.0 if value is None else value
+
+
+def test_lease_metrics_count_owned_acquired_takeovers_released_and_lost(
+    pg_store: SqlStateStore,
+) -> None:
+    """``LeaseMetrics`` on two replicas: first claims are no takeovers, a rebalance and a claim
+    after a lost lease are; the owned gauge follows every change."""
+    boxes = ["w", "x", "y", "z"]
+    a = manager(pg_store, "a", boxes)
+    ma, mb = Metrics(process_collectors=False), Metrics(process_collectors=False)
+    a.subscribe(LeaseMetrics(ma))
+    a.tick()  # alone: all four, none held before
+    assert _sample(ma, "leases_owned") == 4
+    assert _sample(ma, "leases_acquired_total", takeover="no") == 4
+    b = manager(pg_store, "b", boxes)
+    b.subscribe(LeaseMetrics(mb))
+    b.tick()  # b is live now; a drains two of its four and releases them at its next tick
+    a.tick()
+    a.tick()
+    b.tick()
+    assert (_sample(ma, "leases_owned"), _sample(mb, "leases_owned")) == (2, 2)
+    assert _sample(ma, "leases_released_total") == 2
+    assert _sample(mb, "leases_acquired_total", takeover="yes") == 2
+    assert _sample(mb, "leases_acquired_total", takeover="no") == 0
+    # a's leases expire (as after a pause) and b takes them (its next tick finds them held):
+    # a loses two, b has taken two more over.
+    pg_store.leases.renew("a", lease=0)
+    assert len(pg_store.leases.claim("b", sorted(a.owned()), limit=2, lease=30)) == 2
+    b.tick()
+    a.tick()
+    assert _sample(ma, "lease_losses_total") == 2
+    assert _sample(ma, "leases_owned") == 0
+    assert _sample(mb, "leases_owned") == 4
+    assert _sample(mb, "leases_acquired_total", takeover="yes") == 4
+    b.leave()
+    assert _sample(mb, "leases_owned") == 0
+    assert _sample(mb, "leases_released_total") == 4
+
+
+def test_claims_come_in_batches_and_a_full_batch_asks_for_the_next_tick(
+    pg_store: SqlStateStore,
+) -> None:
+    """With ``claim_batch`` 3, a lone replica claims 3 mailboxes a tick and wakes itself after a
+    full batch (its next tick renews first); a short last batch does not wake it."""
+    boxes = [f"m{i}" for i in range(7)]
+    pg_store.leases.join("a", host="test", pid=1, mailboxes=boxes)
+    a = LeaseManager(pg_store.leases, boxes, replica="a", host="test", pid=1, claim_batch=3)
+    a.tick()
+    assert len(a.owned()) == 3
+    assert a._wake.is_set()
+    a._wake.clear()
+    a.tick()
+    assert len(a.owned()) == 6
+    assert a._wake.is_set()
+    a._wake.clear()
+    a.tick()
+    assert sorted(a.owned()) == boxes
+    assert not a._wake.is_set()
