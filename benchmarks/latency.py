@@ -310,6 +310,40 @@ def _read(stamps: Path) -> dict[str, float]:
     return out
 
 
+def _plot(path: Path, lines: list[tuple[str, float, list[float]]]) -> None:
+    """Latency by percentile, one line per (label, added latency, latencies)."""
+    series = [
+        Series(
+            label,
+            [(q, max(_percentile(values, q), 1e-3)) for q in range(1, 100)],
+            color=n,
+            dashed=latency_ms > 0,
+            markers=False,
+        )
+        for n, (label, latency_ms, values) in enumerate(lines)
+    ]
+    svg_line_chart(
+        path,
+        series,
+        title="Delivery to handler start, by percentile",
+        x_label="percentile of messages",
+        y_label="seconds (log)",
+        x_ticks=[1, 25, 50, 75, 95, 99],
+    )
+
+
+def _replot(path: Path, csvs: list[Path]) -> int:
+    """The plot of runs made apart (each with ``--csv``): one line per (mode, added latency)."""
+    lines: dict[tuple[str, float], list[float]] = {}
+    for csv in csvs:
+        for row in csv.read_text().splitlines()[1:]:
+            mode, latency_ms, seconds = row.split(",")
+            lines.setdefault((mode, float(latency_ms)), []).append(float(seconds))
+    _plot(path, [(f"{m} +{ms:g} ms", ms, values) for (m, ms), values in lines.items()])
+    print(f"plot: {path} ({len(lines)} lines from {len(csvs)} CSV files)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument(
@@ -331,7 +365,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--plot", type=Path, help="write the latency distributions as an SVG")
     parser.add_argument("--csv", type=Path, help="write every latency (mode, ms, seconds)")
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        nargs="+",
+        metavar="CSV",
+        help="run nothing: write --plot from the CSV files of earlier runs (--csv)",
+    )
     args = parser.parse_args(argv)
+    if args.replot:
+        if not args.plot:
+            parser.error("--replot needs --plot")
+        return _replot(args.plot, args.replot)
     if args.quick:
         args.mailboxes, args.interval, args.duration, args.idle = 3, 5.0, 10.0, 10.0
         args.rate, args.latency = 2.0, [0.0]
@@ -395,23 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                 out.writelines(f"{run.mode},{run.latency_ms:g},{x:.4f}\n" for x in run.latencies)
         print(f"latencies: {args.csv}")
     if args.plot:
-        series = [
-            Series(
-                f"{run.mode} +{run.latency_ms:g} ms",
-                [(q, max(_percentile(run.latencies, q), 1e-3)) for q in range(1, 100)],
-                color=n,
-                dashed=run.latency_ms > 0,
-                markers=False,
-            )
-            for n, run in enumerate(runs)
-        ]
-        svg_line_chart(
-            args.plot,
-            series,
-            title="Delivery to handler start, by percentile",
-            x_label="percentile of messages",
-            y_label="seconds (log)",
-            x_ticks=[1, 25, 50, 75, 95, 99],
+        _plot(
+            args.plot, [(f"{r.mode} +{r.latency_ms:g} ms", r.latency_ms, r.latencies) for r in runs]
         )
         print(f"plot: {args.plot}")
     lost = [r for r in runs if r.handed != r.messages or r.exit_code != 0]
