@@ -228,7 +228,7 @@ def _measure(
     # Warm-up: every mailbox's first poll (the delta round begins) and, with push, its channel.
     ready = _wait(
         lambda: daemon.poll() is not None or _metrics(port).get(_POLLS, 0) >= n,
-        args.interval + 60,
+        args.interval + 60 + n * 0.3,  # an EWS mailbox's first poll is 4 requests and an Account
     )
     mode = MODES[mode_name]
     if mode.notifications != "off":
