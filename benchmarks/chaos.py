@@ -7,9 +7,15 @@ the ``MaxConcurrency`` variant, ``ErrorExceededConnectionCount`` by rule and by 
 standing connection limit to zero), answers 500 and 503, drops connections, adds latency, answers
 401 for expired and revoked tokens, revokes every issued token, and the token server goes down
 (``--outage`` seconds: 10 in CI mode, 30 with ``--long``) with the tokens revoked as it goes, so
-the daemon must wait it out. The handler (``tests/chaos/handler.py``) fails transiently on a seeded
-20 % of attempts and permanently for ``[poison]`` subjects. The daemon is SIGKILLed and restarted
-every ``--kill-every`` seconds, and one of those stops is a SIGTERM instead.
+the daemon must wait it out. Push notifications are on for half the mailboxes (EWS streaming and
+Graph change notifications to the daemon's ``/notifications/graph``; the other half polls, on EWS
+and on Graph), and their faults are in the mix: EWS streams dropped mid-way, subscriptions
+forgotten, ``ErrorMissedNotificationEvents`` and 30-minute rollovers (a protocol minute of 10 s);
+Graph subscriptions removed, notifications missed, the receiver unreachable (and down for real
+while the daemon restarts), and Graph's own 429 / 5xx / dropped connections. The handler
+(``tests/chaos/handler.py``) fails transiently on a seeded 20 % of attempts and permanently for
+``[poison]`` subjects. The daemon is SIGKILLed and restarted every ``--kill-every`` seconds, and
+one of those stops is a SIGTERM instead.
 
 Then the faults stop, the daemon drains, gets a SIGTERM, and ``tests/chaos/checks.py`` audits the
 ledger, dead letters, pending queue, receipt log, daemon logs and RSS samples. The figures are
@@ -27,6 +33,7 @@ import email
 import json
 import random
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -45,9 +52,12 @@ if str(REPO) not in sys.path:
 from ews_listener_emulators.feed import SampleFactory  # noqa: E402 - after the path fix above
 from tests.chaos.checks import Delivered, drained, verify  # noqa: E402
 from tests.chaos.handler import POISON  # noqa: E402
-from tests.chaos.world import APPS, ChaosWorld  # noqa: E402
+from tests.chaos.world import APPS, CLIENT_STATE, ChaosWorld  # noqa: E402
 
 __all__ = ["Event", "main", "schedule"]
+
+# (source, notifications) of mailbox i by i % 4 under --push half.
+_KINDS = (("ews", "off"), ("ews", "streaming"), ("graph", "webhook"), ("graph", "off"))
 
 # Rule kinds of the fault engine injected on the schedule, with their weights.
 RULE_KINDS = {
@@ -62,6 +72,12 @@ RULE_KINDS = {
     "revoke_tokens": 1,
 }
 OPERATIONS = ("*", "*", "SyncFolderItems", "GetItem", "UpdateItem")
+# Faults of Graph's request path, with their weights (the Graph mailboxes' share of the mix).
+GRAPH_RULE_KINDS = {"throttled": 3, "http_503": 2, "http_500": 2, "drop": 2, "latency": 1}
+# Faults of the notification channels: EWS streaming (``ops/notifications.py``) and Graph
+# change notifications (``graph/faults.py`` hook kinds).
+STREAM_FAULTS = ("drop", "remove", "miss")
+GRAPH_PUSH_FAULTS = ("subscription_removed", "notifications_missed", "receiver_unreachable")
 
 
 @dataclass(frozen=True, order=True)
@@ -69,7 +85,7 @@ class Event:
     """One scheduled disturbance, ``at`` seconds after the feed starts."""
 
     at: float
-    action: str  # rule | revoke | squeeze | outage | kill | term
+    action: str  # rule | graph_rule | stream | graph_push | revoke | squeeze | outage | kill | term
     params: tuple[tuple[str, object], ...] = field(default=(), compare=False)
 
 
@@ -81,14 +97,44 @@ def schedule(
     every: tuple[float, float],
     kill_every: float,
     outage: float,
+    streaming: Sequence[str] = (),
+    graph: Sequence[str] = (),
+    webhook: Sequence[str] = (),
 ) -> list[Event]:
-    """The seeded disturbances of a run, in time order (the same seed, the same schedule)."""
+    """The seeded disturbances of a run, in time order (the same seed, the same schedule).
+
+    ``streaming`` (EWS mailboxes with streaming notifications), ``graph`` (Graph mailboxes) and
+    ``webhook`` (those with change notifications) add their faults to the mix."""
     rng = random.Random(seed)
     events: list[Event] = []
     at = 2.0
     while at < duration:
+        # A share of the events goes to the push channels and to Graph, when the run has them.
+        push = rng.random() if (streaming or graph or webhook) else 1.0
         roll = rng.random()
-        if roll < 0.06:
+        if streaming and push < 0.12:
+            fault = rng.choice(STREAM_FAULTS)
+            target = rng.choice(["*", *streaming])
+            events.append(Event(at, "stream", (("fault", fault), ("mailbox", target))))
+        elif webhook and 0.12 <= push < 0.24:
+            kind = rng.choice(GRAPH_PUSH_FAULTS)
+            count = rng.randint(1, 4) if kind == "receiver_unreachable" else 1
+            target = rng.choice(list(webhook))
+            events.append(
+                Event(at, "graph_push", (("count", count), ("kind", kind), ("mailbox", target)))
+            )
+        elif graph and 0.24 <= push < 0.34:
+            kind = rng.choices(list(GRAPH_RULE_KINDS), weights=list(GRAPH_RULE_KINDS.values()))[0]
+            rule: dict[str, object] = {
+                "mailbox": rng.choice(["*", *graph]),
+                "count": rng.randint(1, 3),
+            }
+            if kind in ("throttled", "http_503"):
+                rule["retry_after"] = round(rng.uniform(0.2, 1.5), 2)
+            elif kind == "latency":
+                rule["delay"] = round(rng.uniform(0.2, 1.5), 2)
+            events.append(Event(at, "graph_rule", (("kind", kind), *sorted(rule.items()))))
+        elif roll < 0.06:
             events.append(Event(at, "revoke"))
         elif roll < 0.12:
             events.append(Event(at, "squeeze", (("seconds", round(rng.uniform(0.3, 1.5), 2)),)))
@@ -124,10 +170,18 @@ class Feed:
     """Delivers ``rate`` realistic messages per second into random mailboxes (seeded)."""
 
     def __init__(
-        self, world: ChaosWorld, addresses: Sequence[str], *, seed: int, rate: float, poison: float
+        self,
+        world: ChaosWorld,
+        addresses: Sequence[str],
+        *,
+        seed: int,
+        rate: float,
+        poison: float,
+        graph: Sequence[str] = (),
     ) -> None:
         self.world = world
         self.addresses = list(addresses)
+        self.graph = {a.lower() for a in graph}  # their items go by Graph's immutable ids
         self.rate = rate
         self.poison = poison
         self.seed = seed
@@ -172,11 +226,22 @@ class Feed:
         msg.replace_header("Message-ID", message_id)
         try:
             item_id = self.world.ews.deliver(address, msg.as_bytes(policy=SMTP))
+            if address.lower() in self.graph:
+                item_id = self._immutable_id(address, item_id)
         except Exception:
             self.errors += 1
             return
         with self._lock:
             self.delivered.append(Delivered(address, item_id, message_id, poisoned, time.time()))
+
+    def _immutable_id(self, address: str, item_id: str) -> str:
+        """The id a Graph client (the daemon asks for immutable ids) knows the item by."""
+        store = self.world.ews.store
+        mailbox = store.mailbox(address)
+        item = store.item(mailbox, item_id) if mailbox is not None else None
+        if item is None:
+            raise LookupError(f"{address}: no item {item_id}")
+        return item.immutable_id
 
 
 class Chaos:
@@ -218,6 +283,24 @@ class Chaos:
         if event.action == "rule":
             kind = str(params.pop("kind"))
             faults.add(kind, **params)
+        elif event.action == "graph_rule":
+            kind = str(params.pop("kind"))
+            self.world.graph.faults.add(kind, **params)
+            self.injected[f"graph_{kind}_rules"] += 1
+        elif event.action == "graph_push":
+            kind = str(params.pop("kind"))
+            self.world.graph.faults.add(kind, **params)
+            self.injected[f"graph_push_{kind}_scheduled"] += 1
+        elif event.action == "stream":
+            mailbox = str(params["mailbox"])
+            act = {
+                "drop": self.world.streams.drop_streams,
+                "remove": self.world.streams.remove_subscriptions,
+                "miss": self.world.streams.miss_events,
+            }[str(params["fault"])]
+            hit = act(None if mailbox == "*" else mailbox)
+            self.injected[f"ews_streaming_{params['fault']}"] += 1
+            self.injected[f"ews_streaming_{params['fault']}_affected"] += hit
         elif event.action == "revoke":
             self.world.tokens.revoke()
             self.injected["token_server_revoke_all"] += 1
@@ -242,11 +325,18 @@ class Chaos:
     def calm(self) -> None:
         """Stop every disturbance: no rules, the standing limit back, the token server up."""
         self.world.ews.faults.clear()
+        self.world.graph.faults.clear()
         self.world.ews.faults.connection_limit = 27
         self._squeeze_end = None
         if self._outage_end is not None:
             self.world.tokens.come_back()
             self._outage_end = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -269,6 +359,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=("none", "half", "all"),
         help="ordered = true (one at a time, in received order) on no mailbox, every other one "
         "(half: both hand-over modes in one run, what CI runs) or all (--ordered alone)",
+    )
+    parser.add_argument(
+        "--push",
+        default="half",
+        choices=("half", "off"),
+        help="half (the default, what CI runs): mailbox i by i %% 4 is EWS polling, EWS "
+        "streaming, Graph with change notifications, Graph polling; off: EWS polling only",
     )
     parser.add_argument("--drain-timeout", type=float, help="seconds (CI 120, long 300)")
     parser.add_argument("--rss-every", type=float, default=2.0, help="RSS sample period, seconds")
@@ -310,11 +407,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     credentials = list(APPS)
     grace = 15.0
     workers = min(args.mailboxes, 8)
+    # Mailbox i by i % 4 (with --push half; --push off: all EWS, polling):
+    # 0 EWS polling, 1 EWS streaming, 2 Graph webhook, 3 Graph polling.
+    kinds = [_KINDS[i % 4] if args.push == "half" else _KINDS[0] for i in range(len(addresses))]
+    http_port = _free_port()
     config = world.config(
         {
             f"box{i}": {
                 "address": address,
                 "credential": credentials[i % len(credentials)],
+                "source": kinds[i][0],
+                "notifications": kinds[i][1],
                 "interval": 1,
                 "start_from": "all",
                 "batch_size": args.batch_size,
@@ -324,15 +427,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             for i, address in enumerate(addresses)
         },
-        service={"jitter": 0.2, "shutdown_grace": grace, "max_workers": workers},
+        service={
+            "jitter": 0.2,
+            "shutdown_grace": grace,
+            "max_workers": workers,
+            "http_port": http_port,
+        },
+        notifications={
+            "debounce": 0.2,
+            # While a channel is connected its mailbox polls every 5 s instead of every second:
+            # push carries the latency, the safety net still drains what push failed to signal.
+            "healthy_interval": 5,
+            # One-"minute" streaming connections: a rollover every 10 s (the world's minute).
+            "ews": {"connection_minutes": 1},
+            "graph": {"public_url": f"http://127.0.0.1:{http_port}/notifications/graph"},
+        },
     )
+    by_kind = lambda wanted: [  # noqa: E731 - a local shorthand
+        a for a, k in zip(addresses, kinds, strict=True) if k == wanted
+    ]
+    ews_addresses = [a for a, k in zip(addresses, kinds, strict=True) if k[0] == "ews"]
+    graph_addresses = [a for a, k in zip(addresses, kinds, strict=True) if k[0] == "graph"]
     events = schedule(
         args.seed,
         duration=duration,
-        mailboxes=addresses,
+        mailboxes=ews_addresses,
         every=(1.0, 3.0) if not args.long else (1.5, 4.0),
         kill_every=kill_every,
         outage=outage,
+        streaming=by_kind(("ews", "streaming")),
+        graph=graph_addresses,
+        webhook=by_kind(("graph", "webhook")),
     )
     print(
         f"chaos: seed {args.seed}, {duration:.0f} s, {args.mailboxes} mailboxes, "
@@ -342,7 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run_started = time.monotonic()
     chaos = Chaos(world, config, grace=grace)
-    feed = Feed(world, addresses, seed=args.seed, rate=args.rate, poison=args.poison)
+    feed = Feed(
+        world, addresses, seed=args.seed, rate=args.rate, poison=args.poison, graph=graph_addresses
+    )
     try:
         world.start_daemon(config)
         feed.start()
@@ -366,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if world.current is not None:
             world.end_daemon(signal.SIGTERM, timeout=grace + 15)
         counters = dict(world.ews.faults.counters())
+        counters.update({f"graph_{k}": v for k, v in world.graph.faults.counters().items()})
         verdict = verify(
             state=world.state,
             receipts=world.receipts,
@@ -373,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lifetimes=world.lifetimes,
             concurrency=workers,
             batch_size=args.batch_size,
-            secrets=[secret for _, secret in APPS.values()],
+            secrets=[*(secret for _, secret in APPS.values()), CLIENT_STATE],
             tokens=world.tokens.issued_tokens(),
             rss_limit=0.5 if args.long else None,
         )
@@ -391,6 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "drain seconds": round(drain_seconds, 1),
         "run seconds": round(time.monotonic() - run_started, 1),
         "mailboxes / credentials": f"{args.mailboxes} / {len(credentials)}",
+        "mailboxes by source/notifications": dict(
+            Counter(f"{source}/{push}" for source, push in kinds)
+        ),
         **verdict.figures,
         "SIGKILLs": chaos.injected["daemon_sigkill"],
         "SIGTERMs (incl. final)": chaos.injected["daemon_sigterm"] + 1,

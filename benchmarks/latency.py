@@ -2,18 +2,19 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/latency.py [--mode polling webhook] [--mailboxes 10]
+    .venv/bin/python benchmarks/latency.py [--modes polling,webhook,streaming] [--mailboxes 10]
         [--latency 0 80] [--interval 60] [--rate 1] [--duration 120] [--burst 0] [--idle 120]
         [--quick]
 
 For each mode and added latency, one ``ews-listener run`` (a subprocess) watches ``--mailboxes``
-Graph mailboxes of the emulator (its own ``spawn``-ed process). Mail is filed at ``--rate``
-messages a second, round-robin over the mailboxes, for ``--duration`` seconds (``--burst N``
-files N at once every ten seconds instead); the handler (``_harness:stamp``) notes when it
-started for each Message-ID, and the emulator when it filed it. Printed per run: delivery →
-handler start p50 / p95 / p99 / max, requests to Graph per message (the delivery window), and
-requests per idle mailbox-minute (``--idle`` seconds with no mail afterwards, first poll and
-subscription set-up left out).
+mailboxes of the emulator (its own ``spawn``-ed process), Graph or EWS by mode. Mail is filed at
+``--rate`` messages a second, round-robin over the mailboxes, for ``--duration`` seconds (``--burst
+N`` files N at once every ten seconds instead); the handler (``_harness:stamp``) notes when it
+started for each Message-ID, and the emulator when it filed it. Printed per run: delivery → handler
+start p50 / p95 / p99 / max, requests to the mode's endpoint per message (the delivery window; an
+EWS ``GetStreamingEvents`` counts once per connection, not per envelope), and requests per idle
+mailbox-minute (``--idle`` seconds with no mail afterwards, first poll and subscription set-up left
+out).
 
 Modes (a mode is a row of ``MODES``: the mailboxes' source and what wakes their polls, so EWS
 streaming is one more row):
@@ -22,10 +23,13 @@ streaming is one more row):
 - ``webhook``: Graph change notifications to the daemon's ``/notifications/graph``
   (``notifications = "webhook"``), the same interval as the safety net, stretched to
   ``healthy_interval`` (300 s) while the subscription is connected.
+- ``streaming``: EWS mailboxes with streaming notifications (``notifications = "streaming"``),
+  one ``GetStreamingEvents`` connection per credential for all of them, the same safety net.
+- ``polling-ews``: EWS mailboxes polled every ``--interval`` seconds (the EWS baseline).
 
 Added latency (``--latency MS``): every HTTP request from the daemon to Graph waits MS before the
 emulator serves it (``_harness._GraphRoundTrip``), and so does every notification POST from Graph
-to the daemon (both cross the same WAN).
+to the daemon (both cross the same WAN); for EWS, every answer of the EWS endpoint.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from _harness import (
 __all__ = ["MODES", "Mode", "main"]
 
 _POLLS = "ews_listener_polls_total"
+_EVENTS = "ews_listener_notification_events_total"
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,17 @@ class Mode:
 MODES = {
     "polling": Mode("graph", "off", needs_receiver=False),
     "webhook": Mode("graph", "webhook", needs_receiver=True),
+    "streaming": Mode("ews", "streaming", needs_receiver=False),
+    "polling-ews": Mode("ews", "off", needs_receiver=False),
 }
+
+
+def _modes(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in MODES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+    return names
 
 
 def _free_port() -> int:
@@ -150,15 +165,21 @@ def run_one(args: argparse.Namespace, mode_name: str, latency_ms: float, root: P
         assert emu.endpoints is not None
         addresses = [f"lat-{mode_name}-{n}@contoso.com" for n in range(args.mailboxes)]
         emu.add_mailboxes(addresses)
+        if mode.source == "ews":
+            # Exchange's minute; keep-alives every 30 s as Exchange sends them.
+            emu.set_streaming(minute=60.0, keepalive=30.0)
         port = _free_port()
         extra: list[str] = [f"http_port = {port}", ""]
         options: dict[str, object] = {"notifications": mode.notifications}
-        if mode.needs_receiver:
+        if mode.notifications != "off":
             extra += [
                 "[notifications]",
                 f"debounce = {args.debounce}",
                 f"healthy_interval = {args.healthy_interval}",
                 "",
+            ]
+        if mode.needs_receiver:
+            extra += [
                 "[notifications.graph]",
                 f'public_url = "http://127.0.0.1:{port}/notifications/graph"',
                 'client_state = { source = "env", name = "BENCH_CLIENT_STATE" }',
@@ -207,14 +228,19 @@ def _measure(
     # Warm-up: every mailbox's first poll (the delta round begins) and, with push, its channel.
     ready = _wait(
         lambda: daemon.poll() is not None or _metrics(port).get(_POLLS, 0) >= n,
-        args.interval + 60,
+        args.interval + 60 + n * 0.3,  # an EWS mailbox's first poll is 4 requests and an Account
     )
-    if MODES[mode_name].needs_receiver:
-        ready = ready and _wait(lambda: _connected(port) >= n, 60)
+    mode = MODES[mode_name]
+    if mode.notifications != "off":
+        ready = ready and _wait(lambda: _connected(port) >= n, 60 + n / 10)
     if daemon.poll() is not None or not ready:
         raise RuntimeError(f"{mode_name}: the daemon did not warm up (exit {daemon.poll()})")
-    emu.set_graph_latency(latency_ms / 1000)
-    emu.set_notification_latency(latency_ms / 1000)
+    time.sleep(1.0)  # the wake polls that follow each new subscription
+    if mode.source == "graph":
+        emu.set_graph_latency(latency_ms / 1000)
+        emu.set_notification_latency(latency_ms / 1000)
+    else:
+        emu.set_latency(latency_ms / 1000)
     emu.clear_log()
     polls_before = _metrics(port).get(_POLLS, 0)
     notified_before = emu.notification_deliveries()[1]
@@ -241,14 +267,16 @@ def _measure(
         time.sleep(max(0.0, started + batches * period - time.monotonic()))
     # Every message handed over: within one interval (polling) plus a margin.
     _wait(lambda: _count(stamps) >= sent, args.interval + 60, period=0.5)
-    busy = emu.stats("graph")
+    busy = emu.stats(mode.source)
 
     # Idle: no mail; what the mailboxes cost per minute (polls, renewals).
     emu.clear_log()
     time.sleep(args.idle)
-    idle = emu.stats("graph")
+    idle = emu.stats(mode.source)
     polls = _metrics(port).get(_POLLS, 0) - polls_before
     notified = emu.notification_deliveries()[1] - notified_before
+    if mode.source == "ews":
+        notified = int(_metrics(port).get(_EVENTS, 0))
 
     daemon.send_signal(signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -282,9 +310,48 @@ def _read(stamps: Path) -> dict[str, float]:
     return out
 
 
+def _plot(path: Path, lines: list[tuple[str, float, list[float]]]) -> None:
+    """Latency by percentile, one line per (label, added latency, latencies)."""
+    series = [
+        Series(
+            label,
+            [(q, max(_percentile(values, q), 1e-3)) for q in range(1, 100)],
+            color=n,
+            dashed=latency_ms > 0,
+            markers=False,
+        )
+        for n, (label, latency_ms, values) in enumerate(lines)
+    ]
+    svg_line_chart(
+        path,
+        series,
+        title="Delivery to handler start, by percentile",
+        x_label="percentile of messages",
+        y_label="seconds (log)",
+        x_ticks=[1, 25, 50, 75, 95, 99],
+    )
+
+
+def _replot(path: Path, csvs: list[Path]) -> int:
+    """The plot of runs made apart (each with ``--csv``): one line per (mode, added latency)."""
+    lines: dict[tuple[str, float], list[float]] = {}
+    for csv in csvs:
+        for row in csv.read_text().splitlines()[1:]:
+            mode, latency_ms, seconds = row.split(",")
+            lines.setdefault((mode, float(latency_ms)), []).append(float(seconds))
+    _plot(path, [(f"{m} +{ms:g} ms", ms, values) for (m, ms), values in lines.items()])
+    print(f"plot: {path} ({len(lines)} lines from {len(csvs)} CSV files)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--mode", nargs="+", choices=sorted(MODES), default=["polling", "webhook"])
+    parser.add_argument(
+        "--modes",
+        type=_modes,
+        default=["polling", "webhook", "streaming"],
+        help=f"comma-separated, of {', '.join(MODES)}",
+    )
     parser.add_argument("--mailboxes", type=int, default=10)
     parser.add_argument("--latency", type=float, nargs="+", default=[0.0, 80.0], help="ms")
     parser.add_argument("--interval", type=float, default=60.0, help="poll interval, s")
@@ -298,19 +365,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--plot", type=Path, help="write the latency distributions as an SVG")
     parser.add_argument("--csv", type=Path, help="write every latency (mode, ms, seconds)")
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        nargs="+",
+        metavar="CSV",
+        help="run nothing: write --plot from the CSV files of earlier runs (--csv)",
+    )
     args = parser.parse_args(argv)
+    if args.replot:
+        if not args.plot:
+            parser.error("--replot needs --plot")
+        return _replot(args.plot, args.replot)
     if args.quick:
         args.mailboxes, args.interval, args.duration, args.idle = 3, 5.0, 10.0, 10.0
         args.rate, args.latency = 2.0, [0.0]
     runs: list[Run] = []
     with workdir(args.keep) as root:
-        for mode in args.mode:
+        for mode in args.modes:
             for latency in args.latency:
                 print(f"-- {mode}, +{latency:g} ms ...", flush=True)
                 runs.append(run_one(args, mode, latency, root))
     what = f"{args.burst} at once every 10 s" if args.burst else f"{args.rate:g} msg/s"
     print(
-        f"\n{args.mailboxes} Graph mailboxes, interval {args.interval:g} s, {what} for "
+        f"\n{args.mailboxes} mailboxes, interval {args.interval:g} s, {what} for "
         f"{args.duration:g} s, idle window {args.idle:g} s\n"
     )
     rows = []
@@ -350,9 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     print(
-        "\nrequests: HTTP requests to Graph ($batch = 1); req/msg over the delivery window, "
-        "idle per mailbox-minute over the idle window; notifications: POSTs Graph made that the "
-        "daemon answered 2xx"
+        "\nrequests: HTTP requests to the mode's endpoint (Graph: $batch = 1; EWS: a "
+        "GetStreamingEvents connection = 1); req/msg over the delivery window, idle per "
+        "mailbox-minute over the idle window; notifications: POSTs Graph made that the daemon "
+        "answered 2xx (webhook), events the daemon counted over the run (streaming)"
     )
     if args.csv:
         with args.csv.open("w") as out:
@@ -361,23 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                 out.writelines(f"{run.mode},{run.latency_ms:g},{x:.4f}\n" for x in run.latencies)
         print(f"latencies: {args.csv}")
     if args.plot:
-        series = [
-            Series(
-                f"{run.mode} +{run.latency_ms:g} ms",
-                [(q, max(_percentile(run.latencies, q), 1e-3)) for q in range(1, 100)],
-                color=n,
-                dashed=run.latency_ms > 0,
-                markers=False,
-            )
-            for n, run in enumerate(runs)
-        ]
-        svg_line_chart(
-            args.plot,
-            series,
-            title="Delivery to handler start, by percentile",
-            x_label="percentile of messages",
-            y_label="seconds (log)",
-            x_ticks=[1, 25, 50, 75, 95, 99],
+        _plot(
+            args.plot, [(f"{r.mode} +{r.latency_ms:g} ms", r.latency_ms, r.latencies) for r in runs]
         )
         print(f"plot: {args.plot}")
     lost = [r for r in runs if r.handed != r.messages or r.exit_code != 0]

@@ -35,7 +35,11 @@ def test_ci_chaos_run_keeps_every_promise(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The CI chaos run (75 s of faults, kills, an outage) exits 0: every invariant held, with
-    half of the mailboxes handing over concurrently (the default) and half ordered."""
+    half of the mailboxes handing over concurrently (the default) and half ordered, and (its
+    default ``--push half``) push notifications on: of the 8 mailboxes two EWS streaming, two
+    Graph with change notifications, two polling of each source, and the push faults (streams
+    dropped, subscriptions removed, missed events, rollovers, an unreachable receiver) in the
+    mix."""
     result = subprocess.run(
         # Every other mailbox ordered: the contract under concurrent and ordered hand-over alike.
         [
@@ -81,6 +85,30 @@ def test_schedule_is_a_function_of_the_seed() -> None:
     assert actions.count("outage") == 1
     assert actions.count("term") == 1
     assert actions.count("kill") == 2
+
+
+def test_schedule_has_push_faults_only_for_push_mailboxes() -> None:
+    """With streaming and webhook mailboxes the schedule drops streams and removes Graph
+    subscriptions, aimed at those mailboxes (or all); without them, none of either."""
+    chaos = _chaos_module()
+    common = {"duration": 200, "every": (1, 3), "kill_every": 50, "outage": 10}
+    plain = chaos.schedule(4, mailboxes=["a@x"], **common)
+    assert {e.action for e in plain} & {"stream", "graph_push", "graph_rule"} == set()
+    pushed = chaos.schedule(
+        4, mailboxes=["a@x"], streaming=["s@x"], graph=["g@x", "h@x"], webhook=["g@x"], **common
+    )
+    actions = {e.action for e in pushed}
+    assert {"stream", "graph_push", "graph_rule"} <= actions
+    for event in pushed:
+        params = dict(event.params)
+        if event.action == "stream":
+            assert params["fault"] in chaos.STREAM_FAULTS
+            assert params["mailbox"] in ("*", "s@x")
+        elif event.action == "graph_push":
+            assert params["kind"] in chaos.GRAPH_PUSH_FAULTS
+            assert params["mailbox"] == "g@x"
+        elif event.action == "rule":
+            assert params["mailbox"] in ("*", "a@x")
 
 
 def test_seeded_handler_failures_are_about_the_rate() -> None:

@@ -1,6 +1,8 @@
-"""The chaos run's world: token server and EWS emulator in this process, the daemon in another.
+"""The chaos run's world: token server, EWS and Graph emulators in this process, the daemon in
+another.
 
-``ChaosWorld`` builds the emulated tenant (two app registrations, any number of mailboxes), writes
+``ChaosWorld`` builds the emulated tenant (two app registrations, any number of mailboxes, one
+mail store served over EWS and Graph), writes
 the daemon's configuration, and starts, kills and restarts the real ``ews-listener run`` process,
 keeping for each lifetime its pid, how it ended, its log file and its RSS samples.
 ``RecordingTokenServer`` remembers every access token it issued, so the run can prove that none of
@@ -20,12 +22,24 @@ from pathlib import Path
 from typing import Any
 
 from ews_listener_emulators.ca import EmulatorCA
+from ews_listener_emulators.graph.server import GraphEmulator
+from ews_listener_emulators.graph.subscriptions import NotificationSettings
+from ews_listener_emulators.ops import notifications as streaming
 from ews_listener_emulators.server import EwsEmulator
 from ews_listener_emulators.token_server import TokenServer
 from tests import REPO
 from tests.configs import emulated_credentials, table
 
-__all__ = ["APPS", "REPO", "TENANT", "ChaosWorld", "Lifetime", "RecordingTokenServer", "rss_mb"]
+__all__ = [
+    "APPS",
+    "CLIENT_STATE",
+    "REPO",
+    "TENANT",
+    "ChaosWorld",
+    "Lifetime",
+    "RecordingTokenServer",
+    "rss_mb",
+]
 
 TENANT = "contoso.onmicrosoft.com"
 # Throw-away secrets of the emulated tenant; characters that need form-encoding on purpose, so a
@@ -35,6 +49,10 @@ APPS = {
     "support": ("11111111-aaaa-4bbb-8ccc-0000000000c2", "chaos-support-secret%2F:y"),
 }
 HANDLER = "tests.chaos.handler:record"
+EWS_SCOPE = "https://outlook.office365.com/.default"
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+CLIENT_STATE = "chaos-client-state/+=z"  # the Graph subscriptions' clientState secret
+_STATE_ENV = "CHAOS_CLIENT_STATE"
 
 
 class RecordingTokenServer(TokenServer):
@@ -117,6 +135,14 @@ class ChaosWorld:
             self.tokens.register_app(TENANT, client_id, secret=secret)
         self.ews = EwsEmulator(self.tokens, self.ca, schema_dir=schema_dir)
         self.ews.start()
+        # A protocol minute of 10 s: the daemon's 1-minute streaming connections roll over every
+        # 10 s, so a CI run crosses several "30-minute" limits.
+        self.streams = streaming.configure(self.ews, minute=10.0, keepalive=0.5)
+        # Graph's retry back-off (60 s first, for 4 hours) cut to seconds: a receiver down for a
+        # kill's restart is retried, and one down longer ends in ``missed``.
+        settings = NotificationSettings(first_retry=0.3, max_retry=1.0, retry_for=4.0)
+        self.graph = GraphEmulator.beside(self.ews, self.tokens, self.ca, notifications=settings)
+        self.graph.start()
         self.lifetimes: list[Lifetime] = []
         self._sampler_stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample_rss, name="rss", daemon=True)
@@ -125,19 +151,28 @@ class ChaosWorld:
     # --- configuration -------------------------------------------------------------------------
 
     def config(
-        self, mailboxes: dict[str, dict[str, object]], *, service: dict[str, object]
+        self,
+        mailboxes: dict[str, dict[str, object]],
+        *,
+        service: dict[str, object],
+        notifications: dict[str, object] | None = None,
     ) -> Path:
-        """Write the daemon's TOML: both credentials, the chaos handler, ``mailboxes``."""
+        """Write the daemon's TOML: both credentials, the chaos handler, ``mailboxes`` (a
+        ``source = "graph"`` one gets the Graph endpoint, and the credentials both scopes) and
+        the ``[notifications]`` table when given (its ``graph`` entry: ``public_url``; the
+        clientState is read from the environment)."""
+        graph = any(given.get("source") == "graph" for given in mailboxes.values())
         lines = emulated_credentials(
             APPS,
             token_endpoint=self.tokens.token_endpoint(TENANT),
             ca_file=self.ca.ca_file,
             env_prefix="CHAOS_SECRET_",
             timeout=5,
+            **({"scopes": [EWS_SCOPE, GRAPH_SCOPE]} if graph else {}),
         )
         for name, given in mailboxes.items():
             options = {
-                "endpoint": self.ews.url,
+                "endpoint": self.graph.url if given.get("source") == "graph" else self.ews.url,
                 "ca_bundle": str(self.ca.ca_file),
                 "routes": [{"handlers": ["chaos"]}],
                 **given,
@@ -153,6 +188,14 @@ class ChaosWorld:
             "",
         ]
         lines += table("service", service)
+        if notifications is not None:
+            flat = {k: v for k, v in notifications.items() if not isinstance(v, dict)}
+            lines += table("notifications", flat)
+            for sub, body in notifications.items():
+                if isinstance(body, dict):
+                    secret = {"source": "env", "name": _STATE_ENV}
+                    extra = {"client_state": secret} if sub == "graph" else {}
+                    lines += table(f"notifications.{sub}", {**body, **extra})
         path = self.root / "config.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -162,6 +205,7 @@ class ChaosWorld:
         env.update(
             CHAOS_SECRET_SALES=APPS["sales"][1],
             CHAOS_SECRET_SUPPORT=APPS["support"][1],
+            **{_STATE_ENV: CLIENT_STATE},
             CHAOS_RECEIPTS=str(self.receipts),
             CHAOS_ATTEMPTS=str(self.attempts),
             CHAOS_SEED=str(self.seed),
@@ -243,9 +287,10 @@ class ChaosWorld:
                 lifetime.rss.append((time.time(), value))
 
     def close(self) -> None:
-        """Stop the daemon (SIGKILL), the sampler and both servers."""
+        """Stop the daemon (SIGKILL), the sampler and the servers."""
         self._sampler_stop.set()
         if self.current is not None:
             self.end_daemon(signal.SIGKILL, timeout=10)
+        self.graph.stop()
         self.ews.stop()
         self.tokens.stop()
