@@ -242,6 +242,7 @@ class _Stream(_Affine, GetStreamingEvents):  # type: ignore[misc]
         self.affinity = affinity
         self.error_ids: list[str] = []
         self.on_ok: Callable[[], None] | None = None  # each envelope that is not an error
+        self._shut = False  # set by shut(), from the thread that stops the channel
 
     def _get_element_container(self, message: Any, name: Any = None) -> Any:
         found = message.find(f"{{{MNS}}}ErrorSubscriptionIds")
@@ -257,11 +258,25 @@ class _Stream(_Affine, GetStreamingEvents):  # type: ignore[misc]
             self.on_ok()  # the stream is up (keep-alives included)
         return container
 
+    def _get_response(self, payload: Any, api_version: Any) -> Any:
+        response = super()._get_response(payload, api_version)
+        if self._shut:
+            # shut() came while the request waited for the answer's headers, before there was a
+            # response to end: end it now, or the thread would read on until the next keep-alive.
+            self._end(response)
+        return response
+
     def shut(self) -> None:
-        """From another thread: end the read the streaming thread is blocked in."""
+        """From another thread: end the read the streaming thread is blocked in (or, when the
+        answer has not begun yet, the read it is about to start: see ``_get_response``)."""
+        self._shut = True
         response = getattr(self, "_streaming_response", None)
         if response is None:
             return
+        self._end(response)
+
+    @staticmethod
+    def _end(response: Any) -> None:
         connection = getattr(getattr(response, "raw", None), "connection", None)
         sock = getattr(connection, "sock", None)
         if sock is not None:
