@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -52,10 +53,12 @@ __all__ = [
     "count",
     "daemon_argv",
     "daemon_env",
+    "free_port",
     "make_messages",
     "make_realistic_messages",
     "print_table",
     "scrape_metrics",
+    "scrape_metrics_or_none",
     "sleeping_count",
     "stamp",
     "svg_line_chart",
@@ -686,6 +689,21 @@ class ProcessSampler:
 
     def window(self, since: float) -> list[tuple[float, float, float]]:
         return [s for s in self.samples if s[0] >= since]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a daemon's HTTP server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape_metrics_or_none(port: int) -> dict[str, float]:
+    """``scrape_metrics``, or ``{}`` while the daemon does not answer (starting, stopped)."""
+    try:
+        return scrape_metrics(port)
+    except OSError:
+        return {}
 
 
 def scrape_metrics(port: int, timeout: float = 10) -> dict[str, float]:

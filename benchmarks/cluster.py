@@ -150,6 +150,23 @@ def _pg_counters(conn: sa.Connection, schema: str) -> dict[str, float]:
     return {"scans": float(tables[0]), "rows": float(tables[1]), "xacts": float(db)}
 
 
+def _fresh_schema(admin: sa.Engine) -> tuple[str, str]:
+    """A new, empty schema of the benchmark's database: its name, and a URL whose connections
+    use it (``search_path``), so a run never meets another run's tables."""
+    schema = f"ews_bench_{uuid.uuid4().hex[:8]}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = admin.url.set(query={"options": f"-csearch_path={schema}"}).render_as_string(
+        hide_password=False
+    )
+    return schema, url
+
+
+def _drop_schema(admin: sa.Engine, schema: str) -> None:
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
 def scale(args: argparse.Namespace) -> int:
     """``--replicas`` real daemons over ``--scale`` idle mailboxes: what they cost once warm."""
     count, interval = args.scale, args.interval if args.interval != 1.0 else 60.0
@@ -157,12 +174,7 @@ def scale(args: argparse.Namespace) -> int:
     renew = args.renew or 5.0
     root = Path(tempfile.mkdtemp(prefix="ews-scale-"))
     admin = sa.create_engine(args.postgres)
-    schema = f"ews_bench_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = admin.url.set(query={"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
-    )
+    schema, url = _fresh_schema(admin)
     ca = EmulatorCA(root / "ca")
     tokens = TokenServer(ca=ca, token_lifetime=24 * 3600)
     tokens.start()
@@ -235,8 +247,7 @@ def scale(args: argparse.Namespace) -> int:
         warm_ops = Counter(r.operation for r in list(ews.request_log)[:warm_requests])
     finally:
         replicas.stop_all()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        _drop_schema(admin, schema)
         admin.dispose()
         graph.stop()
         ews.stop()
@@ -285,12 +296,7 @@ def leases_only(args: argparse.Namespace) -> int:
     from listener.cluster import LeaseManager
 
     admin = sa.create_engine(args.postgres)
-    schema = f"ews_bench_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = admin.url.set(query={"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
-    )
+    schema, url = _fresh_schema(admin)
     store = open_store(url)
     statements = [0]
     sa.event.listen(
@@ -327,8 +333,7 @@ def leases_only(args: argparse.Namespace) -> int:
         for m in managers:
             m.leave()
         store.close()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        _drop_schema(admin, schema)
         admin.dispose()
     total = per_tick * args.replicas / 5
     print(
@@ -522,12 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settle = args.settle or (2.0 if args.quick else 2 * lease)
     root = Path(tempfile.mkdtemp(prefix="ews-cluster-"))
     admin = sa.create_engine(args.postgres)
-    schema = f"ews_bench_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = admin.url.set(query={"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
-    )
+    schema, url = _fresh_schema(admin)
     ca = EmulatorCA(root / "ca")
     tokens = TokenServer(ca=ca, token_lifetime=3600)
     tokens.start()
@@ -660,8 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     ledger = store.ledger_count()
     store.close()
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    _drop_schema(admin, schema)
     admin.dispose()
     graph.stop()
     ews.stop()

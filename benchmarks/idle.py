@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -54,8 +53,9 @@ from _harness import (
     ProcessSampler,
     daemon_argv,
     daemon_env,
+    free_port,
     print_table,
-    scrape_metrics,
+    scrape_metrics_or_none,
     workdir,
     write_config,
 )
@@ -66,19 +66,6 @@ _POLLS = "ews_listener_polls_total"
 _POLL_SECONDS = "ews_listener_poll_duration_seconds_sum"
 _POLL_COUNT = "ews_listener_poll_duration_seconds_count"
 _TOKENS = "ews_listener_token_requests_total"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _metrics(port: int) -> dict[str, float]:
-    try:
-        return scrape_metrics(port)
-    except OSError:
-        return {}
 
 
 def _wait(predicate: object, timeout: float, period: float = 0.5) -> bool:
@@ -121,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             max_workers=args.max_workers,
             source=args.source,
         )
-        port = _free_port()
+        port = free_port()
         argv_ = daemon_argv("run", config, "--metrics-port", str(port))
         print(f"scratch {root}; daemon: {' '.join(argv_[1:3])} run ...; metrics :{port}")
         log_path = root / "daemon.log"
@@ -150,13 +137,14 @@ def _measure(
     n = args.mailboxes
     warm_timeout = max(args.duration - args.interval, args.duration / 2)
     warmed = _wait(
-        lambda: daemon.poll() is not None or _metrics(port).get(_POLLS, 0) >= n, warm_timeout
+        lambda: daemon.poll() is not None or scrape_metrics_or_none(port).get(_POLLS, 0) >= n,
+        warm_timeout,
     )
     if daemon.poll() is not None:
         print(f"!! the daemon exited with {daemon.returncode}:\n{log_path.read_text()[-3000:]}")
         return 1
     warm_stats = emu.stats(args.source)
-    warm_metrics = _metrics(port)
+    warm_metrics = scrape_metrics_or_none(port)
     warm_at = time.monotonic()
     warm_sample = sampler.sample()
     emu.clear_log()
@@ -168,7 +156,7 @@ def _measure(
 
     time.sleep(max(0.0, started + args.duration - time.monotonic()))
     end_stats = emu.stats(args.source)
-    end_metrics = _metrics(port)
+    end_metrics = scrape_metrics_or_none(port)
     end_sample = sampler.sample()
     end_at = time.monotonic()
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,9 +52,10 @@ from _harness import (
     Series,
     daemon_argv,
     daemon_env,
+    free_port,
     make_messages,
     print_table,
-    scrape_metrics,
+    scrape_metrics_or_none,
     svg_line_chart,
     workdir,
     write_config,
@@ -90,19 +90,6 @@ def _modes(text: str) -> list[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
     return names
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _metrics(port: int) -> dict[str, float]:
-    try:
-        return scrape_metrics(port)
-    except OSError:
-        return {}
 
 
 def _connected(port: int) -> int:
@@ -168,7 +155,7 @@ def run_one(args: argparse.Namespace, mode_name: str, latency_ms: float, root: P
         if mode.source == "ews":
             # Exchange's minute; keep-alives every 30 s as Exchange sends them.
             emu.set_streaming(minute=60.0, keepalive=30.0)
-        port = _free_port()
+        port = free_port()
         extra: list[str] = [f"http_port = {port}", ""]
         options: dict[str, object] = {"notifications": mode.notifications}
         if mode.notifications != "off":
@@ -227,7 +214,7 @@ def _measure(
     n = len(addresses)
     # Warm-up: every mailbox's first poll (the delta round begins) and, with push, its channel.
     ready = _wait(
-        lambda: daemon.poll() is not None or _metrics(port).get(_POLLS, 0) >= n,
+        lambda: daemon.poll() is not None or scrape_metrics_or_none(port).get(_POLLS, 0) >= n,
         args.interval + 60 + n * 0.3,  # an EWS mailbox's first poll is 4 requests and an Account
     )
     mode = MODES[mode_name]
@@ -242,7 +229,7 @@ def _measure(
     else:
         emu.set_latency(latency_ms / 1000)
     emu.clear_log()
-    polls_before = _metrics(port).get(_POLLS, 0)
+    polls_before = scrape_metrics_or_none(port).get(_POLLS, 0)
     notified_before = emu.notification_deliveries()[1]
 
     # Delivery: a steady rate, or bursts every ten seconds.
@@ -273,10 +260,10 @@ def _measure(
     emu.clear_log()
     time.sleep(args.idle)
     idle = emu.stats(mode.source)
-    polls = _metrics(port).get(_POLLS, 0) - polls_before
+    polls = scrape_metrics_or_none(port).get(_POLLS, 0) - polls_before
     notified = emu.notification_deliveries()[1] - notified_before
     if mode.source == "ews":
-        notified = int(_metrics(port).get(_EVENTS, 0))
+        notified = int(scrape_metrics_or_none(port).get(_EVENTS, 0))
 
     daemon.send_signal(signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
