@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import itertools
-import uuid
 from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from listener.store import SqlStateStore, open_store
-from tests.store.conftest import postgres_admin
+from tests.store.conftest import fresh_schema, postgres_admin
 
 __all__ = ["postgres_admin"]
-
-_SESSION = uuid.uuid4().hex[:8]
-_counter = itertools.count()
 
 
 @pytest.fixture
 def pg_url(postgres_admin: sa.Engine) -> Iterator[str]:
     """The URL of an empty PostgreSQL schema, dropped afterwards."""
-    schema = f"ews_cluster_{_SESSION}_{next(_counter)}"
-    with postgres_admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = postgres_admin.url.set(query={"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with postgres_admin.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    with fresh_schema(postgres_admin) as url:
+        yield url
 
 
 @pytest.fixture

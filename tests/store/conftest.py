@@ -8,6 +8,7 @@ half is skipped, or fails when ``CI`` is set (dramatiq's habit: CI must not go g
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import uuid
@@ -50,6 +51,21 @@ def postgres_admin() -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+@contextlib.contextmanager
+def fresh_schema(admin: sa.Engine) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL schema (its connections use it as ``search_path``),
+    dropped afterwards; named so that ``postgres_admin`` drops it too if a test crashes."""
+    schema = f"ews_store_{_SESSION}_{next(_counter)}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = admin.url.set(query={"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty state database: a SQLite file or a fresh PostgreSQL schema."""
@@ -57,13 +73,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path}/var/state.db"
         return
     admin: sa.Engine = request.getfixturevalue("postgres_admin")
-    schema = f"ews_store_{_SESSION}_{next(_counter)}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = admin.url.set(query={"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    with fresh_schema(admin) as url:
+        yield url
 
 
 @pytest.fixture
