@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from listener.app import App
-from listener.cluster import LeaseManager, Subscriptions, join, share_caps
+from listener.cluster import LeaseManager, Subscriptions, borrow, join, share_caps
 from listener.config.models import notification_mode
 from listener.errors import EXIT_OK, EXIT_TEMPFAIL, EXIT_UNAVAILABLE
 from listener.notify import (
@@ -349,9 +349,14 @@ def _first_unavailable(app: App) -> str | None:
 
 
 def run_once(settings: Any, *, mailboxes: Sequence[str] | None = None) -> dict[str, PollResult]:
-    """Poll every enabled mailbox (or the named ones) once, concurrently."""
+    """Poll every enabled mailbox (or the named ones) once, concurrently.
+
+    In a cluster (a PostgreSQL state database replicas share) only the mailboxes whose leases
+    are free: each poll is fenced as a replica's is, and a mailbox a replica owns is polled by
+    that replica, asked to now (``listener.cluster.borrow``); its result says by whom.
+    """
     metrics = Metrics()
-    app = App(settings, hooks=metrics)
+    app = App(share_caps(settings), hooks=metrics)
     try:
         runners = _wire(app, metrics, None)
         if mailboxes:
@@ -359,7 +364,16 @@ def run_once(settings: Any, *, mailboxes: Sequence[str] | None = None) -> dict[s
             if unknown:
                 raise KeyError(f"no enabled mailbox called {', '.join(unknown)}")
             runners = [r for r in runners if r.name in mailboxes]
-        return dict(poll_all(runners, max_workers=settings.service.max_workers))
+        cluster = borrow(app, runners)
+        if cluster is None:
+            return dict(poll_all(runners, max_workers=settings.service.max_workers))
+        try:
+            results = dict(poll_all(cluster.runners, max_workers=settings.service.max_workers))
+        finally:
+            cluster.close()
+        for name, owner in cluster.elsewhere.items():
+            results[name] = PollResult(name, polled_by=owner)
+        return results
     finally:
         app.close()
 

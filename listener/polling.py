@@ -79,6 +79,8 @@ class PollResult:
     pages: int = 0
     error: str | None = None
     error_code: str | None = None
+    # ``once`` in a cluster: the replica that owns the mailbox, asked to poll it instead.
+    polled_by: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -34,6 +34,9 @@ def cmd_once(args: argparse.Namespace) -> int:
         echo(json.dumps(report, indent=2, default=str))
     else:
         for name, r in report["mailboxes"].items():
+            if r["polled_by"]:
+                echo(f"{name}: owned by {r['polled_by']!r}, asked to poll it now - ok")
+                continue
             status = "ok" if r["ok"] else f"FAILED: {r['error']}"
             echo(
                 f"{name}: handed over {r['handed_over']}, failed {r['failed']}, "

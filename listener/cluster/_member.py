@@ -7,24 +7,35 @@ import os
 import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from listener.cluster._fenced import FencedStore
 from listener.cluster._manager import LeaseListener, LeaseManager
+from listener.cluster._oneshot import Borrowed, once_id
 from listener.config import cluster_active
 from listener.notify import NotificationChannel, Watch
 from listener.observability import HealthState, Metrics
 from listener.poller import PollResult
 from listener.service import MailboxRunner
-from listener.store import SqlStateStore, StoreError
+from listener.store import Fence, SqlStateStore, StoreError
 
 if TYPE_CHECKING:
     from listener.scheduler import Scheduler
 
-__all__ = ["LeaseMetrics", "Scheduling", "Subscriptions", "join", "replica_id", "share_caps"]
+__all__ = [
+    "LeaseMetrics",
+    "OnceInCluster",
+    "Scheduling",
+    "Subscriptions",
+    "borrow",
+    "join",
+    "replica_id",
+    "share_caps",
+]
 
 log = structlog.get_logger("listener.cluster")
 
@@ -141,6 +152,14 @@ class LeaseMetrics(LeaseListener):
         self._metrics.lease_lost()
 
 
+class _Leases(Protocol):
+    """What a fenced poll asks of the leases it runs under (``LeaseManager``, ``Borrowed``)."""
+
+    def holds(self, fence: Fence) -> bool: ...
+
+    def polling(self, mailbox: str) -> AbstractContextManager[Fence]: ...
+
+
 class LeaseStop(threading.Event):
     """A poller's stop signal that is also set while its poll's lease no longer holds.
 
@@ -149,7 +168,7 @@ class LeaseStop(threading.Event):
     finishes, and its commit is refused (``LeaseLost``).
     """
 
-    def __init__(self, stop: threading.Event, manager: LeaseManager, store: FencedStore) -> None:
+    def __init__(self, stop: threading.Event, manager: _Leases, store: FencedStore) -> None:
         super().__init__()
         self._app_stop = stop
         self._manager = manager
@@ -163,7 +182,7 @@ class LeaseStop(threading.Event):
 
 
 @contextmanager
-def _guarded(manager: LeaseManager, store: FencedStore, mailbox: str) -> Iterator[None]:
+def _guarded(manager: _Leases, store: FencedStore, mailbox: str) -> Iterator[None]:
     with manager.polling(mailbox) as fence:
         store.fence = fence
         yield
@@ -198,17 +217,8 @@ def join(
         renew=config.renew_seconds,
         busy=lambda mailbox: mailbox in scheduler.running(),
     )
+    _fence(app, store, runners, manager)
     for runner in runners:
-        fenced = FencedStore(store, runner.name)
-        poller = app.pollers[runner.name]
-        poller.store = fenced
-        # The poller reads its stop signal and nothing else of it; App built it with the
-        # process's, which this one also watches. Checked: a renamed attribute must not leave
-        # a resumed replica handing over (tests/cluster/test_replicas.py guards the behaviour).
-        if not isinstance(getattr(poller, "_stop", None), threading.Event):
-            raise TypeError("Poller no longer has the _stop event listener.cluster replaces")
-        poller._stop = LeaseStop(app.stop, manager, fenced)
-        runner.guard = _guard_factory(manager, fenced, runner.name)
         runner.on_result = _recording(manager, runner.on_result)
         if health is not None:
             health.set_disabled(runner.name)  # until its lease is ours
@@ -232,7 +242,71 @@ def join(
     return manager
 
 
-def _guard_factory(manager: LeaseManager, store: FencedStore, mailbox: str) -> Any:
+def _fence(
+    app: Any, store: SqlStateStore, runners: Sequence[MailboxRunner], leases: _Leases
+) -> None:
+    """Every poller of ``runners`` commits through a ``FencedStore`` and stops when its lease no
+    longer holds; every runner polls only under its lease."""
+    for runner in runners:
+        fenced = FencedStore(store, runner.name)
+        poller = app.pollers[runner.name]
+        poller.store = fenced
+        # The poller reads its stop signal and nothing else of it; App built it with the
+        # process's, which this one also watches. Checked: a renamed attribute must not leave
+        # a resumed replica handing over (tests/cluster/test_replicas.py guards the behaviour).
+        if not isinstance(getattr(poller, "_stop", None), threading.Event):
+            raise TypeError("Poller no longer has the _stop event listener.cluster replaces")
+        poller._stop = LeaseStop(app.stop, leases, fenced)
+        runner.guard = _guard_factory(leases, fenced, runner.name)
+
+
+@dataclass
+class OnceInCluster:
+    """``once`` in a cluster (``borrow``): the runners whose leases it holds, and the mailboxes
+    their owners were asked to poll instead (mailbox → owner)."""
+
+    leases: Borrowed
+    runners: list[MailboxRunner]
+    elsewhere: dict[str, str] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Release the borrowed leases (call after the polls have ended)."""
+        released = self.leases.close()
+        log.info("cluster.once_released", owner=self.leases.owner, released=len(released))
+
+
+def borrow(app: Any, runners: Sequence[MailboxRunner]) -> OnceInCluster | None:
+    """``ews-listener once`` when the configuration makes this a cluster (``cluster_active``):
+    claim the free or expired leases of ``runners``' mailboxes and fence their polls; ask the
+    owners of the others to poll them (``listener.cluster._oneshot``). None when the cluster is
+    off: ``once`` polls every mailbox itself."""
+    settings = app.settings
+    config = settings.cluster
+    if not cluster_active(config, settings.state.url):
+        return None
+    store = app.store
+    if not isinstance(store, SqlStateStore):
+        raise StoreError("several replicas need the SQL state store on PostgreSQL")
+    leases = Borrowed(
+        store.leases, owner=once_id(), lease=config.lease_seconds, renew=config.renew_seconds
+    )
+    names = [r.name for r in runners]
+    store.leases.ensure(names)
+    got = leases.claim(names)
+    mine = [r for r in runners if r.name in got]
+    _fence(app, store, mine, leases)
+    owners = {row.mailbox: row.owner for row in store.leases.leases()}
+    elsewhere = {}
+    for name in sorted(set(names) - set(got)):
+        owner = owners.get(name) or "a commit in progress"
+        elsewhere[name] = owner
+        store.leases.request_poll(name)  # a hint, as a push notification is: its owner polls
+        log.info("cluster.once_forwarded", mailbox=name, owner=owner)
+    log.info("cluster.once_borrowed", owner=leases.owner, mailboxes=len(mine))
+    return OnceInCluster(leases, mine, elsewhere)
+
+
+def _guard_factory(manager: _Leases, store: FencedStore, mailbox: str) -> Any:
     return lambda: _guarded(manager, store, mailbox)
 
 

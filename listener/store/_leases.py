@@ -142,6 +142,17 @@ def _notify(conn: Connection, channel: str, payload: Any) -> None:
     )
 
 
+def _lease_rows(conn: Connection, mailboxes: Iterable[str]) -> None:
+    rows = [{"mailbox": name, "epoch": 0} for name in sorted(set(mailboxes))]
+    if rows:
+        conn.execute(
+            postgresql.insert(tb.mailbox_leases).on_conflict_do_nothing(
+                index_elements=[tb.mailbox_leases.c.mailbox]
+            ),
+            rows,
+        )
+
+
 class LeaseSignals:
     """A connection that LISTENs on both channels (psycopg 3, autocommit, outside the pool)."""
 
@@ -199,18 +210,17 @@ class LeaseTable:
         stmt = stmt.on_conflict_do_update(
             index_elements=[r.c.replica], set_={"heartbeat_at": func.now()}
         )
-        rows = [{"mailbox": name, "epoch": 0} for name in sorted(set(mailboxes))]
         with self._write("joining the cluster") as conn:
             _bounded(conn)
             conn.execute(stmt)
             _notify(conn, LEASES_CHANNEL, literal(replica))
-            if rows:
-                conn.execute(
-                    postgresql.insert(tb.mailbox_leases).on_conflict_do_nothing(
-                        index_elements=[tb.mailbox_leases.c.mailbox]
-                    ),
-                    rows,
-                )
+            _lease_rows(conn, mailboxes)
+
+    def ensure(self, mailboxes: Iterable[str]) -> None:
+        """Give each of ``mailboxes`` a lease row (free) unless it has one (``once``)."""
+        with self._write("adding lease rows") as conn:
+            _bounded(conn)
+            _lease_rows(conn, mailboxes)
 
     def beat(self, replica: str, *, host: str, pid: int, lease: float) -> list[str]:
         """Renew ``replica``'s heartbeat; returns the live replicas' ids, sorted.
