@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def listener_toml(info: Endpoints, ca_for_clients: str | None) -> str:
-    """The listener configuration for the emulator (format of ``listener/config/models.py``)."""
+    """The listener configuration for the emulator (format of ``listener.config``)."""
     ca = [f"ca_bundle = {json.dumps(ca_for_clients)}"] if ca_for_clients else []
     lines = [
         "# ews-listener configuration for the emulator; written by `ews-listener emulator`.",
