@@ -70,7 +70,7 @@ from listener.pipeline import (
     hand_over,
 )
 from listener.pipeline.handover import run_handlers
-from listener.polling import FailurePolicy, PollerSettings, PollResult
+from listener.pipeline.settings import FailurePolicy, PollerSettings, PollResult
 
 __all__ = ["FailurePolicy", "PollResult", "Poller", "PollerSettings"]
 

@@ -3,6 +3,8 @@
 ``poller.py`` keeps the six steps of DESIGN.md in the order they happen and the records they
 make; what would hide them lives here, one concern a module, each small enough to test alone:
 
+- ``settings``: what a poll is told (``PollerSettings``, ``FailurePolicy``) and what it reports
+  (``PollResult``), plain values free of any protocol;
 - ``fate``: the pure decision of what becomes of one message (delivered, retry, dead letter);
 - ``hooks``: ``PollHooks``, the named no-op events a poll reports (metrics implement them);
 - ``batches``: full batches across page boundaries, read one ahead (steps 2 and 3);
@@ -23,6 +25,7 @@ from listener.pipeline.fate import (
 )
 from listener.pipeline.handover import DEFAULT_HANDLER_WORKERS, HandlerPool, Job, hand_over
 from listener.pipeline.hooks import PollHooks
+from listener.pipeline.settings import FailurePolicy, PollerSettings, PollResult, StartFrom
 from listener.pipeline.settler import Settler
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "Batch",
     "BatchReader",
     "Delivered",
+    "FailurePolicy",
     "Fate",
     "GiveUp",
     "Gone",
@@ -37,9 +41,12 @@ __all__ = [
     "Job",
     "Outcome",
     "PollHooks",
+    "PollResult",
+    "PollerSettings",
     "Prefetcher",
     "Retry",
     "Settler",
+    "StartFrom",
     "decide",
     "decide_fetch_failure",
     "hand_over",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from listener.abc import FetchFailure, PendingEntry
-from listener.polling import FailurePolicy
+from listener.pipeline.settings import FailurePolicy
 
 __all__ = [
     "Delivered",

@@ -10,7 +10,7 @@ import pytest
 from listener.abc import FetchFailure, ItemRef, PendingEntry
 from listener.pipeline import Delivered, GiveUp, Gone, Outcome, Retry, decide, decide_fetch_failure
 from listener.pipeline.fate import retry_after_of
-from listener.polling import FailurePolicy
+from listener.pipeline.settings import FailurePolicy
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 POLICY = FailurePolicy(max_attempts=3, backoff=10, backoff_max=600, jitter=0)
