@@ -14,6 +14,7 @@ from exchangelib.errors import (
     ErrorExceededSubscriptionCount,
     ErrorInvalidArgument,
     ErrorMissedNotificationEvents,
+    ErrorNewEventStreamConnectionOpened,
     ErrorSchemaValidation,
     ErrorSubscriptionNotFound,
 )
@@ -112,6 +113,46 @@ def test_streams_per_mailbox_are_capped(emulator: EwsEmulator, account: AccountF
         pass
     notifications.configure(emulator, minute=0.4)
     assert list(other.get_streaming_events(other.subscribe_to_streaming(), 1)) == []
+
+
+def test_a_newer_stream_takes_a_subscription_over(
+    emulator: EwsEmulator, account: AccountFactory
+) -> None:
+    """One stream carries a subscription at a time: a second GetStreamingEvents naming it takes
+    it over, the first ends with ErrorNewEventStreamConnectionOpened, and the next event arrives
+    on the second (the first, whose client may have left it, never consumes it)."""
+    registry = notifications.configure(emulator, minute=60.0, keepalive=0.2)
+    inbox = account().inbox
+    subscription_id = inbox.subscribe_to_streaming(event_types=["NewMailEvent"])
+    ended: dict[str, object] = {}
+    got: list[object] = []
+
+    def first() -> None:
+        try:
+            ended["events"] = list(inbox.get_streaming_events(subscription_id, 1))
+        except Exception as e:  # the answer under test, checked below
+            ended["error"] = e
+
+    def second() -> None:
+        for notification in account().inbox.get_streaming_events(subscription_id, 1):
+            if notification.events and any(
+                type(e).__name__ == "NewMailEvent" for e in notification.events
+            ):
+                got.append(notification)
+                return
+
+    old = threading.Thread(target=first, daemon=True)
+    old.start()
+    pause = threading.Event()
+    while registry.streams(MAILBOX) < 1 and not pause.wait(0.02):
+        pass
+    new = threading.Thread(target=second, daemon=True)
+    new.start()
+    old.join(10)
+    assert isinstance(ended.get("error"), ErrorNewEventStreamConnectionOpened), ended
+    _deliver(emulator)
+    new.join(10)
+    assert len(got) == 1
 
 
 def test_an_overflowing_queue_is_missed_notification_events(

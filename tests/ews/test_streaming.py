@@ -24,6 +24,7 @@ from ews_listener_emulators.token_server import TokenServer
 from listener.abc import AccessToken
 from listener.config.models import EwsStreamingConfig
 from listener.notify import ChannelState, ChannelStatus, NotifyHooks, Watch
+from listener.sources.ews._transport import register_ca_bundle
 from listener.sources.ews.connections import EwsSources
 from listener.sources.ews.notifications import (
     COOKIE,
@@ -308,10 +309,12 @@ def test_one_connection_carries_every_mailbox_and_each_event_wakes_its_own(
 
 
 def test_without_the_group_affinity_the_emulator_loses_the_subscriptions(
-    emu: EwsEmulator, registry: emulated.Subscriptions, token_server: TokenServer
+    emu: EwsEmulator, registry: emulated.Subscriptions, token_server: TokenServer, ca: Any
 ) -> None:
     """The control: exchangelib's per-account affinity subscribes each mailbox on its own back end,
     and one stream of them all is ErrorSubscriptionNotFound (so the test above proves ours)."""
+    # Trust the emulator's CA as the sources do (run alone, no source has done it yet).
+    register_ca_bundle(emu.url, str(ca.ca_file))
     spread = [a for a in MAILBOXES if registry.backend_of(a) != registry.backend_of(MAILBOXES[0])]
     assert spread, "the test needs mailboxes on another back end"
     accounts = []
@@ -582,8 +585,9 @@ def test_watches_added_and_removed_while_streaming(
     channel: Build, emu: EwsEmulator, registry: emulated.Subscriptions, ca: Any
 ) -> None:
     """``add`` fills a group with room (its stream restarts on the new set, the others' stay
-    subscribed) or opens a new group; ``remove`` unsubscribes at once, reports the watch off,
-    and a group left empty ends; both are idempotent."""
+    subscribed and are polled once, for what the ended stream may have carried) or opens a new
+    group; ``remove`` unsubscribes at once, reports the watch off, and a group left empty ends;
+    both are idempotent."""
 
     def watch(address: str) -> Watch:
         mailbox = SimpleNamespace(
@@ -599,11 +603,15 @@ def test_watches_added_and_removed_while_streaming(
     made, seen = channel(MAILBOXES[:1], per_connection=2, configured=MAILBOXES[:3])
     made.start()
     seen.wait(lambda: _connected(made), "user0 connected")
+    seen.wait(lambda: registry.streams(MAILBOXES[0]) == 1, "user0's stream open")
     first = _subscribed(registry)[MAILBOXES[0]]
+    woken = seen.wakes["user0"]  # the poll after its subscription
     for address in MAILBOXES[1:3]:
         made.add(watch(address))
     made.add(watch(MAILBOXES[1]))
     seen.wait(lambda: len(made.status()) == 3 and _connected(made), "three connected")
+    # Its stream was ended to start over with user1: what it carried then is polled for.
+    seen.wait(lambda: seen.wakes["user0"] > woken, "user0 polled after the regroup")
     assert len(made.runners) == 2  # two a connection: user0 + user1, then user2 alone
     assert sorted(_subscribed(registry)) == MAILBOXES[:3]
     assert _subscribed(registry)[MAILBOXES[0]] == first  # a regroup is not a loss
@@ -621,3 +629,30 @@ def test_watches_added_and_removed_while_streaming(
     assert len(made.runners) == 1
     assert sorted(_subscribed(registry)) == MAILBOXES[1:2]
     assert seen.count("event", "user0") == 0
+
+
+def test_a_watch_added_while_its_group_subscribes_is_on_the_first_stream(
+    channel: Build, emu: EwsEmulator, registry: emulated.Subscriptions, ca: Any
+) -> None:
+    """A replica acquiring two mailboxes at once adds the second while the first subscribes
+    (its Subscribe slowed to 0.6 s): the second is subscribed before the stream starts, not left
+    off it until the connection's rollover (here 9 s away): no renewal before both connect."""
+    emu.faults.add("latency", operation="Subscribe", mailbox=MAILBOXES[0], delay=0.6)
+    made, seen = channel([], minutes=30, configured=MAILBOXES[:2])
+    made.start()
+    for address in MAILBOXES[:2]:
+        mailbox = SimpleNamespace(
+            address=address,
+            credential="ews",
+            endpoint=emu.url,
+            folder="inbox",
+            ca_bundle=ca.ca_file,
+            version="Exchange2016",
+        )
+        made.add(Watch(name=address.partition("@")[0], mailbox=mailbox))
+        time.sleep(0.3)  # the first one's Subscribe is on its way
+    seen.wait(lambda: len(made.status()) == 2 and _connected(made), "both connected")
+    assert seen.count("renewed", "user0") == 0
+    assert sorted(_subscribed(registry)) == MAILBOXES[:2]
+    _deliver(emu, MAILBOXES[1])
+    seen.wait(lambda: seen.count("event", "user1") == 1, "the event of the second")

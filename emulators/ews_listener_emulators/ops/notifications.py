@@ -38,6 +38,10 @@ Exchange's streaming limits (issue 15), each a field of ``Subscriptions``:
   ``GetStreamingEvents`` routed to another back end does not find it
   (``ErrorSubscriptionNotFound``). One stream may carry the subscriptions of many mailboxes of the
   same application (``ErrorSubscriptionAccessDenied`` for another application's).
+- A subscription is carried by one stream at a time, the newest: a ``GetStreamingEvents`` that
+  names a subscription another open stream carries takes it over, and the older stream ends with
+  ``ErrorNewEventStreamConnectionOpened`` naming it (messages.xsd's code for this), so an event
+  is never consumed by a connection its client has already left for a new one.
 
 Fault injection (admin API and ``Subscriptions`` methods): ``drop_streams`` cuts open streams
 mid-way, ``remove_subscriptions`` forgets subscriptions (as a server restart does) and
@@ -131,6 +135,8 @@ class Subscription:
     timeout_minutes: int
     last_seen: float
     connections: int = 0
+    # The stream that carries it now (its ``dropped`` event as a token): the newest one.
+    stream: threading.Event | None = None
     client_id: str | None = None  # the application that made it
     backend: int = 0  # the back-end server that holds it (see "Affinity" above)
     missed: bool = False  # fault: the next stream reports ErrorMissedNotificationEvents
@@ -172,6 +178,11 @@ class Subscriptions:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _hanging: dict[str, int] = field(default_factory=dict)
     _streams: list[tuple[str, threading.Event]] = field(default_factory=list)
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while a stream takes its subscriptions over or reads their events."""
+        return self._lock
 
     def backend_of(self, address: str) -> int:
         """The back-end server a mailbox lives on (stable across runs)."""
@@ -643,8 +654,10 @@ def _stream(
     assert ctx.mailbox is not None
     address = ctx.mailbox.address
     deadline = registry.clock() + duration
-    for subscription in live:
-        subscription.connections += 1
+    with registry.lock:
+        for subscription in live:
+            subscription.connections += 1
+            subscription.stream = dropped  # taken over from an older stream, if one had it
     try:
         first = True
         last_sent = registry.clock()
@@ -670,11 +683,23 @@ def _stream(
                     registry.remove(subscription.subscription_id)
                 yield _missed_response(lost)
                 return
-            batches = [(s, *_pending(store, s, registry.page_size)) for s in live]
+            with registry.lock:
+                # Under the lock a newer stream takes subscriptions over with: an event is read
+                # (its position advanced) by the stream that carries its subscription, only.
+                moved = [s for s in live if s.stream is not dropped]
+                if not moved:
+                    batches = [(s, *_pending(store, s, registry.page_size)) for s in live]
+                    for subscription, _, position, _ in batches:
+                        subscription.position = max(subscription.position, position)
+                        subscription.last_seen = now
+            if moved:
+                yield _lost_response(
+                    moved,
+                    "ErrorNewEventStreamConnectionOpened",
+                    "A new connection was opened for this subscription; this one is closed.",
+                )
+                return
             ready = [(s, events, position) for s, events, position, _ in batches if events]
-            for subscription, _, position, _ in batches:
-                subscription.position = max(subscription.position, position)
-                subscription.last_seen = now
             if ready or first or now - last_sent >= registry.keepalive_interval:
                 yield _streaming_response(store, ready, "OK")
                 first = False
@@ -691,9 +716,12 @@ def _stream(
         yield _streaming_response(store, [], "Closed")
     finally:
         registry.unhang(address, dropped)
-        for subscription in live:
-            subscription.connections -= 1
-            subscription.last_seen = registry.clock()
+        with registry.lock:
+            for subscription in live:
+                subscription.connections -= 1
+                subscription.last_seen = registry.clock()
+                if subscription.stream is dropped:
+                    subscription.stream = None
 
 
 def _overflowing(store: MailStore, subscription: Subscription, limit: int) -> bool:
@@ -725,7 +753,10 @@ def _has_news(
     dropped: threading.Event,
 ) -> bool:
     return dropped.is_set() or any(
-        s.missed or store.last_event_seq(s.mailbox) > positions[s.subscription_id] for s in live
+        s.missed
+        or s.stream is not dropped
+        or store.last_event_seq(s.mailbox) > positions[s.subscription_id]
+        for s in live
     )
 
 

@@ -345,6 +345,10 @@ class _GroupRunner:
         stop = self.stopping
         while not stop.is_set():
             try:
+                # Cleared before the round, not when listening: a member added while the others
+                # subscribe sets it again, and the stream then starts over with it subscribed
+                # (it waited for the next rollover, up to 30 minutes, when this came later).
+                self._regroup.clear()
                 self._subscribe_missing()
                 self._listen()
                 self._failures = 0
@@ -459,7 +463,6 @@ class _GroupRunner:
 
     def _listen(self) -> None:
         with self._lock:
-            self._regroup.clear()
             by_id = {s.subscription_id: s for s in self.members if s.subscription_id}
         if not by_id:
             raise _NoneSubscribed("no mailbox of this group could subscribe")
@@ -493,6 +496,13 @@ class _GroupRunner:
                 self._stream = None
             with contextlib.suppress(Exception):
                 stream.stop_streaming()
+            if self._regroup.is_set() and not self.stopping.is_set():
+                # Ended on purpose, to start over on the new members: an event the server wrote
+                # to this connection after we stopped reading it is lost with it. One poll of
+                # each member it carried closes that gap, as after a loss.
+                for subscribed in by_id.values():
+                    if not subscribed.removed:
+                        self._channel.wake(subscribed.member.name)
         if self.stopping.is_set() or self._regroup.is_set():
             return
         if not closed:
