@@ -227,6 +227,9 @@ def run_daemon(
     )
     if cluster is not None and watched is not None:
         cluster.subscribe(Subscriptions(watched))
+        for channel in channels:
+            if hasattr(channel, "relay"):  # Graph's: lifecycle notifications go to the owner
+                channel.relay = cluster.forward_lifecycle
     for channel in channels:
         for name, status in channel.status().items():
             health.set_channel(name, status)

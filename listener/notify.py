@@ -36,6 +36,7 @@ __all__ = [
     "NotificationChannel",
     "NotifyHooks",
     "Receiver",
+    "Relay",
     "Wake",
     "Watch",
     "bounded",
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 Wake = Callable[[str], None]  # the configured mailbox name whose folder changed
+# A lifecycle notification (Graph's ``subscriptionRemoved``, ...) for (mailbox, subscription id,
+# event) that this replica received for a subscription another replica holds: passed to it.
+Relay = Callable[[str, str, str], None]
 
 
 class ChannelState(StrEnum):
@@ -94,6 +98,12 @@ class NotificationChannel(Protocol):
     def remove(self, name: str, *, unsubscribe: bool = True) -> None:
         """Stop watching ``name``'s folder and report it ``off``. ``unsubscribe=False`` only
         forgets a subscription another process may now hold (a lost lease). Idempotent."""
+        ...
+
+    def lifecycle(self, name: str, subscription: str, event: str) -> None:
+        """A lifecycle notification another replica received for ``name``'s subscription: act
+        on it as if it had arrived here (a subscription not held here: a poll). Channels whose
+        protocol has none ignore it."""
         ...
 
 

@@ -36,7 +36,15 @@ from datetime import UTC, datetime
 
 import structlog
 
-from listener.store import LEASES_CHANNEL, POLL_CHANNEL, Fence, LeaseLost, LeaseSignals, LeaseTable
+from listener.store import (
+    LEASES_CHANNEL,
+    POLL_CHANNEL,
+    Fence,
+    LeaseLost,
+    LeaseSignals,
+    LeaseTable,
+    parse_poll_request,
+)
 
 __all__ = ["LeaseListener", "LeaseManager", "fair_share"]
 
@@ -66,6 +74,9 @@ class LeaseListener:
 
     def poll_requested(self, mailbox: str) -> None:
         """Poll ``mailbox`` (owned here) soon: a push notification reached some replica."""
+
+    def lifecycle_requested(self, mailbox: str, subscription: str, event: str) -> None:
+        """A Graph lifecycle notification for ``mailbox`` (owned here) reached some replica."""
 
 
 def fair_share(mailboxes: int, live: Sequence[str], me: str) -> int:
@@ -188,6 +199,15 @@ class LeaseManager:
         elif mailbox in self._mailboxes:
             self._leases.request_poll(mailbox)
 
+    def forward_lifecycle(self, mailbox: str, subscription: str, event: str) -> None:
+        """A Graph lifecycle notification (``subscriptionRemoved``, ...) for a subscription this
+        replica does not hold: to its channel here if ``mailbox`` is ours, else to the owner
+        (NOTIFY), which recreates or reauthorizes it at once."""
+        if self.fence(mailbox) is not None:
+            self._emit("lifecycle_requested", mailbox, subscription, event)
+        elif mailbox in self._mailboxes:
+            self._leases.request_poll(mailbox, lifecycle=(subscription, event))
+
     def _run(self) -> None:
         signals: LeaseSignals | None = None
         try:
@@ -236,8 +256,14 @@ class LeaseManager:
         for channel, payload in got:
             if channel == LEASES_CHANNEL and payload != self.replica:
                 again = True
-            elif channel == POLL_CHANNEL and self.fence(payload) is not None:
-                self._emit("poll_requested", payload)
+            elif channel == POLL_CHANNEL:
+                mailbox, lifecycle = parse_poll_request(payload)
+                if self.fence(mailbox) is None:
+                    continue
+                if lifecycle is None:
+                    self._emit("poll_requested", mailbox)
+                else:
+                    self._emit("lifecycle_requested", mailbox, *lifecycle)
         return again
 
     def freeze(self) -> None:
@@ -353,7 +379,7 @@ class LeaseManager:
             names = sorted(self._owned) if stale else []
         self._drop(names)
 
-    def _emit(self, event: str, mailbox: str, *args: int) -> None:
+    def _emit(self, event: str, mailbox: str, *args: object) -> None:
         for listener in self._listeners:
             try:
                 getattr(listener, event)(mailbox, *args)

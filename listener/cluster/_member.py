@@ -128,6 +128,11 @@ class Subscriptions(LeaseListener):
     def lost(self, mailbox: str) -> None:
         self._remove(mailbox, unsubscribe=False)
 
+    def lifecycle_requested(self, mailbox: str, subscription: str, event: str) -> None:
+        found = self._watches.get(mailbox)
+        if found is not None:
+            found[0].lifecycle(mailbox, subscription, event)
+
     def _remove(self, mailbox: str, *, unsubscribe: bool) -> None:
         found = self._watches.get(mailbox)
         if found is not None:

@@ -27,6 +27,7 @@ from listener.store._leases import (
     LeaseSignals,
     LeaseTable,
     ReplicaRow,
+    parse_poll_request,
 )
 from listener.store._migrations import LATEST as SCHEMA_VERSION
 from listener.store._store import SqlStateStore
@@ -45,6 +46,7 @@ __all__ = [
     "SqlStateStore",
     "StoreError",
     "open_store",
+    "parse_poll_request",
 ]
 
 

@@ -40,6 +40,8 @@ __all__ = [
     "LeaseTable",
     "ReplicaRow",
     "check_fence",
+    "parse_poll_request",
+    "poll_request",
 ]
 
 Transaction = Callable[[str], AbstractContextManager[Connection]]
@@ -93,6 +95,19 @@ class ReplicaRow:
 # replica could claim them (SKIP LOCKED passes them by) however long ago they expired: PostgreSQL
 # ends such a session after this long, rolling it back (shorter than any sensible lease).
 IDLE_IN_TRANSACTION_MS = 2000
+
+
+def poll_request(mailbox: str, lifecycle: tuple[str, str] | None = None) -> str:
+    """The payload of a ``POLL_CHANNEL`` signal: the mailbox's name (names have no spaces,
+    ``NAME_PATTERN``), then the subscription id and the lifecycle event when there is one."""
+    return mailbox if lifecycle is None else " ".join((mailbox, *lifecycle))
+
+
+def parse_poll_request(payload: str) -> tuple[str, tuple[str, str] | None]:
+    """(mailbox, (subscription id, lifecycle event) or None) of a ``POLL_CHANNEL`` payload."""
+    mailbox, _, rest = payload.partition(" ")
+    subscription, _, event = rest.partition(" ")
+    return mailbox, ((subscription, event) if subscription and event else None)
 
 
 def _bounded(conn: Connection) -> None:
@@ -195,11 +210,12 @@ class LeaseTable:
             raise RuntimeError("this lease table cannot open connections of its own")
         return LeaseSignals(self._connect())
 
-    def request_poll(self, mailbox: str) -> None:
-        """Ask the replica that owns ``mailbox`` to poll it soon (``POLL_CHANNEL``)."""
+    def request_poll(self, mailbox: str, *, lifecycle: tuple[str, str] | None = None) -> None:
+        """Ask the replica that owns ``mailbox`` to poll it soon (``POLL_CHANNEL``); with
+        ``lifecycle`` (subscription id, event), to act on that Graph lifecycle notification."""
         with self._write("forwarding a poll request") as conn:
             _bounded(conn)
-            _notify(conn, POLL_CHANNEL, literal(mailbox))
+            _notify(conn, POLL_CHANNEL, literal(poll_request(mailbox, lifecycle)))
 
     def join(self, replica: str, *, host: str, pid: int, mailboxes: Iterable[str]) -> None:
         """Record ``replica`` (its heartbeat now) and give each of ``mailboxes`` a lease row."""

@@ -216,11 +216,15 @@ class Polls(LeaseListener):
         self.requested.append(mailbox)
         self.got.set()
 
+    def lifecycle_requested(self, mailbox: str, subscription: str, event: str) -> None:
+        self.requested.append(f"{mailbox} {subscription} {event}")
+        self.got.set()
+
 
 def test_signals_wake_the_others_and_forward_polls_to_the_owner(pg_store: SqlStateStore) -> None:
     """Over LISTEN/NOTIFY: a released lease is claimed by the other replica before its next
-    renewal tick (renewals here are an hour apart), and a poll request made at the replica that
-    does not own a mailbox reaches the one that does."""
+    renewal tick (renewals here are an hour apart), and a poll request or a Graph lifecycle
+    notification made at the replica that does not own a mailbox reaches the one that does."""
     owner = LeaseManager(
         pg_store.leases, ["x"], replica="a", host="h", pid=1, lease=7200, renew=3600
     )
@@ -248,6 +252,10 @@ def test_signals_wake_the_others_and_forward_polls_to_the_owner(pg_store: SqlSta
         other.forward("x")
         assert polls.got.wait(30), "the poll request did not reach the owner"
         assert polls.requested == ["x"]
+        polls.got.clear()
+        other.forward_lifecycle("x", "4c9a-sub", "subscriptionRemoved")
+        assert polls.got.wait(30), "the lifecycle notification did not reach the owner"
+        assert polls.requested == ["x", "x 4c9a-sub subscriptionRemoved"]
         # The owner gives "x" up (as at SIGTERM): the other is woken and claims it.
         owner.leave()
         assert acquired.wait(30), "the other replica was not woken by the release"

@@ -183,3 +183,54 @@ def test_subscriptions_live_with_their_leases_and_notifications_reach_the_owner(
     assert len(state.ledger()) == 8
     assert len(round1) == len(round2) == 4
     assert subs.ids() == []  # every subscription deleted at shutdown
+
+
+def test_a_lifecycle_notification_at_the_other_replica_reaches_the_owner(
+    world: World, pg_url: str, state: SqlStateStore
+) -> None:
+    """Graph removes a subscription A holds and posts ``subscriptionRemoved`` to B (every
+    notification goes to B's port): B passes it on over NOTIFY and A subscribes again at once,
+    rather than at its next renewal, hours away; the next message is pushed to A."""
+    subs = world.graph.subscriptions
+    subs.settings = replace(subs.settings, first_retry=0.2, max_retry=0.5)
+    for name in NAMES:
+        world.ews.add_mailbox(address(name))
+    ports = {"A": free_port(), "B": free_port()}
+    configs = {r: configure(world, pg_url, p, ports["B"], r) for r, p in ports.items()}
+    procs: dict[str, subprocess.Popen[str]] = {}
+    try:
+        for replica in ("B", "A"):
+            procs[replica] = world.daemon(
+                configs[replica],
+                E2E_CLIENT_STATE="c1ient-state/+=secret",
+                EWS_LISTENER_CLUSTER__REPLICA_ID=replica,
+            )
+            if replica == "B":
+                wait_for(lambda: spread(state) == [("B", 4)], 60, "B owning the four mailboxes")
+        wait_for(lambda: spread(state) == [("A", 2), ("B", 2)], 60, "the mailboxes shared 2/2")
+        wait_for(lambda: settled(world, state, dict(ports)), 60, "one subscription each")
+        name = sorted(n for n, owner in owners(state).items() if owner == "A")[0]
+
+        def held() -> list[str]:
+            return [
+                sid
+                for sid, sub in list(subs._subscriptions.items())
+                if sub.notification_url.endswith(f"?mailbox={name}")
+            ]
+
+        (old,) = held()
+        subs.remove(old)  # subscriptionRemoved to the lifecycle URL: B's port
+        wait_for(lambda: len(held()) == 1 and held() != [old], 30, "A subscribing again")
+        wait_for(lambda: connected(ports["A"], name), 30, "A connected again")
+        world.deliver_mail(address(name), "after the removal")
+        wait_for(lambda: len(world.receipts_log()) == 1, 60, "the pushed message")
+        assert world.receipts_log()[0]["pid"] == procs["A"].pid
+    except BaseException:
+        print("subscriptions", subscriptions(world), "owners", owners(state))
+        for replica, proc in procs.items():
+            print(replica, stop(proc)[-6000:])
+        procs.clear()
+        raise
+    finally:
+        for proc in procs.values():
+            stop(proc)

@@ -717,6 +717,9 @@ class EwsStreamingChannel:
             for runner in self.runners:
                 runner.thread.start()
 
+    def lifecycle(self, name: str, subscription: str, event: str) -> None:
+        """EWS streaming has no lifecycle notifications: nothing to do."""
+
     def add(self, watch: Watch) -> None:
         """Subscribe one more folder: into a group of its (credential, endpoint) with room (its
         stream restarts with the new subscription), or a new group on a thread of its own."""

@@ -54,6 +54,7 @@ from listener.notify import (
     HttpRequest,
     NotifyHooks,
     Receiver,
+    Relay,
     Wake,
     Watch,
     bounded,
@@ -69,6 +70,8 @@ log = structlog.get_logger("listener.sources.graph.notifications")
 #: Where the service's HTTP server receives Graph's POSTs (the end of ``public_url``).
 PATH = "/notifications/graph"
 KIND = "graph_webhook"
+# The lifecycle events of webhook-lifecycle-notification this channel acts on.
+LIFECYCLE_EVENTS = frozenset({"missed", "subscriptionRemoved", "reauthorizationRequired"})
 #: Longest wait between two looks at the subscriptions (renewals are due hours apart).
 _TICK = 30.0
 
@@ -132,6 +135,9 @@ class GraphWebhooks:
         tick: float = _TICK,
     ) -> None:
         self._wake = wake
+        # Several replicas: where a lifecycle notification for a subscription another replica
+        # holds goes (``LeaseManager.forward_lifecycle``); alone, such a one only wakes a poll.
+        self.relay: Relay | None = None
         self._hooks = hooks
         self._config = config
         self._retry = retry
@@ -272,6 +278,7 @@ class GraphWebhooks:
         secret = self._client_state()
         woken: list[str] = []
         lifecycle: list[tuple[str, str, str]] = []
+        relayed: list[tuple[str, str, str]] = []
         refused = 0
         for entry in entries:
             given = entry.get("clientState") if isinstance(entry, dict) else None
@@ -296,9 +303,11 @@ class GraphWebhooks:
             event = entry.get("lifecycleEvent")
             if isinstance(event, str) and held:
                 lifecycle.append((name, subscription, event))
+            elif isinstance(event, str) and event in LIFECYCLE_EVENTS and self.relay is not None:
+                # Another replica's subscription: the owner acts on it (recreates a removed
+                # one at once rather than at its next renewal, hours away).
+                relayed.append((name, subscription, event))
             else:
-                # Not held here, a lifecycle event can only ask the owner for a poll; the owner
-                # notices a removed subscription at its renewal.
                 woken.append(name)
         if entries and refused == len(entries):
             log.warning("graph.notification_refused", reason="clientState mismatch", count=refused)
@@ -317,8 +326,26 @@ class GraphWebhooks:
                 with self._changed:
                     self._lifecycle.extend(lifecycle)
                     self._changed.notify_all()
+            relay = self.relay
+            for name, subscription, event in relayed:
+                log.info("graph.lifecycle_relayed", mailbox=name, lifecycle_event=event)
+                if relay is not None:
+                    relay(name, subscription, event)
 
         return HttpAnswer(status=202, after=after)
+
+    def lifecycle(self, name: str, subscription: str, event: str) -> None:
+        """A lifecycle notification another replica received and passed on: handled as if it
+        had come here when this channel holds that subscription, else a poll of ``name``."""
+        subscription = subscription.lower()
+        with self._lock:
+            held = self._by_subscription.get(subscription) == name
+        if not held or event not in LIFECYCLE_EVENTS:
+            self._wake(name)
+            return
+        with self._changed:
+            self._lifecycle.append((name, subscription, event))
+            self._changed.notify_all()
 
     # --- the subscription thread -----------------------------------------------------------
 
