@@ -137,7 +137,23 @@ class ChannelWatch(NotifyHooks):
                 fallback="polling at the configured interval",
             )
             if before == ChannelState.CONNECTED:
-                self._scheduler.request_poll(mailbox)  # what the broken channel may have missed
+                # What the broken channel may have missed: a catch-up, behind the notifications.
+                self._scheduler.request_poll(mailbox, urgent=False)
+
+
+def _cluster_wake(cluster: LeaseManager, scheduler: Scheduler) -> Wake:
+    """The channels' ``wake`` with several replicas."""
+
+    def wake(name: str, /, *, urgent: bool = True) -> None:
+        if urgent:
+            # A notification for a mailbox another replica owns is passed to it (PostgreSQL
+            # NOTIFY); one of ours is polled here.
+            cluster.forward(name)
+        else:
+            # A catch-up comes from the holder of the subscription, the lease owner: this one.
+            scheduler.request_poll(name, urgent=False)
+
+    return wake
 
 
 def build_channels(
@@ -210,12 +226,12 @@ def run_daemon(
         healthy_interval=notifications.healthy_interval,
     )
     scheduler.on_request = metrics.poll_requested
+    metrics.polls_waiting.set_function(scheduler.waiting)
     # Several replicas: a mailbox is scheduled while this replica holds its lease.
     cluster = join(app, runners, scheduler, health, metrics)
     for runner in runners if cluster is None else ():
         scheduler.add(runner, cron=settings.mailboxes[runner.name].cron)
-    # A notification for a mailbox another replica owns is passed to it (PostgreSQL NOTIFY).
-    wake: Wake = cluster.forward if cluster is not None else scheduler.request_poll
+    wake: Wake = scheduler.request_poll if cluster is None else _cluster_wake(cluster, scheduler)
     # Several replicas: a mailbox's subscription is held by its lease owner (Subscriptions).
     watched: dict[str, tuple[NotificationChannel, Watch]] | None = None if cluster is None else {}
     channels = build_channels(
@@ -302,8 +318,8 @@ def run_daemon(
             still_running=scheduler.running(),
         )
         # Save what the stuck polls' handlers already did (the sync state stays put), so only
-        # a handler still running now can be repeated after the restart. Executor threads are
-        # not daemons, so leave without waiting for them.
+        # a handler still running now can be repeated after the restart. The hand-over
+        # executors' threads are not daemons, so leave without waiting for them.
         for name, poller in app.pollers.items():
             try:
                 if poller.flush():

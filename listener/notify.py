@@ -3,7 +3,10 @@
 A notification never decides what is new: the persisted cursor (EWS sync state, Graph delta link)
 does. A channel only *wakes* a mailbox (``wake(name)``, which the service turns into a coalesced,
 debounced ``request_poll``), so a lost, late, duplicated or forged notification can cost latency
-or one extra poll, never a message.
+or one extra poll, never a message. ``wake(name, urgent=False)`` is a *catch-up*: no event said
+mail is there, but some may have come while nothing listened (before a subscription began, or
+while a stream was broken); its poll waits its turn behind the notifications' polls instead of
+going ahead of them (``listener.scheduler``, "Urgent first").
 
 The pieces:
 
@@ -43,7 +46,14 @@ __all__ = [
     "routes_of",
 ]
 
-Wake = Callable[[str], None]  # the configured mailbox name whose folder changed
+
+class Wake(Protocol):
+    """Ask for a poll of the configured mailbox ``name`` whose folder changed (``urgent``) or
+    may have changed unseen (``urgent=False``: a catch-up, see the module docstring)."""
+
+    def __call__(self, name: str, /, *, urgent: bool = True) -> None: ...
+
+
 # A lifecycle notification (Graph's ``subscriptionRemoved``, ...) for (mailbox, subscription id,
 # event) that this replica received for a subscription another replica holds: passed to it.
 Relay = Callable[[str, str, str], None]

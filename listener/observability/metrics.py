@@ -188,6 +188,12 @@ class Metrics(PollHooks, NotifyHooks):
             "one), ignored (unknown mailbox or stopping).",
             ("mailbox", "outcome"),
         )
+        self.polls_waiting = gauge(
+            "polls_waiting",
+            "Polls due and waiting for a free worker (service.max_workers). A queue here delays "
+            "every poll; a push notification's goes ahead of the others (listener.scheduler).",
+            (),
+        )
         # Several replicas (listener.cluster): unlabelled, one replica per process; a mailbox
         # label would be 10,000 series in a large cluster, and ``cluster status`` names them.
         self.leases_owned = gauge(

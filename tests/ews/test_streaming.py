@@ -131,13 +131,16 @@ class Recorder(NotifyHooks):
 
     def __init__(self) -> None:
         self.wakes: Counter[str] = Counter()
+        self.urgent: Counter[str] = Counter()  # the wakes of events (not catch-ups)
         self.calls: list[tuple[str, str]] = []
         self.states: list[tuple[str, ChannelStatus]] = []
         self._cond = threading.Condition()
 
-    def wake(self, name: str) -> None:
+    def wake(self, name: str, /, *, urgent: bool = True) -> None:
         with self._cond:
             self.wakes[name] += 1
+            if urgent:
+                self.urgent[name] += 1
             self._cond.notify_all()
 
     def _note(self, hook: str, mailbox: str) -> None:
@@ -299,10 +302,15 @@ def test_one_connection_carries_every_mailbox_and_each_event_wakes_its_own(
     assert len(registry.all()) == len(MAILBOXES)
     seen.wait(lambda: registry.streams(MAILBOXES[0]) == 1, "the anchor's stream open")
     assert [registry.streams(a) for a in MAILBOXES[1:]] == [0, 0, 0, 0]
+    # Each subscription asked for its catch-up poll, none of them urgent (issue 15, 1,000
+    # mailboxes: urgent ones went ahead of the events' polls); the event's wake is urgent.
+    assert seen.wakes == Counter({f"user{n}": 1 for n in range(len(MAILBOXES))})
+    assert seen.urgent == Counter()
     before = Counter(seen.wakes)
     _deliver(emu, MAILBOXES[3])
     seen.wait(lambda: seen.count("event", "user3") == 1, "the event of user3")
     assert seen.wakes - before == Counter({"user3": 1})
+    assert seen.urgent == Counter({"user3": 1})
     assert {s.backend for s in registry.all()} == {registry.backend_of(MAILBOXES[0])}
     # The cookie the first Subscribe got back is the group's (and goes on every later request).
     assert made.runners[0].affinity.cookie == f"emu-backend-{registry.backend_of(MAILBOXES[0])}"
@@ -407,6 +415,7 @@ def test_a_lost_stream_or_subscription_subscribes_again_and_wakes(
     }[fault]
     for name in lost:
         assert seen.wakes[name] - before[name] >= 1
+        assert seen.urgent[name] == 0  # catch-ups: no event said mail was there
         reasons = [s.reason for who, s in seen.states if who == name and s.reason]
         assert any(said in reason for reason in reasons), reasons
     new_ids = {s.subscription_id for s in registry.all()}

@@ -71,7 +71,20 @@ def server() -> Iterator[HealthServer]:
         yield running
 
 
-Make = Callable[..., tuple[GraphWebhooks, Hooks, list[str]]]
+class Woken(list[str]):
+    """The channel's ``wake``: the names it was called with, and apart the urgent ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urgent: list[str] = []
+
+    def __call__(self, name: str, /, *, urgent: bool = True) -> None:
+        self.append(name)
+        if urgent:
+            self.urgent.append(name)
+
+
+Make = Callable[..., tuple[GraphWebhooks, Hooks, Woken]]
 
 
 @pytest.fixture
@@ -82,16 +95,16 @@ def make(
 
     def build(
         *, mount: bool = True, renew_soon: bool = False
-    ) -> tuple[GraphWebhooks, Hooks, list[str]]:
+    ) -> tuple[GraphWebhooks, Hooks, Woken]:
         config = SimpleNamespace(
             public_url=f"http://127.0.0.1:{server.port}{PATH}",
             client_state=InlineSecret(source="inline", value="s3cret-state"),
             lifetime_minutes=60,
             renew_before_minutes=10,
         )
-        hooks, woken = Hooks(), []
+        hooks, woken = Hooks(), Woken()
         watch = Watch(name="alice", mailbox=mailbox_config(world, graph))
-        channel = GraphWebhooks(factory, [watch], woken.append, hooks, config, retry=0.05)
+        channel = GraphWebhooks(factory, [watch], woken, hooks, config, retry=0.05)
         if renew_soon:
             channel._renew_before = timedelta(minutes=60) - timedelta(seconds=1)
         if mount:
@@ -123,6 +136,7 @@ def test_a_subscription_is_renewed_before_it_expires(make: Make, graph: GraphEmu
     assert graph.subscriptions.ids() == [subscription]
     assert 200 in operations(graph, "UpdateSubscription")
     assert woken == ["alice"]  # one poll after subscribing, none for a renewal
+    assert woken.urgent == []  # a catch-up: it waits behind the polls notifications ask for
 
 
 def test_a_subscription_gone_at_renewal_is_created_again(
@@ -190,12 +204,12 @@ def test_a_killed_run_s_subscription_is_adopted(make: Make, graph: GraphEmulator
 
 def build_empty(
     make: Make, factory: GraphSources, server: HealthServer
-) -> tuple[GraphWebhooks, Hooks, list[str]]:
+) -> tuple[GraphWebhooks, Hooks, Woken]:
     """A channel with no watches yet, as a replica builds it before owning any lease."""
     channel, _, _ = make()
     channel.stop()
-    hooks, woken = Hooks(), []
-    empty = GraphWebhooks(factory, [], woken.append, hooks, channel._config, retry=0.05)
+    hooks, woken = Hooks(), Woken()
+    empty = GraphWebhooks(factory, [], woken, hooks, channel._config, retry=0.05)
     for path, receiver in empty.routes().items():
         server.add_route(path, receiver)
     return empty, hooks, woken
@@ -286,6 +300,7 @@ def test_a_notification_for_a_mailbox_watched_elsewhere_wakes_it(
     assert post({"mailbox": "mallory"}) == 202
     assert post({}) == 202
     assert woken == ["alice"]
+    assert woken.urgent == ["alice"]  # a notification: its poll goes first
     assert hooks.count("rejected:unknown_subscription") == 2
 
 

@@ -152,18 +152,18 @@ def test_https_with_tls_cert_and_key(tmp_path: Path) -> None:
 class FakeScheduler:
     def __init__(self) -> None:
         self.healthy: list[tuple[str, bool]] = []
-        self.requests: list[str] = []
+        self.requests: list[tuple[str, bool]] = []
 
     def set_healthy(self, name: str, healthy: bool) -> None:
         self.healthy.append((name, healthy))
 
-    def request_poll(self, name: str) -> None:
-        self.requests.append(name)
+    def request_poll(self, name: str, *, urgent: bool = True) -> None:
+        self.requests.append((name, urgent))
 
 
 def test_channel_watch_logs_once_per_change_and_moves_the_safety_net() -> None:
     """Degraded → logged once however often reported, interval back to the configured one, a
-    poll for what the broken channel missed; connected → the longer interval again."""
+    catch-up poll for what the broken channel missed; connected → the longer interval again."""
     metrics, health, scheduler = Metrics(process_collectors=False), HealthState(), FakeScheduler()
     health.register_mailbox("orders", 60)
     watch = ChannelWatch(metrics, health, scheduler)  # type: ignore[arg-type]
@@ -181,4 +181,6 @@ def test_channel_watch_logs_once_per_change_and_moves_the_safety_net() -> None:
         ("notifications.connected", None),
     ]
     assert scheduler.healthy == [("orders", True), ("orders", False), ("orders", True)]
-    assert scheduler.requests == ["orders"]
+    # A catch-up (not urgent): no notification said mail is there, and a whole stream's
+    # mailboxes break at once; the polls that notifications ask for go first.
+    assert scheduler.requests == [("orders", False)]

@@ -40,7 +40,8 @@ the ones we replace; ``ErrorExceededConnectionCount`` / ``ErrorExceededSubscript
 Failures: ``ErrorSubscriptionNotFound``, ``ErrorExpiredSubscription``,
 ``ErrorMissedNotificationEvents`` (naming the subscriptions when Exchange does) and a dropped
 stream subscribe again, without a watermark (streaming subscriptions have none), and wake the
-mailboxes concerned: the poll catches up on whatever the lost events were about. A mailbox is
+mailboxes concerned (``urgent=False``: a catch-up, which waits behind the polls events ask for):
+the poll catches up on whatever the lost events were about. A mailbox is
 ``degraded`` from the failure until its subscription is back; its poll then runs at the
 configured interval. ``add(watch)`` / ``remove(name)`` change the watched set while running (with
 several replicas, as leases come and go): an added folder joins a group of its (credential,
@@ -441,8 +442,9 @@ class _GroupRunner:
         if reconnect:
             self._channel.hooks.reconnected(self._channel.kind, subscribed.member.name)
         # Mail that arrived between the last poll and this subscription has no event: one
-        # poll closes that gap (at start, and after every loss).
-        self._channel.wake(subscribed.member.name)
+        # poll closes that gap (at start, and after every loss). A catch-up, not urgent: at
+        # start a thousand of these must not go ahead of the polls that events ask for.
+        self._channel.wake(subscribed.member.name, urgent=False)
 
     def _refused(self, subscribed: _Subscribed, error: BaseException) -> None:
         code = type(error).__name__
@@ -499,10 +501,10 @@ class _GroupRunner:
             if self._regroup.is_set() and not self.stopping.is_set():
                 # Ended on purpose, to start over on the new members: an event the server wrote
                 # to this connection after we stopped reading it is lost with it. One poll of
-                # each member it carried closes that gap, as after a loss.
+                # each member it carried closes that gap, as after a loss (a catch-up).
                 for subscribed in by_id.values():
                     if not subscribed.removed:
-                        self._channel.wake(subscribed.member.name)
+                        self._channel.wake(subscribed.member.name, urgent=False)
         if self.stopping.is_set() or self._regroup.is_set():
             return
         if not closed:
@@ -609,8 +611,9 @@ class _GroupRunner:
                     last_event=subscribed.status.last_event,
                 ),
             )
-            # The events the loss swallowed: the poll finds what they were about.
-            self._channel.wake(subscribed.member.name)
+            # The events the loss swallowed: the poll finds what they were about (a catch-up:
+            # a group's 200 of them wait behind the events of the other groups).
+            self._channel.wake(subscribed.member.name, urgent=False)
 
     def _degrade(self, reason: str) -> None:
         for subscribed in self.members:

@@ -442,8 +442,9 @@ class GraphWebhooks:
         ):
             return
         # Mail that arrived before the subscription existed (or while it was gone) is found by
-        # one poll; from now on notifications cover the folder.
-        self._wake(watched.name)
+        # one poll, a catch-up (behind the polls notifications ask for, listener.scheduler);
+        # from now on notifications cover the folder.
+        self._wake(watched.name, urgent=False)
 
     def _renew(self, watched: _Watched, subscription: str) -> None:
         expires = datetime.now(UTC) + self._lifetime
@@ -493,7 +494,8 @@ class GraphWebhooks:
                 self._renew(watched, subscription)
                 return
             self._hooks.renewed(self.kind, watched.name)
-            self._wake(watched.name)  # notifications held while unauthorized may be dropped
+            # Notifications held while unauthorized may be dropped: a catch-up.
+            self._wake(watched.name, urgent=False)
 
     def _forget(self, watched: _Watched, subscription: str, why: str) -> None:
         """The subscription is gone: subscribe again now, and poll meanwhile."""
@@ -504,7 +506,7 @@ class GraphWebhooks:
             watched.subscription, watched.expires, watched.renew_at = None, None, None
             watched.next_attempt = 0.0
         self._set(watched, ChannelState.DEGRADED, f"subscription {why}; subscribing again")
-        self._wake(watched.name)
+        self._wake(watched.name, urgent=False)  # a catch-up for while it was gone
 
     def _connected(self, watched: _Watched, subscription: str, expires: datetime) -> bool:
         """Record the subscription; False (and deleted again) if the watch was removed
@@ -575,7 +577,7 @@ class GraphWebhooks:
                     if mine.subscription is None and url != self._url:
                         expires = _parse(found.get("expirationDateTime"), datetime.now(UTC))
                         if self._connected(mine, str(found["id"]), expires):
-                            self._wake(mine.name)
+                            self._wake(mine.name, urgent=False)  # a catch-up, as after creating
                     else:
                         self._request(
                             mine, "deleteSubscription", "DELETE", f"subscriptions/{found['id']}"
