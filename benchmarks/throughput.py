@@ -133,13 +133,14 @@ class GoalRun:
 
 #: ``--goals``: every goal of issue 14, one configuration each, one after the other in one run
 #: (one emulator, the brokers of this machine), then one table of goals.
+#: The +80 ms run comes last: the emulator's added latency cannot be taken back within a run.
 GOAL_RUNS = (
     GoalRun("loopback, counting handler", "count", 0, 0, None),
-    GoalRun("+80 ms per EWS answer", "count", 0, 80, 500),
     GoalRun("50 ms handler", "count", 50, 0, 200),
     GoalRun("amqp with confirms", "amqp", 0, 0, 0),
     GoalRun("nats JetStream with acks", "nats", 0, 0, 0),
     GoalRun("redis_stream", "redis_stream", 0, 0, 0),
+    GoalRun("+80 ms per EWS answer", "count", 0, 80, 500),
 )
 #: --grid: a point runs about this many seconds (messages = the limit's rate x this).
 GRID_SECONDS = 8.0
