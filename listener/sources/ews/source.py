@@ -40,7 +40,13 @@ from listener.errors import (
 from listener.model import Attachment, Message
 from listener.sources.ews._convert import FETCH_FIELDS, conversion_bug, to_message
 from listener.sources.ews._folders import FolderResolver
-from listener.sources.ews._services import CreatedItems, ItemShape, MarkRead, MessageGetItem
+from listener.sources.ews._services import (
+    CreatedItems,
+    ItemShape,
+    MarkRead,
+    MessageGetItem,
+    SyncPrefix,
+)
 from listener.sources.ews._streaming import AttachmentStream, ElementNotFound, MimeStream, spool
 from listener.sources.ews._transport import TokenBridge
 
@@ -178,6 +184,7 @@ class EwsMailSource:
         self._folders: FolderResolver | None = None
         self._watched: Folder | None = None
         self._item_shape: ItemShape | None = None  # GetItem's, built once
+        self._sync_prefix: SyncPrefix | None = None  # SyncFolderItems', built once
         self._lock = threading.Lock()
         # Our own changes (mark read, categorise, move, delete) left out of the next syncs
         # (``changes``): the state the last page returned, the items created in the pages of
@@ -275,6 +282,9 @@ class EwsMailSource:
 
             def page() -> ChangePage:
                 svc = CreatedItems(account=self.account)
+                if self._sync_prefix is None or self._sync_prefix.folder is not folder:
+                    self._sync_prefix = SyncPrefix(svc, folder)
+                svc.prefix = self._sync_prefix
                 created: list[ItemRef] = []
                 changes = 0
                 for change_type, item_id in svc.call(
