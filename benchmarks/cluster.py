@@ -67,7 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lease", type=float, help="lease seconds (default 15, quick 3)")
     parser.add_argument("--renew", type=float, help="renewal seconds (default 5, quick 1)")
     parser.add_argument(
-        "--settle", type=float, help="seconds of feed between changes (default 2 leases, quick 2)"
+        "--settle",
+        type=float,
+        help="seconds of feed between changes (default 2 leases, quick 2); --scale: seconds "
+        "between warm-up and window (default interval / 6, at most 10)",
     )
     parser.add_argument(
         "--interval", type=float, default=1.0, help="poll interval of every mailbox (default 1 s)"
@@ -238,7 +241,8 @@ def scale(args: argparse.Namespace) -> int:
         warm_requests = len(ews.request_log)
         if len(synced) < count:
             print(f"warm-up unfinished after {warm:.0f} s: {len(synced)} of {count} synced")
-        time.sleep(min(10.0, interval / 6))  # the first polls' tidy-ups and lease ticks settle
+        # the first polls' tidy-ups and lease ticks settle (--settle: until polls are back on time)
+        time.sleep(args.settle if args.settle else min(10.0, interval / 6))
         with admin.connect() as conn:
             pg0 = _pg_counters(conn, schema)
         if args.profile:
