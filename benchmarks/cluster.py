@@ -67,7 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lease", type=float, help="lease seconds (default 15, quick 3)")
     parser.add_argument("--renew", type=float, help="renewal seconds (default 5, quick 1)")
     parser.add_argument(
-        "--settle", type=float, help="seconds of feed between changes (default 2 leases, quick 2)"
+        "--settle",
+        type=float,
+        help="seconds of feed between changes (default 2 leases, quick 2); --scale: seconds "
+        "between warm-up and window (default interval / 6, at most 10)",
     )
     parser.add_argument(
         "--interval", type=float, default=1.0, help="poll interval of every mailbox (default 1 s)"
@@ -87,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--window", type=float, default=120.0, help="--scale: seconds measured after warm-up"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="--scale: each replica under a CPU profile of all its threads (benchmarks/"
+        "_profiled.py) over the window, written to DIR/<replica>.pstats; the top is printed",
+    )
+    parser.add_argument("--top", type=int, default=30, help="--profile: functions printed")
     parser.add_argument(
         "--leases-only",
         type=int,
@@ -202,7 +213,7 @@ def scale(args: argparse.Namespace) -> int:
     )
     text = config.read_text().replace(f'url = "sqlite:///{world.state}"', f'url = "{url}"')
     config.write_text(text.replace("jitter = 0", f"jitter = {interval:g}"))
-    replicas = Replicas(world, config)
+    replicas = Replicas(world, config, profile=args.profile)
     ports: dict[str, int] = {}
     began = time.monotonic()
 
@@ -230,9 +241,13 @@ def scale(args: argparse.Namespace) -> int:
         warm_requests = len(ews.request_log)
         if len(synced) < count:
             print(f"warm-up unfinished after {warm:.0f} s: {len(synced)} of {count} synced")
-        time.sleep(min(10.0, interval / 6))  # the first polls' tidy-ups and lease ticks settle
+        # the first polls' tidy-ups and lease ticks settle (--settle: until polls are back on time)
+        time.sleep(args.settle if args.settle else min(10.0, interval / 6))
         with admin.connect() as conn:
             pg0 = _pg_counters(conn, schema)
+        if args.profile:
+            for name in replicas.procs:
+                replicas.signal(name, signal.SIGUSR1)  # the profile's window starts now
         cpu0 = {n: _cpu_seconds(replicas.pids[n]) for n in replicas.procs}
         polls0, log0, t0 = polls(), len(ews.request_log), time.monotonic()
         time.sleep(args.window)
@@ -281,7 +296,29 @@ def scale(args: argparse.Namespace) -> int:
         f"written/s; pg_stat_database: {(pg1['xacts'] - pg0['xacts']) / window:.1f} "
         f"transactions/s in the whole database (other users of it included)"
     )
+    if args.profile:
+        _print_profiles(args.profile, sorted(cpu1), args.top, idle_polls)
     return 0
+
+
+def _print_profiles(folder: Path, names: Sequence[str], top: int, polls: float) -> None:
+    """The window's CPU profile of each replica: its most costly functions, own and cumulative
+    (profiling doubles CPU time roughly: the shares say where it goes, not the seconds)."""
+    import pstats  # only with --profile
+
+    for name in names:
+        path = folder / f"{name}.pstats"
+        if not path.exists():
+            print(f"{name}: no profile written (see {path.parent})")
+            continue
+        stats = pstats.Stats(str(path))
+        total = sum(tt for _, _, tt, _, _ in stats.stats.values())  # type: ignore[attr-defined]
+        print(
+            f"{name}: profiled CPU {total:.1f} s over the window "
+            f"({1000 * total / polls if polls else float('nan'):.2f} ms per poll, profiled)"
+        )
+        for key in ("tottime", "cumulative"):
+            stats.sort_stats(key).print_stats(top)
 
 
 def _free_port() -> int:
@@ -451,9 +488,10 @@ class Owners:
 class Replicas:
     """The ``ews-listener run`` processes, each with its own replica id."""
 
-    def __init__(self, world: World, config: Path) -> None:
+    def __init__(self, world: World, config: Path, *, profile: Path | None = None) -> None:
         self.world = world
         self.config = config
+        self.profile = profile
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.logs: dict[str, Path] = {}
         self.pids: dict[str, int] = {}
@@ -464,12 +502,16 @@ class Replicas:
         name = f"r{self._n:02d}"
         log = self.world.root / f"{name}.log"
         self.logs[name] = log
+        runner = ["-m", "listener"]
+        if self.profile is not None:
+            self.profile.mkdir(parents=True, exist_ok=True)
+            wrapper = Path(__file__).with_name("_profiled.py")
+            runner = [str(wrapper), str(self.profile / f"{name}.pstats")]
         with log.open("w") as out:
             proc = subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "listener",
+                    *runner,
                     "--log-format",
                     "json",
                     "run",

@@ -99,6 +99,10 @@ class ChangePage:
     created: tuple[ItemRef, ...]  # new in the folder (delivered, moved or copied in)
     sync_state: str  # the position after this page; persist it with the page's outcome
     last_page: bool  # False: call ``changes`` again with ``sync_state`` for more
+    # True: the server listed no change of any kind since the state asked with (and the source
+    # left none out), so that state stays as good as ``sync_state``: a sync from either lists
+    # the same changes. The poller then need not store the new one (an idle poll writes nothing).
+    unchanged: bool = False
 
 
 @dataclass(frozen=True)

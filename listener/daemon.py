@@ -33,7 +33,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -56,6 +56,7 @@ from listener.notify import (
 from listener.observability import HealthServer, HealthState, Metrics, poll_recorder, systemd
 from listener.poller import PollResult
 from listener.service import MailboxRunner, poll_all
+from listener.store import SqlStateStore
 
 __all__ = ["ChannelWatch", "build_channels", "run_daemon", "run_once", "summary"]
 
@@ -65,16 +66,38 @@ if TYPE_CHECKING:
 log = structlog.get_logger("listener.daemon")
 
 
+# The ``pending_messages`` gauge of every scheduled mailbox is read again this often (seconds),
+# in one statement: it follows what a poll cannot see (another replica's or a CLI's commits).
+PENDING_REFRESH = 60.0
+
+
+def _idle(result: PollResult) -> bool:
+    """The poll found nothing, so it left the mailbox's pending queue as it was: its due
+    retries, had there been any, would have counted as handed over, failed, gone, ..."""
+    return result.ok and not (
+        result.handed_over
+        or result.failed
+        or result.dead_lettered
+        or result.already_done
+        or result.unrouted
+        or result.gone
+    )
+
+
 def _wire(app: App, metrics: Metrics, health: HealthState | None) -> list[MailboxRunner]:
     record = poll_recorder(health, metrics) if health is not None else None
+    counted: set[str] = set()  # mailboxes whose gauge a poll of this process has set
 
     def on_result(result: PollResult, seconds: float) -> None:
         if record is not None:
             record(result, seconds)
         else:
             metrics.poll_finished(result.mailbox, ok=result.ok, seconds=seconds)
+        if _idle(result) and result.mailbox in counted:
+            return  # one statement less per idle poll (PENDING_REFRESH catches up the rest)
         try:
             metrics.set_pending(result.mailbox, app.store.pending_count(result.mailbox))
+            counted.add(result.mailbox)
         except Exception:
             log.warning("metrics.pending_unavailable", exc_info=True)
 
@@ -278,6 +301,8 @@ def run_daemon(
         log.info("http.listening", url=server.url, endpoints=server.endpoints())
 
     scheduler.start()
+    if isinstance(app.store, SqlStateStore):
+        scheduler.every(PENDING_REFRESH, _pending_refresher(app.store, scheduler, metrics))
     for channel in channels:
         channel.start()
     if cluster is not None:
@@ -334,6 +359,24 @@ def run_daemon(
     app.close()  # 4
     log.info("daemon.stopped")
     return EXIT_OK
+
+
+def _pending_refresher(
+    store: SqlStateStore, scheduler: Scheduler, metrics: Metrics
+) -> Callable[[], None]:
+    """Set the ``pending_messages`` gauge of every mailbox this process schedules (with several
+    replicas, those whose lease it holds) from one ``GROUP BY``."""
+
+    def refresh() -> None:
+        try:
+            counts = store.pending_counts()
+        except Exception:
+            log.warning("metrics.pending_unavailable", exc_info=True)
+            return
+        for name in scheduler.mailboxes():
+            metrics.set_pending(name, counts.get(name, 0))
+
+    return refresh
 
 
 def _leave(cluster: LeaseManager | None) -> None:

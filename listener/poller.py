@@ -53,6 +53,7 @@ from listener.errors import SourceError
 from listener.identity import identify
 from listener.model import Message, message_fingerprint
 from listener.pipeline import (
+    Batch,
     BatchReader,
     Delivered,
     Fate,
@@ -78,6 +79,10 @@ log = structlog.get_logger("listener.poller")
 # The stdlib logger behind ``log``: a per-message debug line is skipped before structlog binds a
 # logger for it (the lazy proxy binds on every call, ~4 % of the CPU per message on loopback).
 _stdlib_log = logging.getLogger("listener.poller")
+
+# An unchanged sync state the server returned different from the stored one (an idle poll's,
+# see Poller._keeps) is written at least this often (seconds), so the stored one never ages.
+STATE_REFRESH = 3600.0
 
 # Stored sync states carry the kind of the source that issued them ("graph:https://…"); a state
 # written before issue 13 has no prefix and is EWS's (base64, which has no colon).
@@ -112,6 +117,19 @@ class _Settlement:
     sync_state: str | None = None  # to commit with it (stored form)
     tidy: bool = False  # post-process even when incomplete (retries and replays)
     ended: float = 0.0  # time.monotonic() when its hand-over ended
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to post-process or commit: no records, no sync state, no moves."""
+        return not (
+            self.succeeded
+            or self.ledger
+            or self.pending
+            or self.dead
+            or self.resolved
+            or self.relocated
+            or self.sync_state is not None
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,6 +190,7 @@ class Poller:
         self._uncommitted: dict[tuple[str, str], str] = {}
         self._uncommitted_dead: set[str] = set()
         self._flushed = False
+        self._state_stored_at: float | None = None  # time.monotonic() of our last state commit
 
     @property
     def name(self) -> str:
@@ -203,15 +222,39 @@ class Poller:
                         # Shutting down: commit now, tidy up after the restart (it syncs this page
                         # again and tidies what the ledger says is done).
                         settlement.complete = settlement.complete and not self._stop.is_set()
-                        if settlement.complete and batch.sync_state is not None:
+                        keep = self._keeps(state, batch)  # an idle poll writes nothing
+                        if settlement.complete and batch.sync_state is not None and not keep:
                             settlement.sync_state = _stored(self.source.kind, batch.sync_state)
                         last = batches.exhausted or not settlement.complete
+                        if last and settlement.empty:
+                            break  # an idle poll's end: nothing to post-process or commit
                         settler.submit(settlement, inline=last)  # 5, 6
                         if last:
                             break
             finally:
                 result.pages = reader.pages
         return result
+
+    def _keeps(self, start: str | None, batch: Batch) -> bool:
+        """Whether the stored sync state ``start`` may stay instead of ``batch.sync_state``.
+
+        Only for a batch with no mail whose every page the source called unchanged
+        (``ChangePage.unchanged``): the server listed no change since ``start``, so a sync from
+        ``start`` lists exactly what one from the new state would. Keeping it repeats nothing
+        and loses nothing, a crash before the next poll included (that poll syncs from
+        ``start`` and finds what arrived since). It saves an idle poll its commit: the one write
+        (and the lease-fence check) it would make, the most costly part of an idle poll on
+        PostgreSQL (benchmarks/README.md, "Idle mailboxes at scale"). A state the server
+        returned unchanged is never written again; a different one is written at least every
+        ``STATE_REFRESH`` seconds, so the stored state never grows old on the server.
+        """
+        if start is None or batch.fetched or not batch.unmoved:
+            return False
+        if batch.sync_state == start:
+            return True
+        with self._lock:
+            stored = self._state_stored_at
+        return stored is not None and time.monotonic() - stored < STATE_REFRESH
 
     def _forget_unsaved(self) -> None:
         """A new poll starts from the store (an earlier one that failed saved what it could)."""
@@ -719,8 +762,11 @@ class Poller:
                         relocated=page.relocated,
                     )
                     page.relocated = []
-                return
-            self._commit_records(page, sync_state)
+            else:
+                self._commit_records(page, sync_state)
+            if sync_state is not None:
+                with self._lock:
+                    self._state_stored_at = time.monotonic()
 
     def _commit_records(self, page: _Settlement, sync_state: str | None) -> None:
         parked = {p.item_id for p in page.pending}

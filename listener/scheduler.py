@@ -347,6 +347,14 @@ class Scheduler:
         # The scheduler's own thread proves it is alive between polls.
         self._scheduler.add_job(self._beat, IntervalTrigger(seconds=5), id=_HEARTBEAT)
 
+    def every(self, seconds: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` every ``seconds`` on the scheduler's workers (after ``start``)."""
+        self._scheduler.add_job(fn, IntervalTrigger(seconds=seconds), coalesce=True)
+
+    def mailboxes(self) -> list[str]:
+        """The mailboxes scheduled now (with several replicas: those whose lease is ours)."""
+        return list(self._runners)
+
     def _beat(self) -> None:
         self.heartbeat = time.monotonic()
 

@@ -21,6 +21,8 @@ class FencedStore:
         self._store = store
         self.mailbox = mailbox
         self.fence: Fence | None = None
+        # folder -> (the fence it was read or committed under, the stored sync state)
+        self._states: dict[str, tuple[Fence, str | None]] = {}
 
     def __repr__(self) -> str:
         return f"FencedStore({self._store!r}, {self.mailbox!r}, {self.fence!r})"
@@ -40,22 +42,47 @@ class FencedStore:
         fence = self.fence
         if fence is None or fence.mailbox != mailbox:
             raise LeaseLost(mailbox, "no poll of it runs under a lease here")
-        self._store.commit(
-            mailbox,
-            folder,
-            sync_state=sync_state,
-            successes=successes,
-            pending=pending,
-            resolved=resolved,
-            dead=dead,
-            relocated=relocated,
-            fence=fence,
-        )
-
-    # --- reads and the rest, unfenced -----------------------------------------------------------
+        try:
+            self._store.commit(
+                mailbox,
+                folder,
+                sync_state=sync_state,
+                successes=successes,
+                pending=pending,
+                resolved=resolved,
+                dead=dead,
+                relocated=relocated,
+                fence=fence,
+            )
+        except BaseException:
+            self._states.pop(folder, None)  # refused, or unknown whether it was written
+            raise
+        if sync_state is not None:
+            self._states[folder] = (fence, sync_state)
 
     def get_sync_state(self, mailbox: str, folder: str) -> str | None:
-        return self._store.get_sync_state(mailbox, folder)
+        """The stored sync state; read once per lease epoch, then known.
+
+        Under one epoch of this replica's lease nobody else commits this mailbox's state: every
+        commit passes ``check_fence``, and another replica can only commit after claiming the
+        lease, which raises the epoch (a claim skips a lease row locked by a commit in flight).
+        So a state read or committed under ``fence`` is still the stored one while polls run
+        under that same fence: a poll need not read it again (one statement less per idle
+        poll). A new epoch (the lease lost and claimed back) reads it again. The one other
+        writer, ``ews-listener once`` run beside the daemon on the same state, could make the
+        known state older than the stored one: a sync from it lists again mail the ledger
+        already holds, which is skipped (and the same ``once`` can race a daemon today).
+        """
+        fence = self.fence
+        known = self._states.get(folder)
+        if mailbox == self.mailbox and known is not None and known[0] == fence:
+            return known[1]
+        value = self._store.get_sync_state(mailbox, folder)
+        if mailbox == self.mailbox and fence is not None:
+            self._states[folder] = (fence, value)
+        return value
+
+    # --- reads and the rest, unfenced -----------------------------------------------------------
 
     def done(self, keys: Sequence[str]) -> set[tuple[str, str]]:
         return self._store.done(keys)

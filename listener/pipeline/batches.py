@@ -37,6 +37,9 @@ class Batch:
 
     fetched: Sequence[Message | FetchFailure]
     sync_state: str | None
+    # Every page read so far was ``ChangePage.unchanged`` (and no resync): ``sync_state`` is as
+    # good as the state the reader started from.
+    unmoved: bool = False
 
 
 def not_before(
@@ -75,6 +78,7 @@ class BatchReader:
         self._taken = 0  # refs ever cut into batches
         self._ends: deque[tuple[int, str]] = deque()  # (refs buffered by then, a page's state)
         self._drained = False
+        self._moved = state is None  # a page that listed a change, or a sync from the start
 
     @property
     def exhausted(self) -> bool:
@@ -93,7 +97,7 @@ class BatchReader:
         while self._ends and self._ends[0][0] <= self._taken:
             state = self._ends.popleft()[1]
         fetched = not_before(self._floor, self.source.fetch(refs)) if refs else []
-        return Batch(fetched=fetched, sync_state=state)
+        return Batch(fetched=fetched, sync_state=state, unmoved=not self._moved)
 
     def _read_page(self) -> None:
         try:
@@ -103,11 +107,14 @@ class BatchReader:
                 raise
             # Sync again from the start of the folder: it lists what is buffered again.
             self._state, self._floor = None, self._resync(str(e))
+            self._moved = True
             self._refs.clear()
             self._ends.clear()
             self._queued = self._taken
             return
         self.pages += 1
+        if not page.unchanged or page.created:
+            self._moved = True
         self._refs.extend(page.created)
         self._queued += len(page.created)
         self._ends.append((self._queued, page.sync_state))

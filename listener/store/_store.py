@@ -231,6 +231,14 @@ class SqlStateStore:
         with self._read("counting pending retries") as conn:
             return int(conn.execute(query).scalar_one())
 
+    def pending_counts(self) -> dict[str, int]:
+        """How many messages wait for a retry, per mailbox (those with none left out), in one
+        statement: the daemon's ``pending_messages`` gauge for every mailbox at once."""
+        c = tb.pending.c
+        query = select(c.mailbox, func.count()).group_by(c.mailbox)
+        with self._read("counting pending retries") as conn:
+            return {mailbox: int(n) for mailbox, n in conn.execute(query)}
+
     def commit(
         self,
         mailbox: str,

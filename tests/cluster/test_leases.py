@@ -354,3 +354,64 @@ def test_claims_come_in_batches_and_a_full_batch_asks_for_the_next_tick(
     a.tick()
     assert sorted(a.owned()) == boxes
     assert not a._wake.is_set()
+
+
+def test_idle_polls_under_a_lost_lease_write_nothing_and_mail_is_still_fenced(
+    pg_store: SqlStateStore,
+) -> None:
+    """Issue 16: an idle poll makes no commit, so it needs no fence; once the lease is lost, a
+    poll that found mail is still refused at its commit (LeaseLost), leaving the ledger and the
+    sync state as the new owner will find them."""
+    from tests.poller.fakes import FakeSource
+    from tests.poller.test_poller import make
+
+    leases = pg_store.leases
+    leases.join("a", host="h", pid=1, mailboxes=["box"])
+    epoch = leases.claim("a", ["box"], limit=1, lease=30)["box"]
+    fenced = FencedStore(pg_store, "box")
+    fenced.fence = Fence("box", "a", epoch)
+    source = FakeSource()
+    source.unchanged = "new"
+    source.deliver("first")
+    poller, _hs = make(fenced, source, start_from="all")
+    assert poller.poll().handed_over == 1
+    stored = pg_store.get_sync_state("box", "inbox")
+    leases.renew("a", lease=0)
+    leases.claim("b", ["box"], limit=1, lease=30)  # another replica owns it now
+    idle = poller.poll()
+    assert idle.ok
+    assert idle.handed_over == 0
+    source.deliver("second")
+    with pytest.raises(LeaseLost):
+        poller.poll()
+    assert pg_store.get_sync_state("box", "inbox") == stored
+    assert len(pg_store.ledger("box")) == 1
+
+
+def test_a_fenced_store_reads_the_sync_state_once_per_epoch(pg_store: SqlStateStore) -> None:
+    """Under one epoch the state read or committed is known (no statement per poll); a new
+    epoch (another owner may have committed in between) reads it from the database again."""
+    leases = pg_store.leases
+    leases.join("a", host="h", pid=1, mailboxes=["box"])
+    epoch = leases.claim("a", ["box"], limit=1, lease=30)["box"]
+    fenced = FencedStore(pg_store, "box")
+    fenced.fence = Fence("box", "a", epoch)
+    assert fenced.get_sync_state("box", "inbox") is None
+    fenced.commit("box", "inbox", sync_state="s1")
+    reads: list[str] = []
+    real = pg_store.get_sync_state
+
+    def counted(mailbox: str, folder: str) -> str | None:
+        reads.append(folder)
+        return real(mailbox, folder)
+
+    pg_store.get_sync_state = counted  # type: ignore[method-assign]
+    assert fenced.get_sync_state("box", "inbox") == "s1"
+    assert reads == []
+    leases.renew("a", lease=0)
+    epoch_b = leases.claim("b", ["box"], limit=1, lease=30)["box"]
+    pg_store.commit("box", "inbox", sync_state="s2", fence=Fence("box", "b", epoch_b))
+    leases.renew("b", lease=0)
+    fenced.fence = Fence("box", "a", leases.claim("a", ["box"], limit=1, lease=30)["box"])
+    assert fenced.get_sync_state("box", "inbox") == "s2"
+    assert reads == ["inbox"]

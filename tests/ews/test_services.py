@@ -11,7 +11,13 @@ from exchangelib.util import xml_to_str
 
 from ews_listener_emulators.server import EwsEmulator
 from listener.sources.ews._convert import FETCH_FIELDS
-from listener.sources.ews._services import CreatedItems, ItemShape, MarkRead, MessageGetItem
+from listener.sources.ews._services import (
+    CreatedItems,
+    ItemShape,
+    MarkRead,
+    MessageGetItem,
+    SyncPrefix,
+)
 from tests.emulator.conftest import ALICE, AccountFactory
 from tests.graph_source.mail import plain
 
@@ -124,3 +130,38 @@ def test_sync_with_ignore_sends_what_sync_folder_items_sends(make_account: Accou
     for ignore in (None, [], _IDS):
         assert payload(CreatedItems, ignore) == payload(SyncFolderItems, ignore)
     assert "Ignore" in payload(CreatedItems, _IDS)
+
+
+def test_sync_with_a_prefix_sends_what_sync_folder_items_sends(
+    make_account: AccountFactory,
+) -> None:
+    """The source's SyncPrefix (shape and folder id built once) changes no byte: with and
+    without a sync state, with and without m:Ignore, and twice from one prefix."""
+    account = make_account()
+    folder = account.inbox
+    prefix = SyncPrefix(CreatedItems(account=account), folder)
+
+    def payload(service: type[SyncFolderItems], state: str | None, ignore: object) -> str:
+        svc = service(account=account)
+        if isinstance(svc, CreatedItems):
+            svc.prefix = prefix
+        return xml_to_str(
+            svc.get_payload(
+                folder=folder,
+                shape=ID_ONLY,
+                additional_fields=set(),
+                sync_state=state,
+                ignore=ignore,
+                max_changes_returned=512,
+                sync_scope=None,
+            )
+        )
+
+    for state in (None, "H4sIAAAAAAAEAGNgYGBk"):
+        for ignore in (None, _IDS):
+            for _ in range(2):
+                assert payload(CreatedItems, state, ignore) == payload(
+                    SyncFolderItems, state, ignore
+                )
+    assert "SyncState" in payload(CreatedItems, "H4sIAAAAAAAEAGNgYGBk", None)
+    assert "SyncState" not in payload(CreatedItems, None, None)

@@ -44,6 +44,10 @@ class FakeSource:
         self._ids = itertools.count(1)
         self.fail_changes: SourceError | None = None
         self.forget_states = False  # the server lost every sync state it handed out
+        # An empty sync says ``unchanged`` (as EWS does); "new" also hands out a state that
+        # differs from the one asked with but means the same position (a leading zero), as a
+        # server whose mailbox-wide counter moved with a change in another folder does.
+        self.unchanged: str | None = None  # None, "same" or "new"
         self.gone: set[str] = set()
         self.calls: list[str] = []
         self.now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)  # received time of the next delivery
@@ -122,6 +126,9 @@ class FakeSource:
             ItemRef(i) for i in window if i in self.items and self.items[i].folder == self.folder
         )
         end = start + len(window)
+        if self.unchanged and sync_state is not None and not window:
+            state = sync_state if self.unchanged == "same" else f"0{int(sync_state)}"
+            return ChangePage((), state, True, unchanged=True)
         return ChangePage(created, str(end), end >= len(self.log))
 
     def current_state(self) -> str:

@@ -212,6 +212,9 @@ def test_pending_upsert_and_resolve(store: SqlStateStore) -> None:
     assert [p.item_id for p in store.pending("box")] == ["i2"]
     assert store.pending_count("other") == 1
     assert store.pending_count("box") == 1
+    assert store.pending_counts() == {"box": 1, "other": 1}
+    store.commit("other", "inbox", sync_state=None, resolved=["i1"])
+    assert store.pending_counts() == {"box": 1}
 
 
 def test_due_pending_is_ordered_by_next_attempt_and_limited(store: SqlStateStore) -> None:

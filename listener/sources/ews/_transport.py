@@ -26,6 +26,14 @@ Everything here exists because of an exchangelib behaviour (5.6.0):
   refusing connections. :func:`install_adapter` replaces it, for the listener's configurations,
   with one that retires an idle session if there is one and never waits, and then always says
   "no further" so the error reaches the source, which backs the credential off.
+- ``requests`` reads the environment on EVERY request of a session that trusts it: proxies
+  (``get_environ_proxies`` walks all of ``os.environ``, twice), ``~/.netrc`` and
+  ``REQUESTS_CA_BUNDLE``: about a tenth of an idle poll's CPU (an ``IdOnly`` SyncFolderItems),
+  more in a pod whose environment holds every service's variables. Sessions of our credentials
+  (``TokenBridge``) read the proxies once, when exchangelib creates the session, and then trust
+  the environment no further: a proxy set in ``HTTPS_PROXY`` / ``NO_PROXY`` is used as before;
+  ``.netrc`` never applied (the token is the authorisation) and neither did the CA variables
+  (the adapter below decides trust).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from queue import Empty
 from typing import Any
 
 import requests.adapters
+import requests.utils
 from exchangelib import Identity, OAuth2AuthorizationCodeCredentials
 from exchangelib.errors import (
     ErrorInternalServerTransientError,
@@ -52,7 +61,13 @@ from exchangelib.util import _get_retry_after
 from listener._tls import Origin, origin, trust_context
 from listener.abc import AccessToken, TokenProvider
 
-__all__ = ["ListenerRetryPolicy", "TokenBridge", "install_adapter", "register_ca_bundle"]
+__all__ = [
+    "ListenerRetryPolicy",
+    "TokenBridge",
+    "install_adapter",
+    "pin_environment",
+    "register_ca_bundle",
+]
 
 # Reported lifetime is this much shorter than the real one, so requests-oauthlib asks for a new
 # token (through ``refresh``) before Exchange would reject the old one.
@@ -78,6 +93,26 @@ def install_adapter() -> None:
     pool that cannot deadlock when it shrinks."""
     BaseProtocol.HTTP_ADAPTER_CLS = _CaBundleAdapter
     BaseProtocol.decrease_poolsize = _decrease_poolsize
+    BaseProtocol.create_oauth2_session = _create_oauth2_session
+
+
+_exchangelib_create_oauth2_session = BaseProtocol.create_oauth2_session
+
+
+def _create_oauth2_session(self: BaseProtocol) -> Any:
+    """exchangelib's session, which for our credentials takes its proxies from the environment
+    now and does not look at the environment again on each request (see the module docstring)."""
+    session = _exchangelib_create_oauth2_session(self)
+    if isinstance(self.credentials, TokenBridge):
+        pin_environment(session, self.service_endpoint)
+    return session
+
+
+def pin_environment(session: requests.Session, url: str) -> None:
+    """Give ``session`` the proxies the environment says for ``url`` and stop it reading the
+    environment per request (``trust_env``: proxies, ``.netrc``, ``REQUESTS_CA_BUNDLE``)."""
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    session.trust_env = False
 
 
 _pool_log = logging.getLogger("exchangelib.protocol")

@@ -40,7 +40,13 @@ from listener.errors import (
 from listener.model import Attachment, Message
 from listener.sources.ews._convert import FETCH_FIELDS, conversion_bug, to_message
 from listener.sources.ews._folders import FolderResolver
-from listener.sources.ews._services import CreatedItems, ItemShape, MarkRead, MessageGetItem
+from listener.sources.ews._services import (
+    CreatedItems,
+    ItemShape,
+    MarkRead,
+    MessageGetItem,
+    SyncPrefix,
+)
 from listener.sources.ews._streaming import AttachmentStream, ElementNotFound, MimeStream, spool
 from listener.sources.ews._transport import TokenBridge
 
@@ -178,11 +184,12 @@ class EwsMailSource:
         self._folders: FolderResolver | None = None
         self._watched: Folder | None = None
         self._item_shape: ItemShape | None = None  # GetItem's, built once
+        self._sync_prefix: SyncPrefix | None = None  # SyncFolderItems', built once
         self._lock = threading.Lock()
         # Our own changes (mark read, categorise, move, delete) left out of the next syncs
         # (``changes``): the state the last page returned, the items created in the pages of
         # that chain and not tidied yet, and those tidied whose change may still be ahead.
-        self._chain: str | None = None
+        self._chain: set[str] = set()  # that state, and one it is as good as (``unchanged``)
         self._reported: dict[str, int] = {}  # item id -> the page that listed it
         self._pages = 0
         self._tidied: dict[str, None] = {}
@@ -267,7 +274,7 @@ class EwsMailSource:
             )
         folder = self.watched_folder()
         with self._lock:
-            if sync_state is None or sync_state != self._chain:
+            if sync_state is None or sync_state not in self._chain:
                 self._reported.clear()
                 self._tidied.clear()
             ignore = [(item_id, None) for item_id in self._tidied]
@@ -275,7 +282,11 @@ class EwsMailSource:
 
             def page() -> ChangePage:
                 svc = CreatedItems(account=self.account)
+                if self._sync_prefix is None or self._sync_prefix.folder is not folder:
+                    self._sync_prefix = SyncPrefix(svc, folder)
+                svc.prefix = self._sync_prefix
                 created: list[ItemRef] = []
+                changes = 0
                 for change_type, item_id in svc.call(
                     folder=folder,
                     shape=ID_ONLY,
@@ -285,17 +296,27 @@ class EwsMailSource:
                     max_changes_returned=max_changes,
                     sync_scope=None,
                 ):
+                    changes += 1
                     if change_type == CreatedItems.CREATE:
                         created.append(ItemRef(item_id))
+                last = bool(svc.includes_last_item_in_range) or svc.sync_state == sync_state
                 return ChangePage(
                     created=tuple(created),
                     sync_state=svc.sync_state,
-                    last_page=bool(svc.includes_last_item_in_range) or svc.sync_state == sync_state,
+                    last_page=last,
+                    # Nothing listed and nothing left out (an m:Ignore may hide our own changes
+                    # between the two states): a sync from the old state lists what one from
+                    # the new state would (see ChangePage.unchanged).
+                    unchanged=last and not changes and not ignore and sync_state is not None,
                 )
 
             result = self._call(page, "SyncFolderItems")
         with self._lock:
-            self._chain = result.sync_state
+            # An unchanged page's new state and the one asked with are the same position: the
+            # poller may go on from either (it keeps the stored one, see Poller.poll).
+            self._chain = {result.sync_state}
+            if result.unchanged and sync_state is not None:
+                self._chain.add(sync_state)
             if result.last_page:
                 for item_id, _ in ignore:
                     self._tidied.pop(item_id, None)
