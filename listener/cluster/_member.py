@@ -193,6 +193,18 @@ def _guarded(manager: _Leases, store: FencedStore, mailbox: str) -> Iterator[Non
         yield
 
 
+def _cluster_store(app: Any) -> SqlStateStore | None:
+    """``app``'s store when its configuration makes it one of several replicas, else None; a
+    cluster on any other store is refused."""
+    settings = app.settings
+    if not cluster_active(settings.cluster, settings.state.url):
+        return None
+    store = app.store
+    if not isinstance(store, SqlStateStore):
+        raise StoreError("several replicas need the SQL state store on PostgreSQL")
+    return store
+
+
 def join(
     app: Any,
     runners: Sequence[MailboxRunner],
@@ -205,13 +217,11 @@ def join(
     mailboxes are scheduled as their leases come and go. None when the cluster is off: the
     caller schedules every mailbox itself. Call ``start()`` on the result after the scheduler's.
     """
+    store = _cluster_store(app)
+    if store is None:
+        return None
     settings = app.settings
     config = settings.cluster
-    if not cluster_active(config, settings.state.url):
-        return None
-    store = app.store
-    if not isinstance(store, SqlStateStore):
-        raise StoreError("several replicas need the SQL state store on PostgreSQL")
     manager = LeaseManager(
         store.leases,
         [r.name for r in runners],
@@ -285,13 +295,11 @@ def borrow(app: Any, runners: Sequence[MailboxRunner]) -> OnceInCluster | None:
     claim the free or expired leases of ``runners``' mailboxes and fence their polls; ask the
     owners of the others to poll them (``listener.cluster._oneshot``). None when the cluster is
     off: ``once`` polls every mailbox itself."""
+    store = _cluster_store(app)
+    if store is None:
+        return None
     settings = app.settings
     config = settings.cluster
-    if not cluster_active(config, settings.state.url):
-        return None
-    store = app.store
-    if not isinstance(store, SqlStateStore):
-        raise StoreError("several replicas need the SQL state store on PostgreSQL")
     leases = Borrowed(
         store.leases, owner=once_id(), lease=config.lease_seconds, renew=config.renew_seconds
     )
