@@ -590,6 +590,19 @@ def _subscribed(registry: emulated.Subscriptions) -> dict[str, str]:
     return {s.mailbox.address.lower(): s.subscription_id for s in registry.all()}
 
 
+def _watch(emu: EwsEmulator, ca: Any, address: str) -> Watch:
+    """A watch of ``address``'s inbox on the emulator, as a replica adds one."""
+    mailbox = SimpleNamespace(
+        address=address,
+        credential="ews",
+        endpoint=emu.url,
+        folder="inbox",
+        ca_bundle=ca.ca_file,
+        version="Exchange2016",
+    )
+    return Watch(name=address.partition("@")[0], mailbox=mailbox)
+
+
 def test_watches_added_and_removed_while_streaming(
     channel: Build, emu: EwsEmulator, registry: emulated.Subscriptions, ca: Any
 ) -> None:
@@ -598,17 +611,6 @@ def test_watches_added_and_removed_while_streaming(
     group; ``remove`` unsubscribes at once, reports the watch off, and a group left empty ends;
     both are idempotent."""
 
-    def watch(address: str) -> Watch:
-        mailbox = SimpleNamespace(
-            address=address,
-            credential="ews",
-            endpoint=emu.url,
-            folder="inbox",
-            ca_bundle=ca.ca_file,
-            version="Exchange2016",
-        )
-        return Watch(name=address.partition("@")[0], mailbox=mailbox)
-
     made, seen = channel(MAILBOXES[:1], per_connection=2, configured=MAILBOXES[:3])
     made.start()
     seen.wait(lambda: _connected(made), "user0 connected")
@@ -616,8 +618,8 @@ def test_watches_added_and_removed_while_streaming(
     first = _subscribed(registry)[MAILBOXES[0]]
     woken = seen.wakes["user0"]  # the poll after its subscription
     for address in MAILBOXES[1:3]:
-        made.add(watch(address))
-    made.add(watch(MAILBOXES[1]))
+        made.add(_watch(emu, ca, address))
+    made.add(_watch(emu, ca, MAILBOXES[1]))
     seen.wait(lambda: len(made.status()) == 3 and _connected(made), "three connected")
     # Its stream was ended to start over with user1: what it carried then is polled for.
     seen.wait(lambda: seen.wakes["user0"] > woken, "user0 polled after the regroup")
@@ -650,15 +652,7 @@ def test_a_watch_added_while_its_group_subscribes_is_on_the_first_stream(
     made, seen = channel([], minutes=30, configured=MAILBOXES[:2])
     made.start()
     for address in MAILBOXES[:2]:
-        mailbox = SimpleNamespace(
-            address=address,
-            credential="ews",
-            endpoint=emu.url,
-            folder="inbox",
-            ca_bundle=ca.ca_file,
-            version="Exchange2016",
-        )
-        made.add(Watch(name=address.partition("@")[0], mailbox=mailbox))
+        made.add(_watch(emu, ca, address))
         time.sleep(0.3)  # the first one's Subscribe is on its way
     seen.wait(lambda: len(made.status()) == 2 and _connected(made), "both connected")
     assert seen.count("renewed", "user0") == 0
