@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 __all__ = [
     "CLIENT_ID",
@@ -72,6 +72,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a script: tests.configs lives beside the package
 
 from tests.configs import emulated_credentials, table, toml_value  # noqa: E402 - after the path fix
+
+if TYPE_CHECKING:
+    from ews_listener_emulators.faults import FaultEngine
 
 TENANT = "contoso.onmicrosoft.com"
 CLIENT_ID = "22222222-bbbb-4ccc-8ddd-000000000001"
@@ -162,6 +165,16 @@ def _graph_round_trip() -> type:
     return _GraphRoundTrip
 
 
+def set_latency(faults: FaultEngine, seconds: float) -> None:
+    """Every EWS request waits ``seconds`` before it is answered (a WAN round trip): the figure
+    replaces any earlier one (0: none); other fault rules stay."""
+    for rule in faults.rules():
+        if rule.kind == "latency":
+            faults.remove(rule.rule_id)
+    if seconds > 0:
+        faults.add("latency", probability=1.0, delay=seconds)
+
+
 def _serve(
     conn: Connection, directory: str, token_lifetime: float, schema_dir: str | None, graph_on: bool
 ) -> None:
@@ -240,8 +253,7 @@ def _serve(
                 if ews.faults is None:
                     conn.send(RuntimeError("the emulator has no fault engine"))
                     continue
-                # Every EWS request waits this long before it is answered (a WAN round trip).
-                ews.faults.add("latency", probability=1.0, delay=args)
+                set_latency(ews.faults, args)
                 conn.send(None)
             elif command == "graph_latency":
                 if round_trip is None:
@@ -392,9 +404,9 @@ class EmulatorProcess:
         return int(self._call("unread", address))
 
     def set_latency(self, seconds: float) -> None:
-        """Delay every EWS answer by ``seconds`` from now on (the emulator's fault engine)."""
-        if seconds > 0:
-            self._call("latency", seconds)
+        """Delay every EWS answer by ``seconds`` from now on, instead of any earlier figure (0:
+        none; the emulator's fault engine)."""
+        self._call("latency", seconds)
 
     def set_graph_latency(self, seconds: float) -> None:
         """Delay every HTTP request to Graph by ``seconds`` from now on (0: none); a ``$batch``

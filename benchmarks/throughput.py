@@ -133,7 +133,7 @@ class GoalRun:
 
 #: ``--goals``: every goal of issue 14, one configuration each, one after the other in one run
 #: (one emulator, the brokers of this machine), then one table of goals.
-#: The +80 ms run comes last: the emulator's added latency cannot be taken back within a run.
+#: Each run sets the emulator's added latency (``set_latency`` replaces the last figure).
 GOAL_RUNS = (
     GoalRun("loopback, counting handler", "count", 0, 0, None),
     GoalRun("50 ms handler", "count", 50, 0, 200),
