@@ -18,7 +18,9 @@ import httpx
 import pytest
 
 from listener.store import SqlStateStore
-from tests.cluster.test_replicas import CLUSTER, owners, spread, state
+from tests.cluster import push
+from tests.cluster.push import address
+from tests.cluster.test_replicas import owners, spread, state
 from tests.e2e.conftest import (
     World,
     free_port,
@@ -38,43 +40,18 @@ pytestmark = [
     pytest.mark.usefixtures("graph_schema_required"),
 ]
 
-HOUR = 3600
 NAMES = [f"m{i}" for i in range(4)]
 
 
-def address(name: str) -> str:
-    return f"{name}@contoso.com"
-
-
 def configure(world: World, pg_url: str, port: int, public_port: int, name: str) -> Path:
-    extra = "\n".join(
-        [
-            f"http_port = {port}",
-            "",
-            "[notifications]",
-            "debounce = 0.2",
-            f"healthy_interval = {HOUR}",
-            "",
-            "[notifications.graph]",
-            f'public_url = "http://127.0.0.1:{public_port}/notifications/graph"',
-            'client_state = { source = "env", name = "E2E_CLIENT_STATE" }',
-            CLUSTER,
-        ]
-    )
-    boxes: dict[str, dict[str, object]] = {
-        name_: {
-            "address": address(name_),
-            "credential": "sales",
-            "source": "graph",
-            "interval": HOUR,
-            "notifications": "webhook",
-        }
-        for name_ in NAMES
-    }
-    path = world.config(boxes, extra=extra, name=f"{name}.toml")
-    text = path.read_text().replace(f'url = "sqlite:///{world.state}"', f'url = "{pg_url}"')
-    path.write_text(text)
-    return path
+    graph = [
+        "",
+        "[notifications.graph]",
+        f'public_url = "http://127.0.0.1:{public_port}/notifications/graph"',
+        'client_state = { source = "env", name = "E2E_CLIENT_STATE" }',
+    ]
+    mailbox = {"source": "graph", "notifications": "webhook"}
+    return push.configure(world, pg_url, port, name, NAMES, mailbox, graph)
 
 
 def subscriptions(world: World) -> collections.Counter[str]:
@@ -86,8 +63,7 @@ def subscriptions(world: World) -> collections.Counter[str]:
 
 
 def connected(port: int, name: str) -> bool:
-    labels = f'channel="graph_webhook",mailbox="{name}",state="connected"'
-    return metric(port, f"ews_listener_notification_channel_state{{{labels}}}") == 1.0
+    return push.connected("graph_webhook", port, name)
 
 
 def events(port: int, name: str) -> float:
@@ -97,18 +73,7 @@ def events(port: int, name: str) -> float:
 
 def settled(world: World, state: SqlStateStore, ports: dict[str, int]) -> bool:
     """One subscription per mailbox, connected at its owner and not elsewhere, first poll done."""
-    own = owners(state)
-    if any(own.get(n) not in ports for n in NAMES) or subscriptions(world) != dict.fromkeys(
-        NAMES, 1
-    ):
-        return False
-    for name in NAMES:
-        for replica, port in ports.items():
-            if connected(port, name) != (own[name] == replica):
-                return False
-        if polls_ok(ports[str(own[name])], name) < 1:
-            return False
-    return True
+    return push.settled("graph_webhook", lambda: subscriptions(world), NAMES, state, ports)
 
 
 def test_subscriptions_live_with_their_leases_and_notifications_reach_the_owner(

@@ -15,45 +15,20 @@ import pytest
 
 from ews_listener_emulators.ops import notifications as emulated
 from listener.store import SqlStateStore
-from tests.cluster.test_replicas import CLUSTER, owners, spread, state
-from tests.e2e.conftest import World, free_port, metric, polls_ok, stop, wait_for, world
+from tests.cluster import push
+from tests.cluster.push import address
+from tests.cluster.test_replicas import owners, spread, state
+from tests.e2e.conftest import World, free_port, stop, wait_for, world
 
 __all__ = ["state", "world"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-HOUR = 3600
 NAMES = [f"s{i}" for i in range(4)]
 
 
-def address(name: str) -> str:
-    return f"{name}@contoso.com"
-
-
 def configure(world: World, pg_url: str, port: int, name: str) -> Path:
-    extra = "\n".join(
-        [
-            f"http_port = {port}",
-            "",
-            "[notifications]",
-            "debounce = 0.2",
-            f"healthy_interval = {HOUR}",
-            CLUSTER,
-        ]
-    )
-    boxes: dict[str, dict[str, object]] = {
-        name_: {
-            "address": address(name_),
-            "credential": "sales",
-            "interval": HOUR,
-            "notifications": "streaming",
-        }
-        for name_ in NAMES
-    }
-    path = world.config(boxes, extra=extra, name=f"{name}.toml")
-    text = path.read_text().replace(f'url = "sqlite:///{world.state}"', f'url = "{pg_url}"')
-    path.write_text(text)
-    return path
+    return push.configure(world, pg_url, port, name, NAMES, {"notifications": "streaming"})
 
 
 def subscribed(registry: emulated.Subscriptions) -> collections.Counter[str]:
@@ -63,25 +38,9 @@ def subscribed(registry: emulated.Subscriptions) -> collections.Counter[str]:
     )
 
 
-def connected(port: int, name: str) -> bool:
-    labels = f'channel="ews_streaming",mailbox="{name}",state="connected"'
-    return metric(port, f"ews_listener_notification_channel_state{{{labels}}}") == 1.0
-
-
 def settled(registry: emulated.Subscriptions, state: SqlStateStore, ports: dict[str, int]) -> bool:
     """One subscription per mailbox, connected at its owner and not elsewhere, first poll done."""
-    own = owners(state)
-    if any(own.get(n) not in ports for n in NAMES) or subscribed(registry) != dict.fromkeys(
-        NAMES, 1
-    ):
-        return False
-    for name in NAMES:
-        for replica, port in ports.items():
-            if connected(port, name) != (own[name] == replica):
-                return False
-        if polls_ok(ports[str(own[name])], name) < 1:
-            return False
-    return True
+    return push.settled("ews_streaming", lambda: subscribed(registry), NAMES, state, ports)
 
 
 def test_streaming_subscriptions_live_with_their_leases(
