@@ -1,10 +1,11 @@
-"""``ews-listener ARGS`` with a CPU profile of every thread, for ``cluster.py --scale --profile``.
+"""``ews-listener ARGS`` with a CPU profile of every thread (``profile_once.py``, ``cluster.py
+--scale --profile``).
 
     python benchmarks/_profiled.py OUT.pstats ARGS...
 
-As ``profile_once.py``'s child does: ``threading.Thread.run`` is wrapped so that each thread has
-a ``cProfile.Profile`` of its own on ``time.thread_time`` (the thread's CPU: waiting on a socket,
-a lock or the GIL costs nothing), and the main thread has one too. A daemon runs for a warm-up
+``threading.Thread.run`` is wrapped so that each thread has a ``cProfile.Profile`` of its own on
+``time.thread_time`` (the thread's CPU: waiting on a socket, a lock or the GIL costs nothing),
+and the main thread has one too. A daemon runs for a warm-up
 first, so SIGUSR1 takes a snapshot of every profile and the file written at exit holds what was
 spent after the last snapshot only (the measured window); without a SIGUSR1 it holds it all.
 Profiling roughly doubles the CPU time: read the shares, not the seconds.

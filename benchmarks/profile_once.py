@@ -8,17 +8,18 @@ Usage::
 The emulator (token server + EWS) runs in its own ``spawn``-ed process (``_harness``), N plain
 messages (``_harness.make_messages``) are delivered to a fresh mailbox, and one ``ews-listener
 once`` (start_from ``all``, mark read, the counting handler, log level ``warning``) hands them
-over in a child process: this script again, in ``--child`` mode, which calls the real CLI.
+over in a child process: the real CLI under ``_profiled.py``.
 
 Why cProfile in every thread and not the daemon under ``python -m cProfile`` (or pyinstrument):
 both see only the main thread, and the poll's costly half runs elsewhere: GetItem parsing and the
 conversion to ``Message`` on the prefetch thread (``listener.pipeline.batches``), the mark-read
-and the commit on the settler's (``listener.pipeline.settler``), handlers on the pool's. The child
-wraps ``threading.Thread.run`` so that each thread has a ``cProfile.Profile`` of its own, and
-merges them at exit. Each profile's clock is ``time.thread_time``, the thread's own CPU time: a
-thread waiting on a socket, a lock or the GIL costs nothing, so the figures add up to CPU, not to
-wall time summed over threads. No dependency beyond the standard library. Profiling roughly
-doubles the CPU time: read the shares, not the seconds.
+and the commit on the settler's (``listener.pipeline.settler``), handlers on the pool's.
+``_profiled.py`` (also ``cluster.py --scale --profile``'s) wraps ``threading.Thread.run`` so
+that each thread has a ``cProfile.Profile`` of its own, and merges them at exit. Each profile's
+clock is ``time.thread_time``, the thread's own CPU time: a thread waiting on a socket, a lock or
+the GIL costs nothing, so the figures add up to CPU, not to wall time summed over threads. No
+dependency beyond the standard library. Profiling roughly doubles the CPU time: read the shares,
+not the seconds.
 
 ``--no-profile`` runs ``python -m listener once`` unprofiled ``--runs`` times (fresh messages each
 time) and prints wall time, msg/s, the daemon's CPU seconds per 1,000 messages and its peak RSS
@@ -32,12 +33,10 @@ daemon from another tree's ``listener/`` (first on ``PYTHONPATH``), for before/a
 from __future__ import annotations
 
 import argparse
-import cProfile
 import os
 import pstats
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,46 +54,6 @@ from _harness import (
 )
 
 __all__ = ["main"]
-
-
-# --- the child: the real CLI, a profile per thread ---------------------------------------------
-
-
-def _child(config: str, out: str) -> int:
-    """Run ``ews-listener once --config CONFIG`` with a profile in every thread; dump to OUT."""
-    profiles: list[cProfile.Profile] = []
-    lock = threading.Lock()
-    run = threading.Thread.run
-
-    def profiled_run(self: threading.Thread) -> None:
-        profile = cProfile.Profile(time.thread_time)
-        with lock:
-            profiles.append(profile)
-        profile.enable()
-        try:
-            run(self)
-        finally:
-            profile.disable()
-
-    threading.Thread.run = profiled_run  # type: ignore[method-assign]
-    from listener.cli import main as cli_main
-
-    main_profile = cProfile.Profile(time.thread_time)
-    main_profile.enable()
-    try:
-        code = cli_main(["once", "--config", config])
-    finally:
-        main_profile.disable()
-    stats = pstats.Stats(main_profile)
-    with lock:
-        for profile in profiles:
-            # A worker thread still inside run() (the handler pool is shut down without waiting)
-            # has its profile enabled; disabling it from here is harmless.
-            profile.create_stats()
-            if profile.stats:  # type: ignore[attr-defined]
-                stats.add(profile)
-    stats.dump_stats(out)
-    return int(code or 0)
 
 
 # --- the parent -------------------------------------------------------------------------------
@@ -156,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--dump", type=Path, help="keep the merged pstats file here")
     parser.add_argument("--code", type=Path, help="run the listener/ of this tree instead")
-    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        return _child(*args.child)
 
     with workdir() as root, EmulatorProcess(root) as emu:
         if args.no_profile:
@@ -204,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         config = _prepare(emu, root, "profiled", args.messages, args.batch_size)
         count_file = config.parent / "handled"
         out = args.dump or root / "once.pstats"
-        argv_ = [sys.executable, __file__, "--child", str(config), str(out)]
+        wrapper = Path(__file__).with_name("_profiled.py")
+        argv_ = [sys.executable, str(wrapper), str(out), "once", "--config", str(config)]
         wall, cpu, rss, code, output = _run(argv_, count_file, args.code)
         handled = _handled(count_file)
         print(
