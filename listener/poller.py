@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import structlog
 
@@ -70,7 +70,9 @@ from listener.pipeline import (
     decide_fetch_failure,
     hand_over,
 )
+from listener.pipeline.cursor import resync_floor, starting_state, stored
 from listener.pipeline.handover import run_handlers
+from listener.pipeline.lookup import due_refs, fetch_letters
 from listener.pipeline.settings import FailurePolicy, PollerSettings, PollResult
 
 __all__ = ["FailurePolicy", "PollResult", "Poller", "PollerSettings"]
@@ -83,22 +85,6 @@ _stdlib_log = logging.getLogger("listener.poller")
 # An unchanged sync state the server returned different from the stored one (an idle poll's,
 # see Poller._keeps) is written at least this often (seconds), so the stored one never ages.
 STATE_REFRESH = 3600.0
-
-# Stored sync states carry the kind of the source that issued them ("graph:https://…"); a state
-# written before issue 13 has no prefix and is EWS's (base64, which has no colon).
-_LEGACY_KIND = "ews"
-
-
-def _stored(kind: str, state: str) -> str:
-    return f"{kind}:{state}"
-
-
-def _parse_stored(value: str) -> tuple[str, str]:
-    """(kind, the source's own state) of a stored sync state."""
-    kind, sep, state = value.partition(":")
-    if sep and kind.isidentifier() and not state.startswith("//"):
-        return kind, state
-    return _LEGACY_KIND, value
 
 
 @dataclass
@@ -203,14 +189,14 @@ class Poller:
         result = PollResult(self.name)
         self._forget_unsaved()
         with self._bound(uuid.uuid4().hex[:12]), self._saving_on_error():
-            state, floor = self._starting_state()
+            state, floor = starting_state(self.settings, self.source, self.store, self._clock)
             self._retry_due(result)  # 1
             reader = BatchReader(
                 self.source,
                 state,
                 batch_size=self.settings.batch_size,
                 floor=floor,
-                resync=self._resync_floor,
+                resync=lambda error: resync_floor(self.settings, self.store, error),
             )
             try:
                 with Prefetcher(reader) as batches, Settler(self._settle) as settler:
@@ -224,7 +210,7 @@ class Poller:
                         settlement.complete = settlement.complete and not self._stop.is_set()
                         keep = self._keeps(state, batch)  # an idle poll writes nothing
                         if settlement.complete and batch.sync_state is not None and not keep:
-                            settlement.sync_state = _stored(self.source.kind, batch.sync_state)
+                            settlement.sync_state = stored(self.source.kind, batch.sync_state)
                         last = batches.exhausted or not settlement.complete
                         if last and settlement.empty:
                             break  # an idle poll's end: nothing to post-process or commit
@@ -253,8 +239,8 @@ class Poller:
         if batch.sync_state == start:
             return True
         with self._lock:
-            stored = self._state_stored_at
-        return stored is not None and time.monotonic() - stored < STATE_REFRESH
+            stored_at = self._state_stored_at
+        return stored_at is not None and time.monotonic() - stored_at < STATE_REFRESH
 
     def _forget_unsaved(self) -> None:
         """A new poll starts from the store (an earlier one that failed saved what it could)."""
@@ -286,83 +272,6 @@ class Poller:
                 log.exception("poll.save_after_error_failed")
             raise
 
-    def _resync_floor(self, error: str) -> datetime | None:
-        """The server lost our sync state, or it is another protocol's: sync again from the start
-        of the folder.
-
-        The ledger skips what was handed over already. With ``start_from`` "new" or "unread",
-        mail received before the mailbox was first watched is not handed over now either (the
-        time of that first sync is kept next to the sync state).
-        """
-        since = self.store.get_sync_state(self.name, self._since_key)
-        # Five minutes of slack for the clock difference between us and the server: better a
-        # few messages from just before the first sync than one lost.
-        floor = datetime.fromisoformat(since) - timedelta(minutes=5) if since else None
-        log.error(
-            "sync_state.invalid",
-            error=error,
-            action="syncing the folder again from its start; the ledger skips what is done",
-            floor=since,
-        )
-        return floor
-
-    @property
-    def _since_key(self) -> str:
-        return f"{self.settings.folder}#watched-since"
-
-    def _starting_state(self) -> tuple[str | None, datetime | None]:
-        """The stored sync state, or on the very first poll the one ``start_from`` asks for; with
-        the floor below which mail is not handed over (only when syncing again from the start).
-
-        A state another kind of source wrote (the mailbox moved from EWS to Microsoft Graph, or
-        back) cannot be read by this one: the folder is synced from its start, the ledger
-        skipping what the other protocol handed over (the keys do not depend on the protocol)
-        and the ``start_from`` floor kept. That is the migration path of README "Moving off EWS".
-        """
-        stored = self.store.get_sync_state(self.name, self.settings.folder)
-        if stored is not None:
-            kind, state = _parse_stored(stored)
-            if kind == self.source.kind:
-                return state, None
-            log.warning(
-                "mailbox.source_switched",
-                previous=kind,
-                now=self.source.kind,
-                action="syncing the folder from its start; the ledger skips what is done",
-            )
-            return None, self._resync_floor(f"the stored sync state is {kind}'s")
-        if self.settings.start_from == "all":
-            return None, None
-        # "new" and "unread": begin at the folder's present end; "unread" parks what is unread
-        # now in the pending queue (due at once), in the same commit as the starting state.
-        now = self._clock()
-        # Kept for a resync after an invalid sync state (see _resync_floor).
-        self.store.commit(self.name, self._since_key, sync_state=now.isoformat())
-        unread = self.source.unread() if self.settings.start_from == "unread" else ()
-        end = self.source.current_state()
-        parked = [
-            PendingEntry(
-                mailbox=self.name,
-                item_id=r.item_id,
-                idempotency_key="",
-                handlers=(),
-                attempts=0,
-                next_attempt_at=now,
-                last_error="",
-                first_seen_at=now,
-                source=self.source.kind,
-            )
-            for r in unread
-        ]
-        self.store.commit(
-            self.name,
-            self.settings.folder,
-            sync_state=_stored(self.source.kind, end),
-            pending=parked,
-        )
-        log.info("mailbox.first_sync", start_from=self.settings.start_from, parked=len(parked))
-        return end, None
-
     # --- step 1: retries ------------------------------------------------------------------------
 
     def _retry_due(self, result: PollResult) -> None:
@@ -372,7 +281,9 @@ class Poller:
             due = self.store.due_pending(self.name, self._clock(), self.settings.batch_size)
             if not due:
                 return
-            refs, entries, lost, finished = self._due_refs(due)
+            refs, entries, lost, finished = due_refs(
+                due, self.source, self.store, self.settings.folder
+            )
             fetched = [*self.source.fetch(refs), *lost]
             # Only what _hand_over reached leaves the queue (resolved, re-parked or dead): a stop
             # in the middle of the batch leaves the rest pending, due at once after the restart.
@@ -389,47 +300,6 @@ class Poller:
             self._settle(settlement)
             if len(due) < self.settings.batch_size or not settlement.complete:
                 return
-
-    def _due_refs(
-        self, due: Sequence[PendingEntry]
-    ) -> tuple[list[ItemRef], dict[str, PendingEntry], list[FetchFailure], list[str]]:
-        """The refs to fetch for ``due`` entries, the entry behind each fetched id, and the
-        failures of entries whose mail cannot be found, and the entries found to be done.
-
-        An entry another kind of source parked (the mailbox switched protocol since) names its
-        mail by an id this source cannot read: it is found again by its Message-ID in the watched
-        folder. Mail no longer there was either handed over by the sync from the start that the
-        switch caused (the ledger says so: the entry is done) or left the folder (a dead letter
-        that says so, replayable by Message-ID).
-        """
-        refs: list[ItemRef] = []
-        entries: dict[str, PendingEntry] = {}
-        lost: list[FetchFailure] = []
-        finished: list[str] = []
-        for entry in due:
-            if entry.source == self.source.kind:
-                refs.append(ItemRef(entry.item_id))
-                entries[entry.item_id] = entry
-                continue
-            found = None
-            if entry.internet_message_id:
-                found = self.source.find(self.settings.folder, entry.internet_message_id)
-            if found is not None:
-                refs.append(found)
-                entries[found.item_id] = entry
-                continue
-            key = entry.idempotency_key
-            done = {handler for _, handler in self.store.done([key])} if key else set()
-            if entry.handlers and set(entry.handlers) <= done:
-                finished.append(entry.item_id)
-                continue
-            entries[entry.item_id] = entry
-            why = (
-                f"parked by the {entry.source} source before the mailbox switched to "
-                f"{self.source.kind}; not found again in {self.settings.folder!r}"
-            )
-            lost.append(FetchFailure(ItemRef(entry.item_id), why, gone=True))
-        return refs, entries, lost, finished
 
     # --- step 4: hand-over ----------------------------------------------------------------------
 
@@ -822,7 +692,7 @@ class Poller:
         result = PollResult(self.name)
         self._forget_unsaved()
         with self._bound("replay"), self._saving_on_error():
-            refs, fetched = self._fetch_letters(letters)
+            refs, fetched = fetch_letters(letters, self.source, self.settings.folder)
             entries = {
                 ref.item_id: PendingEntry(
                     mailbox=self.name,
@@ -852,42 +722,3 @@ class Poller:
                 ]
             )
         return result
-
-    def _fetch_letters(
-        self, letters: Sequence[DeadLetter]
-    ) -> tuple[list[ItemRef], list[Message | FetchFailure]]:
-        """Fetch the mail of ``letters``, found by Message-ID where its id cannot serve.
-
-        That is mail moved to the dead-letter folder after its letter was recorded but before its
-        new id was (looked up in ``moved_to``), and mail of a letter another kind of source
-        recorded before the mailbox switched protocol (looked up where it went, else in the
-        watched folder).
-        """
-        kind = self.source.kind
-        refs = [ItemRef(d.item_id) for d in letters]
-        native = [i for i, d in enumerate(letters) if d.source == kind]
-        fetched: list[Message | FetchFailure] = [
-            FetchFailure(
-                refs[i],
-                f"recorded by the {d.source} source before the mailbox switched to {kind}, "
-                "without a Message-ID to find the mail by",
-                gone=True,
-            )
-            for i, d in enumerate(letters)
-        ]
-        for i, item in zip(native, self.source.fetch([refs[i] for i in native]), strict=True):
-            fetched[i] = item
-        for i, (letter, item) in enumerate(zip(letters, fetched, strict=True)):
-            if not (isinstance(item, FetchFailure) and item.gone and letter.internet_message_id):
-                continue
-            folders = [letter.moved_to] if letter.moved_to else []
-            if letter.source != kind:
-                folders.append(self.settings.folder)
-            for folder in folders:
-                found = self.source.find(folder, letter.internet_message_id)
-                if found is not None:
-                    log.info("dead_letter.found_by_message_id", folder=folder)
-                    refs[i] = found
-                    fetched[i] = self.source.fetch([found])[0]
-                    break
-        return refs, fetched

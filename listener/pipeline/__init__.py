@@ -9,7 +9,10 @@ make; what would hide them lives here, one concern a module, each small enough t
 - ``hooks``: ``PollHooks``, the named no-op events a poll reports (metrics implement them);
 - ``batches``: full batches across page boundaries, read one ahead (steps 2 and 3);
 - ``handover``: the concurrent, bounded hand-over of one batch and the shared pool (step 4);
-- ``settler``: post-processing and commits in order, beside the next hand-over (steps 5 and 6).
+- ``settler``: post-processing and commits in order, beside the next hand-over (steps 5 and 6);
+- ``cursor``: where a poll starts (the stored sync state, ``start_from``, a protocol switch);
+- ``lookup``: mail found again by Message-ID where its recorded id cannot serve (after a switch
+  of protocol or a move to the dead-letter folder: retries and replays).
 """
 
 from listener.pipeline.batches import Batch, BatchReader, Prefetcher
