@@ -24,18 +24,17 @@ from ews_listener_emulators.token_server import TokenServer
 from listener.abc import AccessToken
 from listener.config.models import EwsStreamingConfig
 from listener.notify import ChannelState, ChannelStatus, NotifyHooks, Watch
-from listener.sources.ews._transport import register_ca_bundle
-from listener.sources.ews.connections import EwsSources
-from listener.sources.ews.notifications import (
+from listener.sources.ews._affinity import (
     COOKIE,
     Affinity,
-    BackOff,
-    EwsStreamingChannel,
+    GroupStream,
+    GroupSubscribe,
     Member,
-    _Stream,
-    _Subscribe,
     plan_groups,
 )
+from listener.sources.ews._transport import register_ca_bundle
+from listener.sources.ews.connections import EwsSources
+from listener.sources.ews.notifications import BackOff, EwsStreamingChannel
 from tests.emulator.conftest import ALICE, BOB, CLIENT_ID, TENANT, TokenCredentials
 
 FAST = BackOff(base=0.01, cap=0.05)
@@ -109,8 +108,8 @@ def test_affinity_headers_of_subscribe_and_stream(
     bob = Account(BOB, access_type=IMPERSONATION, config=config, autodiscover=False)
     affinity = Affinity(anchor=ALICE)
     for service in (
-        _Subscribe(account=bob, affinity=affinity),
-        _Stream(account=bob, affinity=affinity),
+        GroupSubscribe(account=bob, affinity=affinity),
+        GroupStream(account=bob, affinity=affinity),
     ):
         headers = service._extra_headers()
         assert headers["X-AnchorMailbox"] == ALICE
@@ -118,7 +117,7 @@ def test_affinity_headers_of_subscribe_and_stream(
         assert COOKIE not in headers
         assert "Cookie" not in headers
     affinity.cookie = "emu-backend-3"
-    headers = _Stream(account=bob, affinity=affinity)._extra_headers()
+    headers = GroupStream(account=bob, affinity=affinity)._extra_headers()
     assert headers["Cookie"] == f"{COOKIE}=emu-backend-3"
     assert headers[COOKIE] == "emu-backend-3"
 

@@ -23,6 +23,7 @@ from listener.abc import TokenProvider
 from listener.config.models import notification_mode
 from listener.errors import SourceError, Throttled, Unavailable
 from listener.notify import NotificationChannel, NotifyHooks, Wake, Watch
+from listener.sources.ews._affinity import Member, StreamGroup, plan_groups
 from listener.sources.ews._transport import (
     ListenerRetryPolicy,
     TokenBridge,
@@ -32,10 +33,7 @@ from listener.sources.ews._transport import (
 from listener.sources.ews.notifications import (
     BackOff,
     EwsStreamingChannel,
-    Member,
-    StreamGroup,
     impersonating,
-    plan_groups,
     streaming_configuration,
 )
 from listener.sources.ews.source import EwsMailSource
