@@ -68,6 +68,8 @@ class Receiver:
     fail_lifecycle: int = 0  # answer this many to /lifecycle with 500
     slow_next: int = 0  # answer this many notifications too late
     delay: float = 1.0  # how late "slow" is
+    holding: threading.Event = field(default_factory=threading.Event)  # a POST to /hold waits
+    release: threading.Event = field(default_factory=threading.Event)  # ends a POST to /hold
     validations: list[tuple[str, str]] = field(default_factory=list)  # (token, content type)
     posts: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)  # path, status, body
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -103,6 +105,9 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             if tokens:
                 self._validate(tokens[0])
                 return
+            if url.path == "/hold":
+                receiver.holding.set()
+                receiver.release.wait(10)  # a receiver that answers when the test lets it
             with receiver.lock:
                 status = 202
                 if receiver.fail_next and url.path == "/notify":
@@ -653,3 +658,24 @@ def test_an_unreachable_receiver_is_retried_with_back_off_then_notified(
     assert [d.status for d in attempts] == [None, None, 202]
     assert attempts[0].body == attempts[2].body  # the same notification, retried
     assert late["changeType"] == "created"
+
+
+def test_a_slow_receiver_delays_only_its_own_subscription(
+    subs: GraphEmulator, ews: EwsEmulator, call: Call, receiver: Receiver
+) -> None:
+    """Graph notifies subscriptions independently: while Alice's receiver holds its POST, Bob's
+    notification still arrives (one delivery thread, one receiver at a time, made every
+    subscription wait for the slowest, and a WAN's latency add up across subscriptions)."""
+    subs.subscriptions.settings = replace(FAST, delivery_timeout=10.0)
+    _subscribe(call, receiver, notificationUrl=f"{receiver.url}/hold")
+    _barrier(call, receiver)
+    try:
+        ews.deliver(ALICE, simple_mime("held"))
+        receiver.wait(receiver.holding.is_set, timeout=3)
+        ews.deliver(BOB, simple_mime("not held"))
+        [bob] = receiver.wait(lambda: receiver.received("/barrier"))
+        assert receiver.received("/hold") == []  # Alice's POST is still held
+    finally:
+        receiver.release.set()
+    [alice] = receiver.wait(lambda: receiver.received("/hold"))
+    assert alice["subscriptionId"] != bob["subscriptionId"]

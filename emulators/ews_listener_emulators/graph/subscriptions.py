@@ -26,7 +26,10 @@ What Microsoft documents (../shared/graph-samples/, the subscription and webhook
 - An expired subscription sends nothing and is gone (404).
 
 One background thread per Graph emulator (``Subscriptions.start`` / ``stop``) turns events into
-notifications and delivers them, one receiver at a time.
+notifications and hands each subscription's POST to a pool (``NotificationSettings.parallel``
+threads), as Graph's delivery service notifies subscriptions independently: a slow receiver, or
+the WAN's round trip, delays the notifications of its own subscription only. A subscription has
+at most one POST in flight, so its notifications arrive in order.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import urllib.request
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
@@ -89,6 +93,7 @@ class NotificationSettings:
     reauthorize_before: float = 600.0  # reauthorizationRequired this long before expiry
     tick: float = 0.25  # how often the delivery thread looks at tokens and expiry
     max_batch: int = 100  # notifications per POST (Graph batches those of one subscription)
+    parallel: int = 16  # subscriptions notified at once (one POST in flight each)
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,8 @@ class Subscriptions:
         self._lifecycle: dict[str, _Outbox] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None  # deliveries, apart from the round
+        self._in_flight: set[str] = set()  # subscriptions with a POST on the pool
 
     # --- lifecycle of the delivery thread ------------------------------------------------------
 
@@ -234,6 +241,9 @@ class Subscriptions:
         if self._thread is not None:
             return
         self._stopping.clear()
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.settings.parallel, thread_name_prefix="graph-notify"
+        )
         self._thread = threading.Thread(target=self._run, name="graph-notifications", daemon=True)
         self._thread.start()
 
@@ -245,6 +255,9 @@ class Subscriptions:
         with self.emulator.store.changed:
             self.emulator.store.changed.notify_all()
         thread.join(timeout=self.settings.delivery_timeout + 5)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def running(self) -> bool:
@@ -566,19 +579,44 @@ class Subscriptions:
             lifecycle = list(self._lifecycle.values())
         for outbox in lifecycle:
             self._deliver("lifecycle", outbox, now)
-        for sub in subs:
+        with self._lock:
+            due = [s for s in subs if not s.token_refused and s.outbox.batch(now, 1)]
+        pool = self._pool
+        if pool is None:
+            for sub in due:
+                self._notify(sub, now)
+            return
+        for sub in due:
             with self._lock:
-                due = not sub.token_refused and sub.outbox.batch(now, 1)
-            if not due or self._faulted(sub):
-                continue
-            # True when the retry window ended and the notifications were dropped.
-            if self._unreachable(sub):
-                dropped = self._undelivered("notification", sub.outbox)
-            else:
-                dropped = self._deliver("notification", sub.outbox, now)
-            if dropped:
-                with self._lock:
-                    self._queue_lifecycle(sub, "missed")
+                if sub.id in self._in_flight:
+                    continue  # one POST in flight a subscription: its notifications in order
+                self._in_flight.add(sub.id)
+            pool.submit(self._notify_apart, sub, now)
+
+    def _notify_apart(self, sub: _Subscription, now: float) -> None:
+        """``_notify`` on a pool thread; the next round may notify ``sub`` again after it."""
+        try:
+            self._notify(sub, now)
+        except Exception:
+            log.exception("Graph emulator: notification delivery failed")
+        finally:
+            with self._lock:
+                self._in_flight.discard(sub.id)
+            with self.emulator.store.changed:
+                self.emulator.store.changed.notify_all()  # what waits for it: the next round
+
+    def _notify(self, sub: _Subscription, now: float) -> None:
+        """POST the next batch of ``sub``'s notifications (or what a fault puts in its place)."""
+        if self._faulted(sub):
+            return
+        # True when the retry window ended and the notifications were dropped.
+        if self._unreachable(sub):
+            dropped = self._undelivered("notification", sub.outbox)
+        else:
+            dropped = self._deliver("notification", sub.outbox, now)
+        if dropped:
+            with self._lock:
+                self._queue_lifecycle(sub, "missed")
 
     def _expire(self) -> None:
         now = self.clock()
