@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/latency.py [--modes polling,webhook,streaming] [--mailboxes 10]
         [--latency 0 80] [--interval 60] [--rate 1] [--duration 120] [--burst 0] [--idle 120]
-        [--quick]
+        [--max-connections 4] [--max-workers 8] [--quick]
 
 For each mode and added latency, one ``ews-listener run`` (a subprocess) watches ``--mailboxes``
 mailboxes of the emulator (its own ``spawn``-ed process), Graph or EWS by mode. Mail is filed at
@@ -198,6 +198,8 @@ def run_one(args: argparse.Namespace, mode_name: str, latency_ms: float, root: P
             start_from="new",
             source=mode.source,
             handler={"type": "python", "target": "_harness:stamp"},
+            max_workers=args.max_workers,
+            max_connections=args.max_connections,
             mailbox_options=options,
             extra=extra,
         )
@@ -371,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=60.0, help="poll interval, s")
     parser.add_argument("--healthy-interval", type=float, default=300.0)
     parser.add_argument("--debounce", type=float, default=0.25)
+    parser.add_argument(
+        "--max-connections", type=int, default=4, help="the credential's (default: the listener's)"
+    )
+    parser.add_argument(
+        "--max-workers", type=int, default=8, help="service.max_workers (default: the listener's)"
+    )
     parser.add_argument("--rate", type=float, default=1.0, help="messages per second")
     parser.add_argument("--burst", type=int, default=0, help="N messages at once every 10 s")
     parser.add_argument("--duration", type=float, default=120.0, help="delivery window, s")
