@@ -142,6 +142,14 @@ class Target:
         return
 
 
+class _Backlogged(ThreadingHTTPServer):
+    """The receiver's server; its listen backlog set before ``listen`` (socketserver's is 5, and
+    assigning ``request_queue_size`` once the server exists changes nothing)."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+
 class _Receiver(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: httpx reuses its connections
     delay = 0.0
@@ -179,9 +187,7 @@ class WebhookTarget(Target):
 
     def __enter__(self) -> WebhookTarget:
         receiver = type("Receiver", (_Receiver,), {"delay": self.latency, "count": 0})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), receiver)
-        self._server.daemon_threads = True
-        self._server.request_queue_size = 128
+        self._server = _Backlogged(("127.0.0.1", 0), receiver)
         self._receiver = receiver
         threading.Thread(target=self._server.serve_forever, name="receiver", daemon=True).start()
         return self

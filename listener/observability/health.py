@@ -355,6 +355,10 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's listen backlog is 5. Graph posts the notifications of many subscriptions at
+    # once: past the backlog the kernel drops the SYN, the client tries again a second later, and
+    # a notification not answered within Graph's 3 s is retried minutes later.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], owner: HealthServer) -> None:
         self.owner = owner

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 from listener.observability.health import (
     HealthServer,
     HealthState,
+    _Server,
     check_health,
     health_url,
     poll_recorder,
@@ -254,3 +256,19 @@ def test_serves_on_ipv6_loopback() -> None:
         assert _get(f"{server.url}/healthz")[0] == 200
     finally:
         server.stop()
+
+
+def test_connections_wait_in_the_backlog_while_the_server_is_busy() -> None:
+    """A burst of connections (Graph posting many subscriptions' notifications at once) queues
+    in the kernel until the server accepts it. With socketserver's backlog of 5 the seventh SYN
+    was dropped, and the client tried again a second later, then three."""
+    server = _Server(("127.0.0.1", 0), HealthServer(HealthState()))  # accepting nothing yet
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(40):
+            clients.append(socket.create_connection(server.server_address[:2], timeout=2))
+    finally:
+        for client in clients:
+            client.close()
+        server.server_close()
+    assert len(clients) == 40
