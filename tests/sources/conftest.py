@@ -407,6 +407,18 @@ def world(request: pytest.FixtureRequest) -> Iterator[SourceWorld]:
 
 
 @pytest.fixture
+def ews(servers: World) -> Iterator[EwsWorld]:
+    """The EWS source alone on a reset mail store; the emulator's answers must validate."""
+    _reset(servers)
+    made = EwsWorld(servers)
+    try:
+        yield made
+    finally:
+        made.close()
+    assert _schema_problems(servers) == [], "emulator answers failed schema validation"
+
+
+@pytest.fixture
 def both(servers: World) -> Iterator[tuple[EwsWorld, GraphWorld]]:
     """EWS and Graph on one reset mail store: the same mail through both protocols."""
     _reset(servers)

@@ -5,24 +5,11 @@ another folder gives a new state for an unchanged inbox, as Exchange may."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from listener.abc import MailSource
-from tests.sources.conftest import EwsWorld, World, _reset, _schema_problems, mail
+from tests.sources.conftest import EwsWorld, mail
 from tests.sources.test_contract import drain, mids
-
-
-@pytest.fixture
-def ews(servers: World) -> Iterator[EwsWorld]:
-    _reset(servers)
-    made = EwsWorld(servers)
-    try:
-        yield made
-    finally:
-        made.close()
-    assert _schema_problems(servers) == [], "emulator answers failed schema validation"
 
 
 def _end(source: MailSource) -> str:

@@ -5,24 +5,9 @@ validate."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from listener.abc import ItemRef, MailSource
-from tests.sources.conftest import EwsWorld, World, _reset, _schema_problems, mail
+from tests.sources.conftest import EwsWorld, mail
 from tests.sources.test_contract import drain, held, mids
-
-
-@pytest.fixture
-def ews(servers: World) -> Iterator[EwsWorld]:
-    _reset(servers)
-    made = EwsWorld(servers)
-    try:
-        yield made
-    finally:
-        made.close()
-    assert _schema_problems(servers) == [], "emulator answers failed schema validation"
 
 
 def _syncs(world: EwsWorld) -> int:
