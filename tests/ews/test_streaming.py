@@ -225,22 +225,24 @@ def registry(emu: EwsEmulator) -> Iterator[emulated.Subscriptions]:
 Build = Callable[..., tuple[EwsStreamingChannel, Recorder]]
 
 
+def _mailbox(emu: EwsEmulator, ca: Any, address: str) -> SimpleNamespace:
+    """A streaming EWS mailbox's configuration on the emulator (the fields the sources read)."""
+    return SimpleNamespace(
+        address=address,
+        credential="ews",
+        endpoint=emu.url,
+        folder="inbox",
+        ca_bundle=ca.ca_file,
+        version="Exchange2016",
+        source="ews",
+        notifications="streaming",
+    )
+
+
 @pytest.fixture
 def channel(emu: EwsEmulator, token_server: TokenServer, registry: Any, ca: Any) -> Iterator[Build]:
     """Build (and afterwards stop) a channel of EwsSources over the emulator's mailboxes."""
     built: list[tuple[EwsStreamingChannel, EwsSources]] = []
-
-    def mailbox(address: str) -> SimpleNamespace:
-        return SimpleNamespace(
-            address=address,
-            credential="ews",
-            endpoint=emu.url,
-            folder="inbox",
-            ca_bundle=ca.ca_file,
-            version="Exchange2016",
-            source="ews",
-            notifications="streaming",
-        )
 
     def build(
         addresses: list[str] = MAILBOXES,
@@ -257,13 +259,11 @@ def channel(emu: EwsEmulator, token_server: TokenServer, registry: Any, ca: Any)
                 )
             ),
             # Every streaming mailbox of the configuration (the streams' pool is sized for all)
-            mailboxes={a.partition("@")[0]: mailbox(a) for a in configured or ()},
+            mailboxes={a.partition("@")[0]: _mailbox(emu, ca, a) for a in configured or ()},
         )
         tokens = _Tokens(token_server)
         factory = EwsSources(SimpleNamespace(for_source=lambda c, e: tokens), settings)
-        watches = [
-            Watch(name=address.split("@")[0], mailbox=mailbox(address)) for address in addresses
-        ]
+        watches = [_watch(emu, ca, address) for address in addresses]
         recorder = Recorder()
         made = factory.notifications(watches, recorder.wake, recorder, back_off=FAST)
         assert isinstance(made, EwsStreamingChannel)
@@ -591,15 +591,7 @@ def _subscribed(registry: emulated.Subscriptions) -> dict[str, str]:
 
 def _watch(emu: EwsEmulator, ca: Any, address: str) -> Watch:
     """A watch of ``address``'s inbox on the emulator, as a replica adds one."""
-    mailbox = SimpleNamespace(
-        address=address,
-        credential="ews",
-        endpoint=emu.url,
-        folder="inbox",
-        ca_bundle=ca.ca_file,
-        version="Exchange2016",
-    )
-    return Watch(name=address.partition("@")[0], mailbox=mailbox)
+    return Watch(name=address.partition("@")[0], mailbox=_mailbox(emu, ca, address))
 
 
 def test_watches_added_and_removed_while_streaming(
