@@ -658,10 +658,40 @@ def _proc_sample(pid: int) -> tuple[float, float]:
             if line.startswith("VmRSS:"):
                 rss_kb = float(line.split()[1])
                 break
+    return rss_kb / 1024, cpu_seconds(pid)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (its threads included) from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as stat:
         # Fields after the ")" of the command name; utime and stime are fields 14 and 15.
         fields = stat.read().rsplit(")", 1)[1].split()
-    return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / _TICKS
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def profiled_argv(out: Path, *args: str) -> list[str]:
+    """``ews-listener ARGS`` under ``_profiled.py`` (a CPU profile of every thread, written to
+    ``out`` at exit; SIGUSR1 starts its window)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return [sys.executable, str(BENCH_DIR / "_profiled.py"), str(out), *args]
+
+
+def print_profile(path: Path, name: str, top: int, per: float, unit: str = "poll") -> None:
+    """The window's CPU profile in ``path``: its most costly functions, own and cumulative
+    (profiling doubles CPU time roughly: the shares say where it goes, not the seconds)."""
+    import pstats  # only with --profile
+
+    if not path.exists():
+        print(f"{name}: no profile written (see {path.parent})")
+        return
+    stats = pstats.Stats(str(path))
+    total = sum(tt for _, _, tt, _, _ in stats.stats.values())  # type: ignore[attr-defined]
+    print(
+        f"{name}: profiled CPU {total:.1f} s over the window "
+        f"({1000 * total / per if per else float('nan'):.2f} ms per {unit}, profiled)"
+    )
+    for key in ("tottime", "cumulative"):
+        stats.sort_stats(key).print_stats(top)
 
 
 @dataclass

@@ -51,6 +51,9 @@ from ews_listener_emulators.token_server import TokenServer  # noqa: E402
 from listener.store import SqlStateStore, open_store  # noqa: E402
 from tests.e2e.conftest import APPS, TENANT, World  # noqa: E402
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _harness import cpu_seconds, print_profile, profiled_argv  # noqa: E402
+
 __all__ = ["main"]
 
 POSTGRES = os.environ.get(
@@ -123,12 +126,6 @@ def _scrape(port: int) -> dict[str, float]:
             with contextlib.suppress(ValueError):
                 totals[name] = totals.get(name, 0.0) + float(value)
     return totals
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (its threads included) from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _memory_mb(pid: int) -> tuple[float, float]:
@@ -248,12 +245,12 @@ def scale(args: argparse.Namespace) -> int:
         if args.profile:
             for name in replicas.procs:
                 replicas.signal(name, signal.SIGUSR1)  # the profile's window starts now
-        cpu0 = {n: _cpu_seconds(replicas.pids[n]) for n in replicas.procs}
+        cpu0 = {n: cpu_seconds(replicas.pids[n]) for n in replicas.procs}
         polls0, log0, t0 = polls(), len(ews.request_log), time.monotonic()
         time.sleep(args.window)
         window = time.monotonic() - t0
         polls1, log1 = polls(), len(ews.request_log)
-        cpu1 = {n: _cpu_seconds(replicas.pids[n]) for n in replicas.procs}
+        cpu1 = {n: cpu_seconds(replicas.pids[n]) for n in replicas.procs}
         memory = {n: _memory_mb(replicas.pids[n]) for n in replicas.procs}
         owned = {n: _scrape(p).get("ews_listener_leases_owned", 0.0) for n, p in ports.items()}
         with admin.connect() as conn:
@@ -297,28 +294,9 @@ def scale(args: argparse.Namespace) -> int:
         f"transactions/s in the whole database (other users of it included)"
     )
     if args.profile:
-        _print_profiles(args.profile, sorted(cpu1), args.top, idle_polls)
+        for name in sorted(cpu1):
+            print_profile(args.profile / f"{name}.pstats", name, args.top, idle_polls)
     return 0
-
-
-def _print_profiles(folder: Path, names: Sequence[str], top: int, polls: float) -> None:
-    """The window's CPU profile of each replica: its most costly functions, own and cumulative
-    (profiling doubles CPU time roughly: the shares say where it goes, not the seconds)."""
-    import pstats  # only with --profile
-
-    for name in names:
-        path = folder / f"{name}.pstats"
-        if not path.exists():
-            print(f"{name}: no profile written (see {path.parent})")
-            continue
-        stats = pstats.Stats(str(path))
-        total = sum(tt for _, _, tt, _, _ in stats.stats.values())  # type: ignore[attr-defined]
-        print(
-            f"{name}: profiled CPU {total:.1f} s over the window "
-            f"({1000 * total / polls if polls else float('nan'):.2f} ms per poll, profiled)"
-        )
-        for key in ("tottime", "cumulative"):
-            stats.sort_stats(key).print_stats(top)
 
 
 def _free_port() -> int:
@@ -504,9 +482,7 @@ class Replicas:
         self.logs[name] = log
         runner = ["-m", "listener"]
         if self.profile is not None:
-            self.profile.mkdir(parents=True, exist_ok=True)
-            wrapper = Path(__file__).with_name("_profiled.py")
-            runner = [str(wrapper), str(self.profile / f"{name}.pstats")]
+            runner = profiled_argv(self.profile / f"{name}.pstats")[1:]
         with log.open("w") as out:
             proc = subprocess.Popen(
                 [

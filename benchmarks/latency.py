@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/latency.py [--modes polling,webhook,streaming] [--mailboxes 10]
         [--latency 0 80] [--interval 60] [--rate 1] [--duration 120] [--burst 0] [--idle 120]
-        [--max-connections 4] [--max-workers 8] [--quick]
+        [--max-connections 4] [--max-workers 8] [--quick] [--profile DIR [--top 30]]
 
 For each mode and added latency, one ``ews-listener run`` (a subprocess) watches ``--mailboxes``
 mailboxes of the emulator (its own ``spawn``-ed process), Graph or EWS by mode. Mail is filed at
@@ -30,6 +30,13 @@ streaming is one more row):
 Added latency (``--latency MS``): every HTTP request from the daemon to Graph waits MS before the
 emulator serves it (``_harness._GraphRoundTrip``), and so does every notification POST from Graph
 to the daemon (both cross the same WAN); for EWS, every answer of the EWS endpoint.
+
+CPU per poll (the daemon's and the emulator's, from /proc): each process's CPU time from the
+start of delivery until every message was handed over, over the polls of that window. Both are
+single-interpreter Python processes, so a burst of N polls takes at least N times either figure
+of one core. ``--profile DIR`` runs each daemon under ``_profiled.py`` (every thread's CPU
+profile) from delivery to its exit and prints the top; profiling slows it several times over, so
+a profiled run's latencies mean nothing.
 """
 
 from __future__ import annotations
@@ -50,11 +57,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
     EmulatorProcess,
     Series,
+    cpu_seconds,
     daemon_argv,
     daemon_env,
     free_port,
     make_messages,
+    print_profile,
     print_table,
+    profiled_argv,
     scrape_metrics_or_none,
     svg_line_chart,
     workdir,
@@ -160,6 +170,9 @@ class Run:
     polls: float
     notifications: int
     exit_code: int
+    daemon_cpu: float  # CPU seconds over the delivery window (until every hand-over)
+    emulator_cpu: float
+    busy_polls: float  # polls over the delivery window
 
 
 def run_one(args: argparse.Namespace, mode_name: str, latency_ms: float, root: Path) -> Run:
@@ -207,10 +220,11 @@ def run_one(args: argparse.Namespace, mode_name: str, latency_ms: float, root: P
         stamps.touch()
         env = daemon_env(stamp_file=stamps, BENCH_CLIENT_STATE="bench-client-state-0123456789")
         log_path = root / f"{mode_name}-{latency_ms:g}.log"
+        argv = daemon_argv("run", config)
+        if args.profile:
+            argv = profiled_argv(_profile_path(args, mode_name, latency_ms), *argv[3:])
         with log_path.open("w") as log:
-            daemon = subprocess.Popen(
-                daemon_argv("run", config), env=env, stdout=log, stderr=subprocess.STDOUT
-            )
+            daemon = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
                 return _measure(args, mode_name, latency_ms, emu, daemon, port, stamps, addresses)
             finally:
@@ -260,6 +274,9 @@ def _measure(
     emu.clear_log()
     polls_before = scrape_metrics_or_none(port).get(_POLLS, 0)
     notified_before = emu.notification_deliveries()[1]
+    if args.profile:
+        daemon.send_signal(signal.SIGUSR1)  # the profile's window: delivery until the end
+    cpu_before = (cpu_seconds(daemon.pid), cpu_seconds(emu.pid))
 
     # Delivery: a steady rate, or bursts every ten seconds.
     filed: dict[str, float] = {}
@@ -284,6 +301,8 @@ def _measure(
     # Every message handed over: within one interval (polling) plus a margin.
     _wait(lambda: _count(stamps) >= sent, args.interval + 60, period=0.5)
     busy = emu.stats(mode.source)
+    cpu_after = (cpu_seconds(daemon.pid), cpu_seconds(emu.pid))
+    busy_polls = scrape_metrics_or_none(port).get(_POLLS, 0) - polls_before
 
     # Idle: no mail; what the mailboxes cost per minute (polls, renewals).
     emu.clear_log()
@@ -310,7 +329,18 @@ def _measure(
         polls=polls,
         notifications=notified,
         exit_code=daemon.returncode if daemon.returncode is not None else -1,
+        daemon_cpu=cpu_after[0] - cpu_before[0],
+        emulator_cpu=cpu_after[1] - cpu_before[1],
+        busy_polls=busy_polls,
     )
+
+
+def _profile_path(args: argparse.Namespace, mode_name: str, latency_ms: float) -> Path:
+    return Path(args.profile) / f"{mode_name}-{latency_ms:g}.pstats"
+
+
+def _per_poll(cpu: float, polls: float) -> str:
+    return f"{1000 * cpu / polls:.1f}" if polls else "-"
 
 
 def _count(stamps: Path) -> int:
@@ -394,6 +424,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="write the latency distributions as an SVG")
     parser.add_argument("--csv", type=Path, help="write every latency (mode, ms, seconds)")
     parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="run each daemon under a CPU profile of all its threads (benchmarks/_profiled.py) "
+        "over the delivery window, written to DIR/<mode>-<latency>.pstats; the top is printed",
+    )
+    parser.add_argument("--top", type=int, default=30, help="--profile: functions printed")
+    parser.add_argument(
         "--replot",
         type=Path,
         nargs="+",
@@ -436,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{run.idle_requests_per_mailbox_minute:.2f}",
                 f"{run.polls:.0f}",
                 f"{run.notifications}",
+                _per_poll(run.daemon_cpu, run.busy_polls),
+                _per_poll(run.emulator_cpu, run.busy_polls),
             ]
         )
     print_table(
@@ -452,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
             "idle req/mbx-min",
             "polls",
             "notifications",
+            "daemon CPU ms/poll",
+            "emulator CPU ms/poll",
         ],
         rows,
     )
@@ -459,8 +501,14 @@ def main(argv: list[str] | None = None) -> int:
         "\nrequests: HTTP requests to the mode's endpoint (Graph: $batch = 1; EWS: a "
         "GetStreamingEvents connection = 1); req/msg over the delivery window, idle per "
         "mailbox-minute over the idle window; notifications: POSTs Graph made that the daemon "
-        "answered 2xx (webhook), events the daemon counted over the run (streaming)"
+        "answered 2xx (webhook), events the daemon counted over the run (streaming); CPU ms/poll: "
+        "the process's CPU time from delivery's start until every message was handed over, "
+        "over the polls of that window (a push mode's notifications and channel included)"
     )
+    if args.profile:
+        for run in runs:
+            path = _profile_path(args, run.mode, run.latency_ms)
+            print_profile(path, f"{run.mode} +{run.latency_ms:g} ms", args.top, run.busy_polls)
     if args.csv:
         with args.csv.open("w") as out:
             out.write("mode,added_latency_ms,seconds\n")
