@@ -71,17 +71,11 @@ log = structlog.get_logger("listener.daemon")
 PENDING_REFRESH = 60.0
 
 
-def _idle(result: PollResult) -> bool:
-    """The poll found nothing, so it left the mailbox's pending queue as it was: its due
-    retries, had there been any, would have counted as handed over, failed, gone, ..."""
-    return result.ok and not (
-        result.handed_over
-        or result.failed
-        or result.dead_lettered
-        or result.already_done
-        or result.unrouted
-        or result.gone
-    )
+def _pending_untouched(result: PollResult) -> bool:
+    """The poll left the mailbox's retry queue as it was: it took up no due entry (``retried``)
+    and parked nothing (a failed hand-over or fetch, or mail gone, is what parks or resolves one;
+    new mail handed over, already done or unrouted was never in the queue)."""
+    return result.ok and not (result.retried or result.failed or result.gone)
 
 
 def _wire(app: App, metrics: Metrics, health: HealthState | None) -> list[MailboxRunner]:
@@ -93,8 +87,8 @@ def _wire(app: App, metrics: Metrics, health: HealthState | None) -> list[Mailbo
             record(result, seconds)
         else:
             metrics.poll_finished(result.mailbox, ok=result.ok, seconds=seconds)
-        if _idle(result) and result.mailbox in counted:
-            return  # one statement less per idle poll (PENDING_REFRESH catches up the rest)
+        if _pending_untouched(result) and result.mailbox in counted:
+            return  # one statement less per poll (PENDING_REFRESH catches up the rest)
         try:
             metrics.set_pending(result.mailbox, app.store.pending_count(result.mailbox))
             counted.add(result.mailbox)

@@ -281,6 +281,7 @@ class Poller:
             due = self.store.due_pending(self.name, self._clock(), self.settings.batch_size)
             if not due:
                 return
+            result.retried += len(due)
             refs, entries, lost, finished = due_refs(
                 due, self.source, self.store, self.settings.folder
             )

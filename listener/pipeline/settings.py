@@ -76,6 +76,7 @@ class PollResult:
     already_done: int = 0
     unrouted: int = 0
     gone: int = 0
+    retried: int = 0  # due entries of the retry queue this poll took up (step 1)
     pages: int = 0
     error: str | None = None
     error_code: str | None = None

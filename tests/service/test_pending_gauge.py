@@ -1,5 +1,6 @@
-"""The ``pending_messages`` gauge without a statement per idle poll (issue 16): a poll that found
-nothing leaves the queue as it was; one ``GROUP BY`` a minute follows the rest."""
+"""The ``pending_messages`` gauge without a statement per poll that left the retry queue alone
+(issues 15 and 16): an idle poll, or one that only handed new mail over (a push notification's
+poll); one ``GROUP BY`` a minute follows the rest."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from listener.abc import PendingEntry
-from listener.daemon import _idle, _pending_refresher
+from listener.daemon import _pending_refresher, _pending_untouched
 from listener.observability import Metrics
 from listener.poller import PollResult
 from listener.scheduler import Scheduler
 from listener.service import MailboxRunner
 from listener.store import SqlStateStore, open_store
 from tests.poller.fakes import FakeSource
-from tests.poller.test_poller import make
+from tests.poller.test_poller import Clock, make
 
 
 @pytest.fixture
@@ -32,26 +33,52 @@ def _gauge(metrics: Metrics, mailbox: str) -> float | None:
 
 
 @pytest.mark.parametrize(
-    ("field", "idle"),
+    ("field", "untouched"),
     [
         (None, True),
-        ("handed_over", False),
+        ("handed_over", True),
+        ("already_done", True),
+        ("unrouted", True),
+        ("dead_lettered", True),
+        ("retried", False),
         ("failed", False),
-        ("dead_lettered", False),
-        ("already_done", False),
-        ("unrouted", False),
         ("gone", False),
         ("error", False),
     ],
     ids=str,
 )
-def test_only_a_poll_that_touched_nothing_is_idle(field: str | None, idle: bool) -> None:
+def test_a_poll_that_took_up_or_parked_nothing_left_the_queue_alone(
+    field: str | None, untouched: bool
+) -> None:
     result = PollResult("box")
     if field == "error":
         result.error = "boom"
     elif field is not None:
         setattr(result, field, 1)
-    assert _idle(result) is idle
+    assert _pending_untouched(result) is untouched
+
+
+def test_a_poll_counts_the_due_retries_it_took_up(store: SqlStateStore) -> None:
+    """New mail handed over: nothing retried (no statement for the gauge); a transient failure
+    parks it (failed); the poll after its back-off takes it up (retried) and resolves it."""
+    source = FakeSource()
+    clock = Clock()
+    poller, hs = make(store, source, clock=clock)
+    poller.poll()  # the round begins
+    source.deliver("fine")
+    first = poller.poll()
+    assert (first.handed_over, first.retried, first.failed) == (1, 0, 0)
+    assert _pending_untouched(first)
+    hs["h"].fail_times["flaky"] = 1
+    source.deliver("flaky")
+    parked = poller.poll()
+    assert (parked.failed, parked.retried) == (1, 0)
+    assert not _pending_untouched(parked)
+    clock.advance(3600)
+    retried = poller.poll()
+    assert (retried.retried, retried.handed_over) == (1, 1)
+    assert not _pending_untouched(retried)
+    assert store.pending_count("box") == 0
 
 
 def test_the_refresh_sets_every_scheduled_mailbox_from_one_query(store: SqlStateStore) -> None:
