@@ -676,6 +676,19 @@ def profiled_argv(out: Path, *args: str) -> list[str]:
     return [sys.executable, str(BENCH_DIR / "_profiled.py"), str(out), *args]
 
 
+def add_profile_options(parser: Any, subject: str, window: str, name: str) -> None:
+    """``--profile DIR`` and ``--top N``: ``subject`` runs under ``_profiled.py`` over ``window``,
+    its profile written to ``DIR/<name>.pstats``."""
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help=f"{subject} under a CPU profile of all its threads (benchmarks/_profiled.py) "
+        f"{window}, written to DIR/{name}.pstats; the top is printed",
+    )
+    parser.add_argument("--top", type=int, default=30, help="--profile: functions printed")
+
+
 def print_profile(path: Path, name: str, top: int, per: float, unit: str = "poll") -> None:
     """The window's CPU profile in ``path``: its most costly functions, own and cumulative
     (profiling doubles CPU time roughly: the shares say where it goes, not the seconds)."""

@@ -52,7 +52,7 @@ from listener.store import SqlStateStore, open_store  # noqa: E402
 from tests.e2e.conftest import APPS, TENANT, World  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from _harness import cpu_seconds, print_profile, profiled_argv  # noqa: E402
+from _harness import add_profile_options, cpu_seconds, print_profile, profiled_argv  # noqa: E402
 
 __all__ = ["main"]
 
@@ -93,14 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--window", type=float, default=120.0, help="--scale: seconds measured after warm-up"
     )
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        metavar="DIR",
-        help="--scale: each replica under a CPU profile of all its threads (benchmarks/"
-        "_profiled.py) over the window, written to DIR/<replica>.pstats; the top is printed",
-    )
-    parser.add_argument("--top", type=int, default=30, help="--profile: functions printed")
+    add_profile_options(parser, "--scale: each replica", "over the window", "<replica>")
     parser.add_argument(
         "--leases-only",
         type=int,

@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
     EmulatorProcess,
     Series,
+    add_profile_options,
     cpu_seconds,
     daemon_argv,
     daemon_env,
@@ -423,14 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--plot", type=Path, help="write the latency distributions as an SVG")
     parser.add_argument("--csv", type=Path, help="write every latency (mode, ms, seconds)")
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        metavar="DIR",
-        help="run each daemon under a CPU profile of all its threads (benchmarks/_profiled.py) "
-        "over the delivery window, written to DIR/<mode>-<latency>.pstats; the top is printed",
-    )
-    parser.add_argument("--top", type=int, default=30, help="--profile: functions printed")
+    add_profile_options(parser, "each daemon", "from delivery to its exit", "<mode>-<latency>")
     parser.add_argument(
         "--replot",
         type=Path,
