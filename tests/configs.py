@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-__all__ = ["emulated_credentials", "table", "toml_value"]
+__all__ = ["emulated_credentials", "push_service", "table", "toml_value"]
 
 SCOPE = "https://outlook.office365.com/.default"
 
@@ -58,3 +58,15 @@ def emulated_credentials(
         }
         lines += table(f"credentials.{name}", body)
     return lines
+
+
+def push_service(port: int, healthy_interval: float, *notifications: str) -> list[str]:
+    """The service's HTTP server on ``port`` and a ``[notifications]`` table for push tests: a
+    short debounce, the safety net at ``healthy_interval`` while the channel is connected, and
+    ``notifications`` (more lines of the table, e.g. its ``[notifications.graph]``)."""
+    return [
+        f"http_port = {port}",
+        "",
+        *table("notifications", {"debounce": 0.2, "healthy_interval": healthy_interval})[:-1],
+        *notifications,
+    ]

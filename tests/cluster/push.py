@@ -9,6 +9,7 @@ from pathlib import Path
 
 from listener.store import SqlStateStore
 from tests.cluster.test_replicas import CLUSTER, owners
+from tests.configs import push_service
 from tests.e2e.conftest import World, metric, polls_ok
 
 HOUR = 3600
@@ -30,17 +31,7 @@ def configure(
     """Replica ``name``'s configuration on PostgreSQL: ``mailboxes`` polled hourly (and hourly
     while their channel is connected) with the keys of ``mailbox``, the HTTP server on ``port``;
     ``notifications``: lines after the ``[notifications]`` table."""
-    extra = "\n".join(
-        [
-            f"http_port = {port}",
-            "",
-            "[notifications]",
-            "debounce = 0.2",
-            f"healthy_interval = {HOUR}",
-            *notifications,
-            CLUSTER,
-        ]
-    )
+    extra = "\n".join([*push_service(port, HOUR, *notifications), CLUSTER])
     boxes: dict[str, dict[str, object]] = {
         box: {"address": address(box), "credential": "sales", "interval": HOUR, **mailbox}
         for box in mailboxes

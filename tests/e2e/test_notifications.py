@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from listener.model import message_id_key
+from tests.configs import push_service
 from tests.e2e.conftest import World, free_port, metric, polls_ok, stop, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("graph_schema_required")]
@@ -33,17 +34,14 @@ CHANNEL = 'channel="graph_webhook",mailbox="orders"'
 def webhook_config(world: World, port: int) -> Path:
     """One Graph mailbox polled hourly with ``notifications = "webhook"``."""
     extra = "\n".join(
-        [
-            f"http_port = {port}",
-            "",
-            "[notifications]",
-            "debounce = 0.2",
-            f"healthy_interval = {HOUR}",
+        push_service(
+            port,
+            HOUR,
             "",
             "[notifications.graph]",
             f'public_url = "http://127.0.0.1:{port}/notifications/graph"',
             'client_state = { source = "env", name = "E2E_CLIENT_STATE" }',
-        ]
+        )
     )
     box = {
         "address": BOX,
