@@ -53,8 +53,9 @@ _PG_MIGRATION_LOCK = text(
     "SELECT pg_advisory_xact_lock(:ns, hashtext(coalesce(current_schema(), '')))"
 )
 
-# The reads every poll makes, built once: constructing a statement and its cache key cost about a
-# fifth of each of these small reads (SQLAlchemy compiles it once either way).
+# The statements every poll runs, built once: constructing a statement and its cache key cost
+# about a fifth of each of these small reads (SQLAlchemy compiles it once either way). The
+# dialect's upserts are built once per store (``_add_to_ledger``, ``_park``, ``_save_sync_state``).
 _SYNC_STATE = select(tb.sync_state.c.state).where(
     tb.sync_state.c.mailbox == bindparam("mailbox"),
     tb.sync_state.c.folder == bindparam("folder"),
@@ -139,6 +140,15 @@ class SqlStateStore:
         """A page's ledger rows; one already there (handed over again after a crash) is left."""
         return self._insert(tb.ledger).on_conflict_do_nothing(
             index_elements=[tb.ledger.c.idempotency_key, tb.ledger.c.handler]
+        )
+
+    @cached_property
+    def _park(self) -> sqlite.Insert | postgresql.Insert:
+        """Pending entries by (mailbox, item id): a parked message parked again is updated."""
+        upsert = self._insert(tb.pending)
+        return upsert.on_conflict_do_update(
+            index_elements=[tb.pending.c.mailbox, tb.pending.c.item_id],
+            set_={c.name: upsert.excluded[c.name] for c in tb.pending.columns if not c.primary_key},
         )
 
     @cached_property
@@ -255,9 +265,10 @@ class SqlStateStore:
 
     def pending_count(self, mailbox: str | None = None) -> int:
         """How many messages wait for a retry (in ``mailbox``, or in all)."""
-        query = _PENDING_COUNT if mailbox is None else _PENDING_COUNT_OF
         with self._read("counting pending retries") as conn:
-            return int(conn.execute(query, {"mailbox": mailbox}).scalar_one())
+            if mailbox is None:
+                return int(conn.execute(_PENDING_COUNT).scalar_one())
+            return int(conn.execute(_PENDING_COUNT_OF, {"mailbox": mailbox}).scalar_one())
 
     def pending_counts(self) -> dict[str, int]:
         """How many messages wait for a retry, per mailbox (those with none left out), in one
@@ -303,16 +314,7 @@ class SqlStateStore:
             if ledger_rows:
                 conn.execute(self._add_to_ledger, [row for _, row in ledger_rows])
             if pending_rows:
-                upsert = self._insert(tb.pending)
-                upsert = upsert.on_conflict_do_update(
-                    index_elements=[tb.pending.c.mailbox, tb.pending.c.item_id],
-                    set_={
-                        c.name: upsert.excluded[c.name]
-                        for c in tb.pending.columns
-                        if not c.primary_key
-                    },
-                )
-                conn.execute(upsert, [row for _, row in pending_rows])
+                conn.execute(self._park, [row for _, row in pending_rows])
             for chunk in _chunks(gone):
                 conn.execute(_RESOLVE_PENDING, {"mailbox": mailbox, "item_ids": list(chunk)})
             if dead:
