@@ -567,9 +567,20 @@ def write_config(
     return path
 
 
-def daemon_argv(command: str, config: Path, *extra: str) -> list[str]:
-    """``ews-listener COMMAND --config CONFIG`` as a subprocess command line."""
-    return [sys.executable, "-m", "listener", command, "--config", str(config), *extra]
+def daemon_argv(command: str, config: Path, *extra: str, profile: Path | None = None) -> list[str]:
+    """``ews-listener COMMAND --config CONFIG`` as a subprocess command line (under a CPU profile
+    written to ``profile``: ``listener_runner``)."""
+    return [sys.executable, *listener_runner(profile), command, "--config", str(config), *extra]
+
+
+def listener_runner(profile: Path | None = None) -> list[str]:
+    """What follows the interpreter to run ``ews-listener``: ``-m listener``, or with a
+    ``profile`` path ``_profiled.py`` (a CPU profile of every thread, written there at exit;
+    SIGUSR1 starts its window)."""
+    if profile is None:
+        return ["-m", "listener"]
+    profile.parent.mkdir(parents=True, exist_ok=True)
+    return [str(BENCH_DIR / "_profiled.py"), str(profile)]
 
 
 def daemon_env(
@@ -667,13 +678,6 @@ def cpu_seconds(pid: int) -> float:
         # Fields after the ")" of the command name; utime and stime are fields 14 and 15.
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def profiled_argv(out: Path, *args: str) -> list[str]:
-    """``ews-listener ARGS`` under ``_profiled.py`` (a CPU profile of every thread, written to
-    ``out`` at exit; SIGUSR1 starts its window)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return [sys.executable, str(BENCH_DIR / "_profiled.py"), str(out), *args]
 
 
 def add_profile_options(parser: Any, subject: str, window: str, name: str) -> None:

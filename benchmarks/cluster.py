@@ -52,7 +52,7 @@ from listener.store import SqlStateStore, open_store  # noqa: E402
 from tests.e2e.conftest import APPS, TENANT, World  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from _harness import add_profile_options, cpu_seconds, print_profile, profiled_argv  # noqa: E402
+from _harness import add_profile_options, cpu_seconds, listener_runner, print_profile  # noqa: E402
 
 __all__ = ["main"]
 
@@ -473,14 +473,12 @@ class Replicas:
         name = f"r{self._n:02d}"
         log = self.world.root / f"{name}.log"
         self.logs[name] = log
-        runner = ["-m", "listener"]
-        if self.profile is not None:
-            runner = profiled_argv(self.profile / f"{name}.pstats")[1:]
+        profile = self.profile / f"{name}.pstats" if self.profile is not None else None
         with log.open("w") as out:
             proc = subprocess.Popen(
                 [
                     sys.executable,
-                    *runner,
+                    *listener_runner(profile),
                     "--log-format",
                     "json",
                     "run",

@@ -65,7 +65,6 @@ from _harness import (
     make_messages,
     print_profile,
     print_table,
-    profiled_argv,
     scrape_metrics_or_none,
     svg_line_chart,
     workdir,
@@ -221,9 +220,8 @@ def run_one(args: argparse.Namespace, mode_name: str, latency_ms: float, root: P
         stamps.touch()
         env = daemon_env(stamp_file=stamps, BENCH_CLIENT_STATE="bench-client-state-0123456789")
         log_path = root / f"{mode_name}-{latency_ms:g}.log"
-        argv = daemon_argv("run", config)
-        if args.profile:
-            argv = profiled_argv(_profile_path(args, mode_name, latency_ms), *argv[3:])
+        profile = _profile_path(args, mode_name, latency_ms) if args.profile else None
+        argv = daemon_argv("run", config, profile=profile)
         with log_path.open("w") as log:
             daemon = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
@@ -337,7 +335,7 @@ def _measure(
 
 
 def _profile_path(args: argparse.Namespace, mode_name: str, latency_ms: float) -> Path:
-    return Path(args.profile) / f"{mode_name}-{latency_ms:g}.pstats"
+    return args.profile / f"{mode_name}-{latency_ms:g}.pstats"
 
 
 def _per_poll(cpu: float, polls: float) -> str:

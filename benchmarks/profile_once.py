@@ -160,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         config = _prepare(emu, root, "profiled", args.messages, args.batch_size)
         count_file = config.parent / "handled"
         out = args.dump or root / "once.pstats"
-        wrapper = Path(__file__).with_name("_profiled.py")
-        argv_ = [sys.executable, str(wrapper), str(out), "once", "--config", str(config)]
-        wall, cpu, rss, code, output = _run(argv_, count_file, args.code)
+        wall, cpu, rss, code, output = _run(
+            daemon_argv("once", config, profile=out), count_file, args.code
+        )
         handled = _handled(count_file)
         print(
             f"profiled once: {handled}/{args.messages} messages, exit {code}, {wall:.2f} s wall, "
