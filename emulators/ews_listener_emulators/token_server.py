@@ -130,6 +130,7 @@ class TokenServer(LoopbackServer):
         self._apps: dict[tuple[str, str], _App] = {}  # (tenant id, lower-case client id)
         self._issued: dict[str, str] = {}  # uti -> client id
         self._revoked: set[str] = set()
+        self.revocations = 0  # calls of revoke(): what has verified may verify no more
         self._signatures: OrderedDict[str, dict[str, Any]] = OrderedDict()  # token -> claims
         self._fail: deque[int] = deque()
         self._drop = 0
@@ -316,6 +317,7 @@ class TokenServer(LoopbackServer):
             for uti, owner in self._issued.items():
                 if client_id is None or owner.lower() == client_id.lower():
                     self._revoked.add(uti)
+            self.revocations += 1
 
     def request_count(self, client_id: str | None = None) -> int:
         """Token requests received (successful and failed), for one client or all."""

@@ -445,17 +445,10 @@ def test_lifecycle_notifications(subs: GraphEmulator, call: Call, receiver: Rece
     assert call("GET", f"subscriptions/{sub['id']}").status_code == 404
 
 
-def test_revoked_token_asks_for_reauthorization(
-    subs: GraphEmulator,
-    world: World,
-    ews: EwsEmulator,
-    call: Call,
-    http: httpx.Client,
-    receiver: Receiver,
-) -> None:
-    """When the token server revokes the app's tokens: ``reauthorizationRequired``, and change
-    notifications wait until POST reauthorize with a new token."""
-    client_id = str(uuid.uuid4())  # an app of its own: revoking it spoils no cached token
+def _own_app(world: World, http: httpx.Client) -> tuple[str, Callable[[], str]]:
+    """An app of its own (revoking it spoils no cached token) and how to get a new Graph token
+    for it."""
+    client_id = str(uuid.uuid4())
     world.token_server.register_app(TENANT, client_id, secret=SECRET)
 
     def fresh() -> str:
@@ -471,14 +464,56 @@ def test_revoked_token_asks_for_reauthorization(
         token: str = response.json()["access_token"]
         return token
 
-    body = {
+    return client_id, fresh
+
+
+def _lifecycle_body(receiver: Receiver) -> dict[str, Any]:
+    return {
         "changeType": "created",
         "notificationUrl": f"{receiver.url}/notify",
         "lifecycleNotificationUrl": f"{receiver.url}/lifecycle",
         "resource": f"users/{ALICE}/mailFolders('inbox')/messages",
         "expirationDateTime": _in(60),
     }
-    created = call("POST", "subscriptions", json=body, bearer=fresh())
+
+
+def test_no_change_notification_follows_a_revocation_within_a_tick(
+    subs: GraphEmulator,
+    world: World,
+    ews: EwsEmulator,
+    call: Call,
+    http: httpx.Client,
+    receiver: Receiver,
+) -> None:
+    """Tokens and expiry are checked once a ``tick``, not on every round a change wakes, but at
+    once after a revocation: mail that comes right after it is not notified (with a tick of a
+    minute, only the revocation can have made the round check)."""
+    subs.subscriptions.settings = replace(FAST, tick=60.0)
+    client_id, fresh = _own_app(world, http)
+    created = call("POST", "subscriptions", json=_lifecycle_body(receiver), bearer=fresh())
+    assert created.status_code == 201, created.text
+    _barrier(call, receiver)
+    world.token_server.revoke(client_id)
+    ews.deliver(ALICE, simple_mime("after the revocation"))
+    ews.deliver(BOB, simple_mime("barrier"))
+    receiver.wait(lambda: receiver.received("/barrier"))
+    assert receiver.received() == []
+    [event] = receiver.wait(lambda: receiver.received("/lifecycle"))
+    assert event["lifecycleEvent"] == "reauthorizationRequired"
+
+
+def test_revoked_token_asks_for_reauthorization(
+    subs: GraphEmulator,
+    world: World,
+    ews: EwsEmulator,
+    call: Call,
+    http: httpx.Client,
+    receiver: Receiver,
+) -> None:
+    """When the token server revokes the app's tokens: ``reauthorizationRequired``, and change
+    notifications wait until POST reauthorize with a new token."""
+    client_id, fresh = _own_app(world, http)
+    created = call("POST", "subscriptions", json=_lifecycle_body(receiver), bearer=fresh())
     assert created.status_code == 201, created.text
     world.token_server.revoke(client_id)
     [event] = receiver.wait(lambda: receiver.received("/lifecycle"))
