@@ -34,6 +34,7 @@ at most one POST in flight, so its notifications arrive in order.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
@@ -223,7 +224,7 @@ class Subscriptions:
         self, emulator: GraphEmulator, settings: NotificationSettings | None = None
     ) -> None:
         self.emulator = emulator
-        self.settings = settings or NotificationSettings()
+        self._settings = settings or NotificationSettings()
         self.deliveries: deque[Delivery] = deque(maxlen=10_000)
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self._lock = threading.RLock()
@@ -236,6 +237,18 @@ class Subscriptions:
         self._in_flight: set[str] = set()  # subscriptions with a POST on the pool
         self._next_check = 0.0  # monotonic: when a round next checks tokens and expiry
         self._checked_revocations = 0  # the token server's revocations as of that check
+
+    @property
+    def settings(self) -> NotificationSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: NotificationSettings) -> None:
+        """New settings, the ``tick`` included, from the delivery thread's next look on (it is
+        woken: a wait begun with a long tick would otherwise keep it)."""
+        self._settings = settings
+        with self.emulator.store.changed:
+            self.emulator.store.changed.notify_all()
 
     # --- lifecycle of the delivery thread ------------------------------------------------------
 
@@ -319,6 +332,8 @@ class Subscriptions:
             with self._lock:
                 sub.token = call.token
                 sub.token_refused = False
+            with self.emulator.store.changed:
+                self.emulator.store.changed.notify_all()  # what it held back goes out now
             return GraphAnswer(status=204)
         if call.method == "DELETE":
             with self._lock:
@@ -558,8 +573,12 @@ class Subscriptions:
     def _run(self) -> None:
         store = self.emulator.store
         while not self._stopping.is_set():
+            settings = self._settings
             with store.changed:
-                store.changed.wait(timeout=self.settings.tick)
+                # A change notified while the last round ran woke nobody: ``_news`` finds it
+                # before the wait, which otherwise held it back until the tick. New settings end
+                # the wait too (``wait_for`` keeps the deadline of the tick it began with).
+                store.changed.wait_for(functools.partial(self._news, settings), settings.tick)
             if self._stopping.is_set():
                 return
             try:
@@ -605,6 +624,32 @@ class Subscriptions:
                     continue  # one POST in flight a subscription: its notifications in order
                 self._in_flight.add(sub.id)
             pool.submit(self._notify_apart, sub, now)
+
+    def _news(self, settings: NotificationSettings) -> bool:
+        """Whether a round has something to do now: events no round has collected, entries
+        due to be posted, a revocation not checked yet, settings other than the wait's. Called
+        with the store's lock held, so without ``_lock`` (a round takes ``_lock``, then the
+        store's): it only reads, and what it misses the tick finds."""
+        if self._stopping.is_set() or self._settings is not settings:
+            return True
+        if getattr(self.emulator.token_server, "revocations", 0) != self._checked_revocations:
+            return True
+        now = time.monotonic()
+        for outbox in list(self._lifecycle.values()):
+            if outbox.pending and outbox.next_attempt <= now:
+                return True
+        for sub in list(self._subscriptions.values()):
+            if sub.token_refused:
+                continue
+            if len(sub.mailbox.events) > sub.seq:
+                return True
+            if (
+                sub.outbox.pending
+                and sub.outbox.next_attempt <= now
+                and sub.id not in self._in_flight
+            ):
+                return True
+        return False
 
     def _checks_due(self, now: float) -> bool:
         """Whether this round checks every subscription's token and expiry: once a ``tick``
