@@ -133,6 +133,10 @@ class _Outbox:
     failing_since: float | None = None
     next_attempt: float = 0.0
 
+    def due(self, now: float) -> bool:
+        """Whether there are entries to POST now (not backing off)."""
+        return bool(self.pending) and self.next_attempt <= now
+
     def batch(self, now: float, size: int) -> list[dict[str, Any]]:
         """The next entries to POST, or none while backing off."""
         return list(self.pending[:size]) if self.next_attempt <= now else []
@@ -181,6 +185,12 @@ class _Subscription:
 
     def __post_init__(self) -> None:
         self.outbox = _Outbox(self.notification_url)
+
+    @property
+    def behind(self) -> bool:
+        """Whether the mailbox has events no round has collected for this subscription (read
+        without the store's lock: a length, and what comes after it is the next round's)."""
+        return len(self.mailbox.events) > self.seq
 
     @property
     def change_types(self) -> frozenset[str]:
@@ -597,9 +607,8 @@ class Subscriptions:
         for sub in subs:
             # A look without the locks first: a round is woken by every change of the store,
             # and most find news in few mailboxes (a burst to 200 of 1,000 mailboxes made this
-            # loop, with the token checks, the emulator's largest cost). What is appended after
-            # the look is the next round's.
-            if len(sub.mailbox.events) > sub.seq:
+            # loop, with the token checks, the emulator's largest cost).
+            if sub.behind:
                 with self._lock:
                     if not sub.token_refused:
                         self._collect(sub)
@@ -608,11 +617,7 @@ class Subscriptions:
         for outbox in lifecycle:
             self._deliver("lifecycle", outbox, now)
         with self._lock:
-            due = [
-                s
-                for s in subs
-                if s.outbox.pending and not s.token_refused and s.outbox.batch(now, 1)
-            ]
+            due = [s for s in subs if not s.token_refused and s.outbox.due(now)]
         pool = self._pool
         if pool is None:
             for sub in due:
@@ -632,30 +637,25 @@ class Subscriptions:
         store's): it only reads, and what it misses the tick finds."""
         if self._stopping.is_set() or self._settings is not settings:
             return True
-        if getattr(self.emulator.token_server, "revocations", 0) != self._checked_revocations:
+        if self._revocations() != self._checked_revocations:
             return True
         now = time.monotonic()
-        for outbox in list(self._lifecycle.values()):
-            if outbox.pending and outbox.next_attempt <= now:
-                return True
-        for sub in list(self._subscriptions.values()):
-            if sub.token_refused:
-                continue
-            if len(sub.mailbox.events) > sub.seq:
-                return True
-            if (
-                sub.outbox.pending
-                and sub.outbox.next_attempt <= now
-                and sub.id not in self._in_flight
-            ):
-                return True
-        return False
+        if any(outbox.due(now) for outbox in list(self._lifecycle.values())):
+            return True
+        return any(
+            not sub.token_refused
+            and (sub.behind or (sub.outbox.due(now) and sub.id not in self._in_flight))
+            for sub in list(self._subscriptions.values())
+        )
+
+    def _revocations(self) -> int:
+        return getattr(self.emulator.token_server, "revocations", 0)
 
     def _checks_due(self, now: float) -> bool:
         """Whether this round checks every subscription's token and expiry: once a ``tick``
         (what the rounds of an idle emulator did anyway), and at once after the token server
         revoked tokens, so that no change notification follows a revocation."""
-        revocations = getattr(self.emulator.token_server, "revocations", 0)
+        revocations = self._revocations()
         if now < self._next_check and revocations == self._checked_revocations:
             return False
         self._next_check = now + self.settings.tick
